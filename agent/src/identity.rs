@@ -1,0 +1,197 @@
+//! Who this host is: region, instance, addresses and tags, from IMDSv2 (or from flags in local mode).
+
+use aws_config::imds::client::error::ImdsError;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// This instance, as EC2 describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub region: String,
+    pub instance_id: String,
+    pub availability_zone: String,
+    pub private_ipv4: String,
+    pub public_ipv4: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("instance metadata service at {endpoint} unreachable after {waited:?}: {cause} (check that the instance has IMDSv2 enabled and a hop limit of at least 1)")]
+    Unreachable {
+        endpoint: String,
+        waited: Duration,
+        cause: String,
+    },
+    #[error("instance tags are not readable from instance metadata (404 on /latest/meta-data/tags/instance): enable InstanceMetadataTags on the instance or its launch template (aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled)")]
+    TagsDisabled,
+    #[error("instance metadata {path}: {cause}")]
+    Bad { path: String, cause: String },
+}
+
+/// Where IMDS is, for messages: the SDK's own resolution order.
+pub fn imds_endpoint() -> String {
+    std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .unwrap_or_else(|_| "http://169.254.169.254".into())
+}
+
+fn status(e: &ImdsError) -> Option<u16> {
+    match e {
+        ImdsError::ErrorResponse(r) => Some(r.response().status().as_u16()),
+        _ => None,
+    }
+}
+
+/// Reads the identity, retrying while IMDS is not answering yet (early boot), up to `deadline`.
+pub async fn from_imds(deadline: Duration) -> Result<Identity, IdentityError> {
+    let client = aws_config::imds::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(2))
+        .build();
+    let endpoint = imds_endpoint();
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match read(&client).await {
+            Ok(id) => return Ok(id),
+            Err(Attempt::Final(e)) => return Err(e),
+            Err(Attempt::Retry(cause)) => {
+                let waited = start.elapsed();
+                if waited + delay > deadline {
+                    return Err(IdentityError::Unreachable {
+                        endpoint,
+                        waited,
+                        cause,
+                    });
+                }
+                tracing::warn!(%endpoint, %cause, retry_in = ?delay, "instance metadata not available yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Final(IdentityError),
+}
+
+async fn get(client: &aws_config::imds::Client, path: &str) -> Result<Option<String>, Attempt> {
+    match client.get(path).await {
+        Ok(v) => Ok(Some(v.as_ref().to_owned())),
+        Err(e) if status(&e) == Some(404) => Ok(None),
+        // A 4xx other than 404 will not heal by waiting (403: IMDS disabled for this instance).
+        Err(e) if status(&e).is_some_and(|s| (400..500).contains(&s)) => {
+            Err(Attempt::Final(IdentityError::Bad {
+                path: path.into(),
+                cause: format!("HTTP {}", status(&e).unwrap_or_default()),
+            }))
+        }
+        Err(e) => Err(Attempt::Retry(error_chain(&e))),
+    }
+}
+
+async fn required(client: &aws_config::imds::Client, path: &str) -> Result<String, Attempt> {
+    get(client, path).await?.ok_or_else(|| {
+        Attempt::Final(IdentityError::Bad {
+            path: path.into(),
+            cause: "not found".into(),
+        })
+    })
+}
+
+async fn read(client: &aws_config::imds::Client) -> Result<Identity, Attempt> {
+    let document = required(client, "/latest/dynamic/instance-identity/document").await?;
+    let doc: serde_json::Value = serde_json::from_str(&document).map_err(|e| {
+        Attempt::Final(IdentityError::Bad {
+            path: "/latest/dynamic/instance-identity/document".into(),
+            cause: format!("not JSON: {e}"),
+        })
+    })?;
+    let field = |k: &str| -> Result<String, Attempt> {
+        doc.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Attempt::Final(IdentityError::Bad {
+                    path: "/latest/dynamic/instance-identity/document".into(),
+                    cause: format!("no {k}"),
+                })
+            })
+    };
+    let region = match std::env::var("AWS_REGION") {
+        Ok(r) if !r.is_empty() => r,
+        _ => field("region")?,
+    };
+    let instance_id = field("instanceId")?;
+    let availability_zone = field("availabilityZone")?;
+    let private_ipv4 = required(client, "/latest/meta-data/local-ipv4").await?;
+    let public_ipv4 = get(client, "/latest/meta-data/public-ipv4").await?;
+    let keys = get(client, "/latest/meta-data/tags/instance")
+        .await?
+        .ok_or(Attempt::Final(IdentityError::TagsDisabled))?;
+    let mut tags = BTreeMap::new();
+    for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
+        // Keys exposed through IMDS are restricted to [A-Za-z0-9+-=._:@], so they are safe in a path.
+        if let Some(v) = get(client, &format!("/latest/meta-data/tags/instance/{key}")).await? {
+            tags.insert(key.to_owned(), v);
+        }
+    }
+    Ok(Identity {
+        region,
+        instance_id,
+        availability_zone,
+        private_ipv4,
+        public_ipv4,
+        tags,
+    })
+}
+
+/// Identity for local mode, from flags: no IMDS involved.
+pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identity {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let mut tags = BTreeMap::new();
+    tags.insert(crate::config::tag::ROLE.into(), role.into());
+    tags.insert(crate::config::tag::ENVIRONMENT.into(), environment.into());
+    Identity {
+        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "local".into()),
+        instance_id: instance_id
+            .map(str::to_owned)
+            .unwrap_or(format!("local-{host}")),
+        availability_zone: "local".into(),
+        private_ipv4: "127.0.0.1".into(),
+        public_ipv4: None,
+        tags,
+    }
+}
+
+/// One line with every cause, as the SDK nests them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::new(std::io::ErrorKind::Other, inner);
+        assert_eq!(super::error_chain(&outer), "connection refused");
+    }
+}

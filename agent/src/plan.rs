@@ -1,0 +1,547 @@
+//! The plan: everything this host will do, computed as a pure function of its identity and settings.
+//! `check` prints it; `run` carries it out. Nothing here touches the system.
+
+use crate::config::{fill, Role, SecretRef, Settings, StorageSettings};
+use crate::identity::Identity;
+use serde::Serialize;
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+/// Which secret, by its purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretKind {
+    SealerKeystore,
+    SealerPassword,
+    BootnodeNodekey,
+    EthstatsWsSecret,
+}
+
+/// A secret to fetch and where it lands in the private directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedSecret {
+    pub kind: SecretKind,
+    #[serde(flatten)]
+    pub reference: SecretRef,
+    pub file: PathBuf,
+}
+
+/// A file written into the private directory from secret values (kept out of argv).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rendered {
+    /// geth's `--config` TOML holding `[Ethstats] URL = "name:secret@host:port"`.
+    GethEthstatsConfig {
+        path: PathBuf,
+        name: String,
+        server: String,
+    },
+}
+
+/// A process the agent starts and supervises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildPlan {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub secrets: Vec<SecretKind>,
+    pub log: LogTarget,
+}
+
+/// A one-shot command run before the children, when its condition holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InitPlan {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Human description of when it runs.
+    pub when: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogTarget {
+    pub file: PathBuf,
+    pub group: String,
+    pub stream: String,
+}
+
+/// Everything `run` will do on this host, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub identity: Identity,
+    pub role: Role,
+    pub environment: String,
+    pub local: bool,
+    pub storage: StorageSettings,
+    pub secrets_dir: PathBuf,
+    pub secrets: Vec<PlannedSecret>,
+    pub rendered: Vec<Rendered>,
+    pub init: Option<InitPlan>,
+    pub children: Vec<ChildPlan>,
+    pub agent_log: LogTarget,
+    pub log_retention_days: u32,
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Computes the plan. Pure: same inputs, same plan.
+pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
+    let dir = &settings.secrets.dir;
+    let names = &settings.secrets.names;
+    let secret = |kind, reference: &SecretRef, file: &str| PlannedSecret {
+        kind,
+        reference: reference.clone(),
+        file: dir.join(file),
+    };
+    let log = |child: &str| {
+        let vars = [
+            ("environment", settings.environment.as_str()),
+            ("role", settings.role.as_str()),
+            ("instance_id", identity.instance_id.as_str()),
+            ("child", child),
+        ];
+        // Templates were validated in Settings::new with the same placeholders.
+        LogTarget {
+            file: settings.logs.dir.join(format!("{child}.log")),
+            group: fill(&settings.logs.group_template, &vars).unwrap_or_default(),
+            stream: fill(&settings.logs.stream_template, &vars).unwrap_or_default(),
+        }
+    };
+    let datadir = settings.storage.datadir();
+    // Peers inside the VPC reach us on the private address; the bootnode advertises the public one.
+    let advertised = if settings.role == Role::Bootnode {
+        identity
+            .public_ipv4
+            .as_deref()
+            .unwrap_or(&identity.private_ipv4)
+    } else {
+        &identity.private_ipv4
+    };
+
+    let mut secrets = Vec::new();
+    let mut rendered = Vec::new();
+    let mut children = Vec::new();
+    let mut init = None;
+
+    if settings.role.runs_geth() {
+        let mut args: Vec<String> = vec![
+            "--datadir".into(),
+            s(datadir),
+            "--networkid".into(),
+            settings.network_id.to_string(),
+            "--port".into(),
+            "30303".into(),
+            "--syncmode".into(),
+            "full".into(),
+            // The IPC socket stays on local disk: the datadir may be NFS.
+            "--ipcpath".into(),
+            s(&settings.runtime_dir.join("geth.ipc")),
+        ];
+        if !settings.local {
+            args.extend(["--nat".into(), format!("extip:{advertised}")]);
+        }
+        if !settings.bootnodes.is_empty() {
+            args.extend(["--bootnodes".into(), settings.bootnodes.join(",")]);
+        }
+        let mut child_secrets = Vec::new();
+        if let Some(server) = &settings.ethstats {
+            secrets.push(secret(
+                SecretKind::EthstatsWsSecret,
+                &names.ethstats_ws_secret,
+                "ethstats-ws-secret",
+            ));
+            let path = dir.join("geth-ethstats.toml");
+            args.extend(["--config".into(), s(&path)]);
+            rendered.push(Rendered::GethEthstatsConfig {
+                path,
+                name: settings.ethstats_name.clone(),
+                server: server.clone(),
+            });
+            child_secrets.push(SecretKind::EthstatsWsSecret);
+        }
+        match settings.role {
+            Role::Sealer => {
+                secrets.push(secret(
+                    SecretKind::SealerKeystore,
+                    &names.sealer_keystore,
+                    "keystore/signer.json",
+                ));
+                secrets.push(secret(
+                    SecretKind::SealerPassword,
+                    &names.sealer_password,
+                    "sealer-password",
+                ));
+                child_secrets.extend([SecretKind::SealerKeystore, SecretKind::SealerPassword]);
+                args.extend([
+                    "--mine".into(),
+                    "--miner.etherbase".into(),
+                    settings.signer.clone(),
+                    "--unlock".into(),
+                    settings.signer.clone(),
+                    "--password".into(),
+                    s(&dir.join("sealer-password")),
+                    "--keystore".into(),
+                    s(&dir.join("keystore")),
+                ]);
+            }
+            _ => {
+                args.extend(
+                    [
+                        "--http",
+                        "--http.addr",
+                        "0.0.0.0",
+                        "--http.port",
+                        "8545",
+                        "--http.api",
+                        "eth,net,web3",
+                        "--http.corsdomain",
+                        "*",
+                        "--http.vhosts",
+                        "*",
+                    ]
+                    .map(String::from),
+                );
+            }
+        }
+        init = Some(InitPlan {
+            program: settings.binaries.geth.clone(),
+            args: vec![
+                "init".into(),
+                "--datadir".into(),
+                s(datadir),
+                s(&settings.genesis_path),
+            ],
+            when: "the datadir holds no chain yet".into(),
+        });
+        children.push(ChildPlan {
+            name: "geth".into(),
+            program: settings.binaries.geth.clone(),
+            args,
+            env: Vec::new(),
+            cwd: Some(datadir.to_owned()),
+            secrets: child_secrets,
+            log: log("geth"),
+        });
+    } else if settings.role == Role::Bootnode {
+        secrets.push(secret(
+            SecretKind::BootnodeNodekey,
+            &names.bootnode_nodekey,
+            "bootnode-nodekey",
+        ));
+        let mut args = vec![
+            "-nodekey".into(),
+            s(&dir.join("bootnode-nodekey")),
+            "-addr".into(),
+            ":30301".into(),
+        ];
+        if !settings.local {
+            args.extend(["-nat".into(), format!("extip:{advertised}")]);
+        }
+        children.push(ChildPlan {
+            name: "bootnode".into(),
+            program: settings.binaries.bootnode.clone(),
+            args,
+            env: Vec::new(),
+            cwd: Some(datadir.to_owned()),
+            secrets: vec![SecretKind::BootnodeNodekey],
+            log: log("bootnode"),
+        });
+    } else {
+        secrets.push(secret(
+            SecretKind::EthstatsWsSecret,
+            &names.ethstats_ws_secret,
+            "ethstats-ws-secret",
+        ));
+        children.push(ChildPlan {
+            name: "ethstats".into(),
+            program: settings.binaries.ethstats.clone(),
+            args: Vec::new(),
+            env: vec![
+                ("PORT".into(), "3000".into()),
+                ("WS_SECRET_FILE".into(), s(&dir.join("ethstats-ws-secret"))),
+            ],
+            cwd: Some(datadir.to_owned()),
+            secrets: vec![SecretKind::EthstatsWsSecret],
+            log: log("ethstats"),
+        });
+    }
+
+    Plan {
+        identity: identity.clone(),
+        role: settings.role,
+        environment: settings.environment.clone(),
+        local: settings.local,
+        storage: settings.storage.clone(),
+        secrets_dir: dir.clone(),
+        secrets,
+        rendered,
+        init,
+        children,
+        agent_log: log("node-agent"),
+        log_retention_days: settings.logs.retention_days,
+    }
+}
+
+/// Quotes an argument for display the way a shell would need it.
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@+".contains(&b))
+    {
+        a.to_owned()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+fn command_line(program: &Path, args: &[String]) -> String {
+    let mut line = shell_quote(&s(program));
+    for a in args {
+        line.push(' ');
+        line.push_str(&shell_quote(a));
+    }
+    line
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = &self.identity;
+        let mut out = String::new();
+        let mode = if self.local { " (local mode)" } else { "" };
+        writeln!(
+            out,
+            "plan for {} — role {}, environment {}{mode}",
+            id.instance_id, self.role, self.environment
+        )?;
+        writeln!(
+            out,
+            "  identity  region {}, zone {}, private {}, public {}",
+            id.region,
+            id.availability_zone,
+            id.private_ipv4,
+            id.public_ipv4.as_deref().unwrap_or("none")
+        )?;
+        match &self.storage {
+            StorageSettings::Efs {
+                file_system_id,
+                path,
+                datadir,
+            } => writeln!(
+                out,
+                "  storage   EFS {file_system_id}:{path} mounted at {} (created when missing)",
+                datadir.display()
+            )?,
+            StorageSettings::Local { datadir } => {
+                writeln!(out, "  storage   local directory {}", datadir.display())?
+            }
+        }
+        writeln!(
+            out,
+            "  secrets   into {} (0700, files 0400)",
+            self.secrets_dir.display()
+        )?;
+        for sec in &self.secrets {
+            let field = sec
+                .reference
+                .field
+                .as_deref()
+                .map(|f| format!(" field {f}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {}{field} -> {}",
+                sec.reference.name,
+                sec.file.display()
+            )?;
+        }
+        for r in &self.rendered {
+            match r {
+                Rendered::GethEthstatsConfig { path, name, server } => writeln!(
+                    out,
+                    "    rendered {} (ethstats {name}@{server})",
+                    path.display()
+                )?,
+            }
+        }
+        if let Some(init) = &self.init {
+            writeln!(
+                out,
+                "  init      {}   (when {})",
+                command_line(&init.program, &init.args),
+                init.when
+            )?;
+        }
+        for c in &self.children {
+            writeln!(out, "  child {}", c.name)?;
+            let env: String = c
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={} ", shell_quote(v)))
+                .collect();
+            writeln!(
+                out,
+                "    command {env}{}",
+                command_line(&c.program, &c.args)
+            )?;
+            writeln!(
+                out,
+                "    log     {} -> CloudWatch {} / {}",
+                c.log.file.display(),
+                c.log.group,
+                c.log.stream
+            )?;
+        }
+        writeln!(
+            out,
+            "  agent log {} -> CloudWatch {} / {} (retention {} days)",
+            self.agent_log.file.display(),
+            self.agent_log.group,
+            self.agent_log.stream,
+            self.log_retention_days
+        )?;
+        f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigFile, EXAMPLE};
+    use std::collections::BTreeMap;
+
+    fn settings(role: &str, edit: impl Fn(&mut ConfigFile)) -> (Identity, Settings) {
+        let mut f = ConfigFile::parse(EXAMPLE, Path::new("example")).unwrap();
+        f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
+        f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
+        edit(&mut f);
+        let tags: BTreeMap<String, String> = [("Role", role), ("Environment", "production")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let id = Identity {
+            region: "eu-central-1".into(),
+            instance_id: "i-0abc".into(),
+            availability_zone: "eu-central-1a".into(),
+            private_ipv4: "10.0.1.10".into(),
+            public_ipv4: Some("3.120.0.10".into()),
+            tags,
+        };
+        let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
+        (id, s)
+    }
+
+    fn args_of(p: &Plan) -> String {
+        p.children[0].args.join(" ")
+    }
+
+    #[test]
+    fn sealer_mines_with_the_genesis_signer_over_ipc_only() {
+        let (id, s) = settings("sealer", |f| {
+            f.chain.ethstats = "ethstats.internal:3000".into()
+        });
+        let p = plan(&id, &s);
+        let a = args_of(&p);
+        let signer = "0xea94d5964b36a107571e051649c2eb52ff0c323f";
+        assert!(
+            a.contains(&format!(
+                "--mine --miner.etherbase {signer} --unlock {signer}"
+            )),
+            "{a}"
+        );
+        assert!(
+            a.contains("--password /run/node-agent/secrets/sealer-password"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--keystore /run/node-agent/secrets/keystore"),
+            "{a}"
+        );
+        assert!(a.contains("--syncmode full"), "{a}");
+        assert!(
+            !a.contains("--http"),
+            "a sealer with --unlock must not serve HTTP: {a}"
+        );
+        assert!(
+            a.contains("--config /run/node-agent/secrets/geth-ethstats.toml"),
+            "{a}"
+        );
+        assert!(
+            !a.contains("ethstats.internal"),
+            "the ethstats URL holds the secret: keep it out of argv: {a}"
+        );
+        let kinds: Vec<_> = p.secrets.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                SecretKind::EthstatsWsSecret,
+                SecretKind::SealerKeystore,
+                SecretKind::SealerPassword
+            ]
+        );
+        assert_eq!(p.secrets[1].reference.name, "production/sealer/keystore");
+        assert!(p.init.as_ref().unwrap().args.contains(&"init".to_string()));
+    }
+
+    #[test]
+    fn rpc_serves_only_safe_apis_with_cors_for_metamask() {
+        let (id, s) = settings("rpc", |_| {});
+        let p = plan(&id, &s);
+        let a = args_of(&p);
+        assert!(
+            a.contains("--http --http.addr 0.0.0.0 --http.port 8545 --http.api eth,net,web3"),
+            "{a}"
+        );
+        assert!(a.contains("--http.corsdomain * --http.vhosts *"), "{a}");
+        assert!(!a.contains("--unlock") && !a.contains("--mine"), "{a}");
+        assert!(
+            p.secrets.is_empty(),
+            "no ethstats configured: no secret needed"
+        );
+        assert_eq!(p.children[0].log.group, "/node-agent/production/rpc");
+        assert_eq!(p.children[0].log.stream, "i-0abc/geth");
+    }
+
+    #[test]
+    fn bootnode_advertises_its_public_address_with_its_secret_key() {
+        let (id, s) = settings("bootnode", |_| {});
+        let p = plan(&id, &s);
+        assert_eq!(
+            args_of(&p),
+            "-nodekey /run/node-agent/secrets/bootnode-nodekey -addr :30301 -nat extip:3.120.0.10"
+        );
+        assert!(p.init.is_none());
+    }
+
+    #[test]
+    fn ethstats_reads_its_secret_from_a_file_not_the_environment() {
+        let (id, s) = settings("ethstats", |_| {});
+        let p = plan(&id, &s);
+        let c = &p.children[0];
+        assert!(c.env.contains(&(
+            "WS_SECRET_FILE".into(),
+            "/run/node-agent/secrets/ethstats-ws-secret".into()
+        )));
+        assert!(!c.env.iter().any(|(k, _)| k == "WS_SECRET"));
+    }
+
+    #[test]
+    fn plan_is_a_pure_function_of_its_inputs() {
+        let (id, s) = settings("sealer", |_| {});
+        assert_eq!(plan(&id, &s).to_string(), plan(&id, &s).to_string());
+        let text = plan(&id, &s).to_string();
+        assert!(
+            text.contains("EFS fs-0123456789abcdef0:/production/sealer"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn display_quotes_arguments_a_shell_would_split() {
+        assert_eq!(shell_quote("*"), "'*'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("--x=1"), "--x=1");
+    }
+}

@@ -1,0 +1,56 @@
+//! `node-agent version`: this build and the component versions pinned in `resources/versions.toml`.
+
+/// The pinned versions, embedded at build time from the repository's single source.
+pub const PINNED: &str = include_str!("../../resources/versions.toml");
+
+fn pinned() -> toml::Table {
+    // The file is part of the build and checked by a unit test, so this parse cannot fail at run time.
+    PINNED.parse().unwrap_or_default()
+}
+
+pub fn print(json: bool) {
+    let agent = env!("CARGO_PKG_VERSION");
+    let table = pinned();
+    let component = |name: &str, key: &str| -> String {
+        table
+            .get(name)
+            .and_then(|c| c.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if json {
+        let doc = serde_json::json!({
+            "node_agent": agent,
+            "geth": {"version": component("geth", "version"), "commit": component("geth", "commit")},
+            "ethstats": {"name": component("ethstats", "name"), "version": component("ethstats", "version")},
+        });
+        println!("{doc}");
+    } else {
+        println!("node-agent {agent}");
+        println!(
+            "geth {} ({})",
+            component("geth", "version"),
+            component("geth", "commit")
+        );
+        println!(
+            "bootnode {} (from the geth alltools archive)",
+            component("geth", "version")
+        );
+        println!(
+            "ethstats {} {}",
+            component("ethstats", "name"),
+            component("ethstats", "version")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pinned_versions_parse_and_pin_the_last_clique_sealing_geth() {
+        let t: toml::Table = super::PINNED.parse().unwrap();
+        assert!(t.contains_key("ethstats"));
+        assert_eq!(t["geth"]["version"].as_str(), Some("1.13.15"));
+    }
+}
