@@ -308,7 +308,30 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        Ok((Self::parse(&text, path)?, path.to_owned()))
+        let mut file = Self::parse(&text, path)?;
+        file.resolve_relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok((file, path.to_owned()))
+    }
+
+    /// Relative paths in a config file are relative to the file's directory, not to wherever the agent
+    /// happens to be started from.
+    fn resolve_relative_to(&mut self, base: &Path) {
+        for p in [
+            &mut self.chain.genesis,
+            &mut self.binaries.geth,
+            &mut self.binaries.bootnode,
+            &mut self.binaries.ethstats,
+            &mut self.storage.datadir,
+            &mut self.storage.local_root,
+            &mut self.storage.runtime_dir,
+            &mut self.secrets.local_dir,
+            &mut self.secrets.dir,
+            &mut self.logs.dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// Parses TOML strictly: unknown keys are errors, so a typo never becomes a silent default.
@@ -919,7 +942,8 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let id = identity(&[("Role", "rpc"), ("Environment", "dev")]);
-        let cases: Vec<(&str, Box<dyn Fn(&mut ConfigFile)>)> = vec![
+        type Edit = Box<dyn Fn(&mut ConfigFile)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "chain.bootnodes",
                 Box::new(|f| f.chain.bootnodes = vec!["enode://xyz@h:1".into()]),
@@ -951,6 +975,20 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[logs]\ndir = \"logs\"\n[binaries]\ngeth = \"/abs/geth\"\n",
+        )
+        .unwrap();
+        let (f, _) = ConfigFile::load(Some(&path)).unwrap();
+        assert_eq!(f.logs.dir, dir.path().join("logs"));
+        assert_eq!(f.binaries.geth, Path::new("/abs/geth"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub struct Genesis {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenesisError {
-    #[error("cannot read genesis {path}: {source}")]
+    #[error("cannot read genesis {path}: {source} (set chain.genesis in the config)")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -100,7 +100,7 @@ impl Genesis {
             .strip_prefix("0x")
             .ok_or_else(|| invalid("extraData must start with 0x"))?;
         let bytes = decode_hex(hex).ok_or_else(|| invalid("extraData is not valid hex"))?;
-        if bytes.len() < VANITY + SEAL || (bytes.len() - VANITY - SEAL) % ADDRESS != 0 {
+        if bytes.len() < VANITY + SEAL || !(bytes.len() - VANITY - SEAL).is_multiple_of(ADDRESS) {
             return Err(invalid(
                 "extraData must be 32 bytes of vanity, 20 bytes per signer, then 65 zero bytes",
             ));
@@ -134,7 +134,7 @@ pub enum ParseError {
 
 /// Decodes lowercase or uppercase hex without a prefix.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

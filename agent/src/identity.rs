@@ -19,7 +19,7 @@ pub struct Identity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("instance metadata service at {endpoint} unreachable after {waited:?}: {cause} (check that the instance has IMDSv2 enabled and a hop limit of at least 1)")]
+    #[error("instance metadata service at {endpoint} unreachable after {}s: {cause} (check that the instance has IMDSv2 enabled and a hop limit of at least 1)", waited.as_secs())]
     Unreachable {
         endpoint: String,
         waited: Duration,
@@ -188,10 +188,31 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{msg}")]
+    struct E {
+        msg: &'static str,
+        #[source]
+        source: Option<Box<E>>,
+    }
+
     #[test]
-    fn error_chain_joins_causes_once() {
-        let inner = std::io::Error::other("connection refused");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, inner);
-        assert_eq!(super::error_chain(&outer), "connection refused");
+    fn error_chain_joins_every_cause_once_on_one_line() {
+        let root = E {
+            msg: "connection refused",
+            source: None,
+        };
+        let mid = E {
+            msg: "dispatch failure",
+            source: Some(Box::new(root)),
+        };
+        let top = E {
+            msg: "failed to load token: dispatch failure",
+            source: Some(Box::new(mid)),
+        };
+        assert_eq!(
+            super::error_chain(&top),
+            "failed to load token: dispatch failure: connection refused"
+        );
     }
 }

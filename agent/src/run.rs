@@ -117,7 +117,7 @@ async fn materialize_secrets(settings: &Settings, plan: &Plan) -> Result<(), Age
         return Ok(());
     }
     prepare_secrets_dir(plan)?;
-    let source = secrets::Source::new(&settings.secrets).await;
+    let source = secrets::Source::new(&settings.secrets, &plan.identity.region).await;
     let values = secrets::materialize(
         &source,
         &plan.secrets,

@@ -51,7 +51,7 @@ pub enum SecretError {
     NotFound { name: String, environment: String },
     #[error("secret {name} (environment {environment}) cannot be decrypted: grant the instance role kms:Decrypt on the secret's KMS key")]
     Decryption { name: String, environment: String },
-    #[error("secret {name}: Secrets Manager unreachable after {waited:?}: {cause}")]
+    #[error("secret {name}: Secrets Manager unreachable after {}s: {cause}", waited.as_secs())]
     Unavailable {
         name: String,
         waited: Duration,
@@ -81,11 +81,16 @@ pub enum Source {
 }
 
 impl Source {
-    pub async fn new(settings: &SecretsSettings) -> Source {
+    /// Secrets Manager in `region` with the standard credential chain (the instance role on EC2), or
+    /// the local directory.
+    pub async fn new(settings: &SecretsSettings, region: &str) -> Source {
         match settings.source {
             SecretSourceKind::Local => Source::Local(settings.local_dir.clone()),
             SecretSourceKind::Aws => {
-                let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(region.to_owned()))
+                    .load()
+                    .await;
                 Source::Aws(aws_sdk_secretsmanager::Client::new(&conf))
             }
         }

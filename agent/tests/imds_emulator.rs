@@ -2,137 +2,17 @@
 //! IMDS code can be tested against it instead of a real EC2 instance.
 
 use std::error::Error as _;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use aws_config::imds;
 use aws_config::imds::client::error::ImdsError;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_sdk_secretsmanager::config::ProvideCredentials;
 use serde_json::{json, Value};
 
-// ---- reusable emulator helper (to move into tests/common/ later) ----
-
-/// A running `tests/rig/imds_emulator.py` on a free loopback port; killed and reaped on drop.
-struct ImdsEmulator {
-    child: Child,
-    port: u16,
-    config_path: PathBuf,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ImdsEmulator {
-    /// Writes `config` and starts the emulator on it, waiting until it accepts connections.
-    fn start(config: &Value) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for the IMDS emulator");
-        let config_path = dir.path().join("imds.json");
-        let log_path = dir.path().join("requests.log");
-        write_json_atomically(&config_path, config);
-        let child = Command::new(python())
-            .arg(emulator_script())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--log")
-            .arg(&log_path)
-            // If this test process dies without running Drop, the emulator sees EOF and exits.
-            .arg("--exit-with-stdin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (set PYTHON?): {e}", python()));
-        // From here on Drop kills the child, including when reading the port fails.
-        let mut emulator = ImdsEmulator {
-            child,
-            port: 0,
-            config_path,
-            log_path,
-            _dir: dir,
-        };
-        emulator.port = emulator.read_port();
-        emulator
-    }
-
-    fn read_port(&mut self) -> u16 {
-        let stdout = self.child.stdout.take().expect("emulator stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => panic!("reading the emulator's port line: {e}"),
-            Err(_) => panic!("the emulator printed no port within 20 s"),
-        };
-        line.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("emulator exited or printed {line:?} instead of its port"))
-    }
-
-    /// Base URL to hand to the IMDS client, like `http://169.254.169.254`.
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// An SDK IMDS client builder pointed at this emulator.
-    fn client_builder(&self) -> imds::client::Builder {
-        imds::Client::builder()
-            .endpoint(self.endpoint())
-            .expect("emulator endpoint is a valid URI")
-            // The SDK's 1 s defaults are for a real IMDS; a 2-core CI machine running tests in
-            // parallel can stall a Python process longer than that.
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(5))
-    }
-
-    /// An SDK IMDS client pointed at this emulator.
-    fn client(&self) -> imds::Client {
-        self.client_builder().build()
-    }
-
-    /// Replaces the config; the emulator reads it again on its next request.
-    fn set_config(&self, config: &Value) {
-        write_json_atomically(&self.config_path, config);
-    }
-
-    /// Requests served so far, as `METHOD PATH STATUS` lines.
-    fn requests(&self) -> Vec<String> {
-        match std::fs::read_to_string(&self.log_path) {
-            Ok(text) => text.lines().map(str::to_owned).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => panic!("reading {}: {e}", self.log_path.display()),
-        }
-    }
-}
-
-impl Drop for ImdsEmulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn emulator_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/rig/imds_emulator.py")
-}
-
-/// Temp file + rename, so the emulator never reads a half-written config.
-fn write_json_atomically(path: &Path, value: &Value) {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(value).expect("config serialises");
-    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
-}
+mod common;
+use common::{emulator_script, python, ImdsEmulator};
 
 // ---- tests ----
 

@@ -1,0 +1,439 @@
+//! The test rig: real emulators on loopback (moto for Secrets Manager and CloudWatch Logs, our IMDSv2
+//! emulator) and the real `node-agent` binary driving the stand-ins under `tests/standins/`.
+#![allow(dead_code)] // each test binary uses a different part of the rig
+
+mod imds;
+pub use imds::*;
+
+use serde_json::{json, Value};
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A moto server (Secrets Manager, CloudWatch Logs) on a free loopback port; killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start moto ({e}); install it with: pip install 'moto[server]'")
+            });
+        let mut moto = Moto { child, port };
+        wait_for(
+            "moto to accept connections",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = moto.child.try_wait() {
+                    panic!("moto exited ({status}); install it with: pip install 'moto[server]'");
+                }
+                TcpStream::connect(("127.0.0.1", port)).ok()
+            },
+        );
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A Secrets Manager client on moto, for seeding and rotating secrets in tests.
+    pub async fn secrets_client(&self) -> aws_sdk_secretsmanager::Client {
+        let conf = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(conf)
+    }
+
+    pub async fn put_secret(&self, name: &str, value: &[u8]) {
+        let c = self.secrets_client().await;
+        let text = String::from_utf8(value.to_vec()).expect("test secrets are text");
+        c.create_secret()
+            .name(name)
+            .secret_string(text)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("seeding secret {name}: {e:?}"));
+    }
+
+    /// Seeds every dev fixture secret under `environment/`.
+    pub async fn seed_fixture_secrets(&self, environment: &str) {
+        for (name, path) in fixture_secrets() {
+            let value = std::fs::read(&path).expect("fixture secret");
+            self.put_secret(&format!("{environment}/{name}"), &value)
+                .await;
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const REGION: &str = "eu-central-1";
+
+/// The dev secrets under `tests/fixtures/secrets/dev`, as (name without environment, path).
+pub fn fixture_secrets() -> Vec<(String, PathBuf)> {
+    let root = repo().join("tests/fixtures/secrets/dev");
+    [
+        "sealer/keystore",
+        "sealer/password",
+        "bootnode/nodekey",
+        "ethstats/ws-secret",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), root.join(n)))
+    .collect()
+}
+
+/// An IMDS config for a host with these tags.
+pub fn imds_config(tags: Value) -> Value {
+    json!({
+        "instance_id": "i-0123456789abcdef0",
+        "region": REGION,
+        "availability_zone": "eu-central-1a",
+        "local_ipv4": "127.0.0.1",
+        "public_ipv4": "127.0.0.1",
+        "tags": tags,
+        "iam_role": "node-agent",
+        "credentials": {"AccessKeyId": "ASIAEMULATOR", "SecretAccessKey": "emulator", "Token": "emulator-token"}
+    })
+}
+
+/// A host under test: a temp tree (config, data, logs; secrets on tmpfs) and the environment pointing
+/// the agent at the emulators.
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    /// Under /dev/shm, so the secrets directory is tmpfs as in production.
+    pub shm: tempfile::TempDir,
+    pub config: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Host {
+    /// `extra` is appended to the generated config (TOML).
+    pub fn new(imds_endpoint: Option<&str>, moto_endpoint: Option<&str>, extra: &str) -> Host {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shm = tempfile::tempdir_in("/dev/shm").expect("temp dir on /dev/shm");
+        let repo = repo();
+        let d = dir.path();
+        let config = d.join("config.toml");
+        let text = format!(
+            r#"[chain]
+genesis = "{genesis}"
+bootnodes = ["enode://{id}@127.0.0.1:30301"]
+ethstats = "127.0.0.1:3000"
+{chain_extra}
+[binaries]
+geth = "{standins}/geth"
+bootnode = "{standins}/bootnode"
+ethstats = "{standins}/ethstats-server"
+
+[storage]
+kind = "local"
+local_root = "{d}/data"
+runtime_dir = "{d}/run"
+
+[secrets]
+local_dir = "{fixtures}"
+dir = "{shm}/secrets"
+
+[logs]
+dir = "{d}/logs"
+
+[restart]
+initial_backoff_ms = 200
+max_backoff_secs = 2
+
+[timeouts]
+imds_secs = 3
+secrets_secs = 3
+stop_secs = 10
+"#,
+            genesis = repo.join("resources/genesis.json").display(),
+            id = "ab".repeat(64),
+            chain_extra = "",
+            standins = repo.join("tests/standins").display(),
+            d = d.display(),
+            fixtures = repo.join("tests/fixtures/secrets").display(),
+            shm = shm.path().display(),
+        );
+        let text = if extra.is_empty() {
+            text
+        } else {
+            merge_toml(&text, extra)
+        };
+        std::fs::write(&config, text).expect("write config");
+        let mut env = vec![
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("NODE_AGENT_LOG".into(), "info".into()),
+        ];
+        if let Some(e) = imds_endpoint {
+            env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), e.into()));
+        } else {
+            // Nothing listens here: an unreachable IMDS.
+            env.push((
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                format!("http://127.0.0.1:{}", free_port()),
+            ));
+        }
+        if let Some(m) = moto_endpoint {
+            env.push(("AWS_ENDPOINT_URL".into(), m.into()));
+        }
+        Host {
+            dir,
+            shm,
+            config,
+            env,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.shm.path().join("secrets")
+    }
+
+    /// `node-agent ARGS --config <ours>` with the rig's environment (and none of the caller's AWS settings).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-agent"));
+        cmd.args(args).arg("--config").arg(&self.config);
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run node-agent")
+    }
+
+    /// Starts `node-agent run` in the background, its stderr captured to a file.
+    pub fn spawn_run(&self, extra: &[&str]) -> Agent {
+        let log = self.path("agent.stderr");
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        let child = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent stderr file"))
+            .spawn()
+            .expect("start node-agent run");
+        Agent { child, stderr: log }
+    }
+
+    pub fn log(&self, child: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("logs/{child}.log"))).unwrap_or_default()
+    }
+}
+
+/// Appends `extra` lines to the section they name, so tests can override single keys.
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut doc: toml::Table = base.parse().expect("base config");
+    let extra: toml::Table = extra.parse().expect("extra config");
+    for (section, v) in extra {
+        match (doc.get_mut(&section), v) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(e)) => t.extend(e),
+            (_, v) => {
+                doc.insert(section, v);
+            }
+        }
+    }
+    toml::to_string(&doc).expect("config serialises")
+}
+
+/// A running `node-agent run`; killed on drop if the test did not stop it.
+pub struct Agent {
+    pub child: Child,
+    pub stderr: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the agent has logged `ready`, or panics with what it said.
+    pub fn wait_ready(&mut self) {
+        let limit = Duration::from_secs(30);
+        let start = Instant::now();
+        loop {
+            if self.stderr().contains(" ready") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "node-agent exited ({status}) before ready:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "node-agent not ready after {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal agent");
+        let child = &mut self.child;
+        wait_for(
+            "node-agent to exit after SIGTERM",
+            Duration::from_secs(30),
+            || child.try_wait().ok().flatten(),
+        )
+    }
+
+    /// Waits for the agent to exit by itself.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("node-agent to exit", Duration::from_secs(30), || {
+            child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(mut f) = std::fs::File::open(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let mut s = String::new();
+        if f.read_to_string(&mut s).is_err() {
+            continue;
+        }
+        // The command name may hold spaces and parentheses: fields resume after the last ')'.
+        let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A process's argv.
+pub fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+pub fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// The one line node-agent printed on stderr for a failed command.
+pub fn error_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("node-agent: error:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one error line, got:\n{err}"
+    );
+    lines[0].to_owned()
+}

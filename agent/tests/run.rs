@@ -1,0 +1,229 @@
+//! `node-agent run` end to end on loopback: IMDSv2 emulator → plan → secrets from moto into a private
+//! directory → the stand-in started with its real command line → its output in the log pipeline →
+//! graceful stop on SIGTERM.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+/// The agent's one supervised child, once it is running.
+fn the_child(agent: &Agent) -> i32 {
+    let pid = agent.pid();
+    wait_for("the agent's child", Duration::from_secs(20), || {
+        let kids = children_of(pid);
+        (kids.len() == 1).then(|| kids[0])
+    })
+}
+
+fn file_mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+struct Rig {
+    _moto: Moto,
+    _imds: ImdsEmulator,
+    host: Host,
+}
+
+async fn rig(role: &str, seed: bool) -> Rig {
+    let moto = Moto::start();
+    if seed {
+        moto.seed_fixture_secrets("staging").await;
+    }
+    let imds = ImdsEmulator::start(&imds_config(
+        json!({"Role": role, "Environment": "staging"}),
+    ));
+    let host = Host::new(Some(&imds.endpoint()), Some(&moto.endpoint()), "");
+    Rig {
+        _moto: moto,
+        _imds: imds,
+        host,
+    }
+}
+
+#[tokio::test]
+async fn sealer_gets_its_secrets_runs_geth_with_them_and_stops_on_sigterm() {
+    let r = rig("sealer", true).await;
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let child = the_child(&agent);
+
+    // The real command line, with the secrets only as paths into the private directory.
+    let argv = cmdline(child);
+    let line = argv.join(" ");
+    let secrets = r.host.secrets_dir();
+    assert!(line.contains("tests/standins/geth --datadir"), "{line}");
+    assert!(
+        line.contains(&format!("--password {}/sealer-password", secrets.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("--keystore {}/keystore", secrets.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "--config {}/geth-ethstats.toml",
+            secrets.display()
+        )),
+        "{line}"
+    );
+    assert!(
+        !line.contains("dev-only"),
+        "a secret value reached argv: {line}"
+    );
+
+    // Secrets: directory 0700, files 0400, exactly the values stored in Secrets Manager.
+    assert_eq!(file_mode(&secrets), 0o700);
+    for f in [
+        "sealer-password",
+        "keystore/signer.json",
+        "ethstats-ws-secret",
+        "geth-ethstats.toml",
+    ] {
+        assert_eq!(file_mode(&secrets.join(f)), 0o400, "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("sealer-password")).unwrap(),
+        "dev-only-password"
+    );
+    let toml = std::fs::read_to_string(secrets.join("geth-ethstats.toml")).unwrap();
+    assert!(
+        toml.contains(
+            "URL = \"staging-sealer-i-0123456789abcdef0:dev-only-ws-secret@127.0.0.1:3000\""
+        ),
+        "{toml}"
+    );
+
+    // The datadir was initialised from the genesis on first boot, and geth's output reaches its log file.
+    wait_for(
+        "geth's lines in its log file",
+        Duration::from_secs(20),
+        || r.host.log("geth").contains("Starting Geth").then_some(()),
+    );
+
+    let status = agent.terminate();
+    assert!(status.success(), "agent exit {status}:\n{}", agent.stderr());
+    assert!(!alive(child), "geth outlived the agent");
+    assert!(
+        r.host.log("geth").contains("Got interrupt, shutting down"),
+        "geth was not stopped gracefully"
+    );
+    let left: Vec<_> = std::fs::read_dir(&secrets).unwrap().flatten().collect();
+    assert!(left.is_empty(), "secrets left behind after stop: {left:?}");
+    assert!(
+        !agent.stderr().contains("dev-only"),
+        "a secret value reached the agent's log"
+    );
+}
+
+#[tokio::test]
+async fn every_role_starts_its_own_program() {
+    for (role, needle) in [
+        ("rpc", "--http.api eth,net,web3"),
+        ("bootnode", "-nodekey"),
+        ("ethstats", "ethstats-server"),
+    ] {
+        let r = rig(role, true).await;
+        let mut agent = r.host.spawn_run(&[]);
+        agent.wait_ready();
+        let child = the_child(&agent);
+        let line = cmdline(child).join(" ");
+        assert!(line.contains(needle), "{role}: {line}");
+        let status = agent.terminate();
+        assert!(status.success(), "{role}: {status}\n{}", agent.stderr());
+        assert!(!alive(child), "{role}: child outlived the agent");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_secret_fails_the_boot_naming_it_and_starts_nothing() {
+    let r = rig("bootnode", false).await;
+    let mut agent = r.host.spawn_run(&[]);
+    let status = agent.wait_exit();
+    assert!(!status.success());
+    let err = agent.stderr();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("node-agent: error:"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["node-agent: error: secret staging/bootnode/nodekey (environment staging) does not exist in Secrets Manager; create it (aws secretsmanager create-secret --name staging/bootnode/nodekey)"]
+    );
+    assert!(
+        !r.host.path("logs/bootnode.log").exists(),
+        "the child was started without its secret"
+    );
+}
+
+#[tokio::test]
+async fn a_crashing_child_is_restarted() {
+    let r = rig("rpc", true).await;
+    // The stand-in reads fault switches from its datadir.
+    let datadir = r.host.path("data/staging/rpc");
+    std::fs::create_dir_all(&datadir).unwrap();
+    std::fs::write(
+        datadir.join("standin-faults.json"),
+        r#"{"crash_after": 0.5}"#,
+    )
+    .unwrap();
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let first = the_child(&agent);
+    wait_for("a restarted geth", Duration::from_secs(20), || {
+        children_of(agent.pid()).into_iter().find(|p| *p != first)
+    });
+    assert!(
+        agent.stderr().contains("child exited; restarting"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn local_mode_runs_with_no_aws_and_secrets_from_a_directory() {
+    let host = Host::new(None, None, "");
+    let mut agent = host.spawn_run(&["--local", "--role", "sealer", "--environment", "dev"]);
+    agent.wait_ready();
+    let child = the_child(&agent);
+    assert!(cmdline(child).join(" ").contains("--mine"));
+    assert_eq!(
+        std::fs::read_to_string(host.secrets_dir().join("sealer-password")).unwrap(),
+        "dev-only-password"
+    );
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+}
+
+#[test]
+fn first_boot_initialises_the_datadir_once() {
+    let host = Host::new(None, None, "");
+    let args = ["--local", "--role", "rpc", "--environment", "dev"];
+    let mut agent = host.spawn_run(&args);
+    agent.wait_ready();
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+    assert!(
+        agent
+            .stderr()
+            .contains("empty datadir: initialising the chain"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(host.path("data/dev/rpc/geth/chaindata").is_dir());
+
+    let mut again = host.spawn_run(&args);
+    again.wait_ready();
+    assert!(again.terminate().success(), "{}", again.stderr());
+    assert!(
+        !again.stderr().contains("initialising"),
+        "second boot ran geth init again:\n{}",
+        again.stderr()
+    );
+}
