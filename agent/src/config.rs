@@ -309,7 +309,9 @@ impl ConfigFile {
             source,
         })?;
         let mut file = Self::parse(&text, path)?;
-        file.resolve_relative_to(path.parent().unwrap_or(Path::new(".")));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        file.resolve_relative_to(&dir);
         Ok((file, path.to_owned()))
     }
 
@@ -329,7 +331,7 @@ impl ConfigFile {
             &mut self.logs.dir,
         ] {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         }
     }
@@ -342,6 +344,22 @@ impl ConfigFile {
             message: one_line(&e.to_string()),
         })
     }
+}
+
+/// Removes `.` and `..` lexically, so paths read well in plans and messages.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn one_line(s: &str) -> String {
@@ -774,8 +792,17 @@ fn check_enode(s: &str) -> Result<(), String> {
     let bad = || format!("{s:?} is not an enode URL (enode://<128 hex digits>@host:port)");
     let rest = s.strip_prefix("enode://").ok_or_else(bad)?;
     let (id, addr) = rest.split_once('@').ok_or_else(bad)?;
-    if id.len() != 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
+    let key = crate::genesis::decode_hex(id)
+        .filter(|k| k.len() == 64)
+        .ok_or_else(bad)?;
+    // geth refuses ("Bootstrap URL invalid") an id that is not a point on secp256k1.
+    let mut sec1 = Vec::with_capacity(65);
+    sec1.push(4);
+    sec1.extend_from_slice(&key);
+    if k256::PublicKey::from_sec1_bytes(&sec1).is_err() {
+        return Err(format!(
+            "{s:?}: the node id is not a valid secp256k1 public key"
+        ));
     }
     let addr = addr.split('?').next().unwrap_or(addr);
     check_host_port(addr).map_err(|_| bad())
@@ -947,6 +974,10 @@ mod tests {
             (
                 "chain.bootnodes",
                 Box::new(|f| f.chain.bootnodes = vec!["enode://xyz@h:1".into()]),
+            ),
+            (
+                "chain.bootnodes",
+                Box::new(|f| f.chain.bootnodes = vec![format!("enode://{}@h:1", "ab".repeat(64))]),
             ),
             (
                 "chain.ethstats",

@@ -36,6 +36,9 @@ pub enum Rendered {
         name: String,
         server: String,
     },
+    /// The ethstats server's `ws_secret.json` (`["secret"]`), which it reads when `WS_SECRET` is not
+    /// set in its environment (where secrets never go).
+    EthstatsSecretJson { path: PathBuf },
 }
 
 /// A process the agent starts and supervises.
@@ -255,15 +258,17 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             &names.ethstats_ws_secret,
             "ethstats-ws-secret",
         ));
+        rendered.push(Rendered::EthstatsSecretJson {
+            path: dir.join("ws_secret.json"),
+        });
         children.push(ChildPlan {
             name: "ethstats".into(),
             program: settings.binaries.ethstats.clone(),
             args: Vec::new(),
-            env: vec![
-                ("PORT".into(), "3000".into()),
-                ("WS_SECRET_FILE".into(), s(&dir.join("ethstats-ws-secret"))),
-            ],
-            cwd: Some(datadir.to_owned()),
+            env: vec![("PORT".into(), "3000".into())],
+            // Beside its ws_secret.json: the server resolves that file relative to itself, and the
+            // installed app directory links its copy into the private directory.
+            cwd: Some(dir.clone()),
             secrets: vec![SecretKind::EthstatsWsSecret],
             log: log("ethstats"),
         });
@@ -362,6 +367,11 @@ impl fmt::Display for Plan {
                 Rendered::GethEthstatsConfig { path, name, server } => writeln!(
                     out,
                     "    rendered {} (ethstats {name}@{server})",
+                    path.display()
+                )?,
+                Rendered::EthstatsSecretJson { path } => writeln!(
+                    out,
+                    "    rendered {} (the ethstats server's ws_secret.json)",
                     path.display()
                 )?,
             }
@@ -520,10 +530,14 @@ mod tests {
         let (id, s) = settings("ethstats", |_| {});
         let p = plan(&id, &s);
         let c = &p.children[0];
-        assert!(c.env.contains(&(
-            "WS_SECRET_FILE".into(),
-            "/run/node-agent/secrets/ethstats-ws-secret".into()
-        )));
+        assert_eq!(c.env, [("PORT".to_string(), "3000".to_string())]);
+        assert_eq!(
+            p.rendered,
+            [Rendered::EthstatsSecretJson {
+                path: "/run/node-agent/secrets/ws_secret.json".into()
+            }]
+        );
+        assert_eq!(c.cwd.as_deref(), Some(Path::new("/run/node-agent/secrets")));
         assert!(!c.env.iter().any(|(k, _)| k == "WS_SECRET"));
     }
 

@@ -126,16 +126,23 @@ async fn materialize_secrets(settings: &Settings, plan: &Plan) -> Result<(), Age
         settings.timeouts.secrets,
     )
     .await?;
+    let ws = || {
+        values
+            .iter()
+            .find(|(k, _)| *k == SecretKind::EthstatsWsSecret)
+            .map(|(_, v)| v)
+            .ok_or_else(|| AgentError::Refused("ethstats secret missing from the plan".into()))
+    };
     for r in &plan.rendered {
         match r {
             Rendered::GethEthstatsConfig { path, name, server } => {
-                let (_, ws) = values
-                    .iter()
-                    .find(|(k, _)| *k == SecretKind::EthstatsWsSecret)
-                    .ok_or_else(|| {
-                        AgentError::Refused("ethstats secret missing from the plan".into())
-                    })?;
-                secrets::write_file(path, secrets::geth_ethstats_toml(name, ws, server).expose())?;
+                secrets::write_file(
+                    path,
+                    secrets::geth_ethstats_toml(name, ws()?, server).expose(),
+                )?;
+            }
+            Rendered::EthstatsSecretJson { path } => {
+                secrets::write_file(path, secrets::ethstats_secret_json(ws()?).expose())?;
             }
         }
     }

@@ -379,6 +379,16 @@ pub fn geth_ethstats_toml(name: &str, secret: &SecretValue, server: &str) -> Sec
     SecretValue::new(v)
 }
 
+/// The ethstats server's `ws_secret.json`: a JSON array of accepted secrets.
+pub fn ethstats_secret_json(secret: &SecretValue) -> SecretValue {
+    // validate() already refused quotes, backslashes and control characters, so no escaping is needed.
+    let mut v = Vec::with_capacity(secret.expose().len() + 5);
+    v.extend_from_slice(b"[\"");
+    v.extend_from_slice(secret.expose());
+    v.extend_from_slice(b"\"]\n");
+    SecretValue::new(v)
+}
+
 /// Fetches, validates and writes every secret of the plan. Fails closed: any error stops the boot.
 pub async fn materialize(
     source: &Source,
@@ -492,6 +502,11 @@ mod tests {
         }
         let toml = geth_ethstats_toml("n1", &SecretValue::new(b"s3".to_vec()), "h:3000");
         assert_eq!(toml.expose(), b"[Ethstats]\nURL = \"n1:s3@h:3000\"\n");
+        let json = ethstats_secret_json(&SecretValue::new(b"s3".to_vec()));
+        assert_eq!(
+            serde_json::from_slice::<Vec<String>>(json.expose()).unwrap(),
+            ["s3"]
+        );
     }
 
     #[test]

@@ -102,10 +102,19 @@ async fn sealer_gets_its_secrets_runs_geth_with_them_and_stops_on_sigterm() {
     );
 
     // The datadir was initialised from the genesis on first boot, and geth's output reaches its log file.
-    wait_for(
-        "geth's lines in its log file",
-        Duration::from_secs(20),
-        || r.host.log("geth").contains("Starting Geth").then_some(()),
+    let ready = (0..400).any(|_| {
+        let log = r.host.log("geth");
+        let ok = log.contains("IPC endpoint opened") && log.contains("Unlocked account");
+        if !ok {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ok
+    });
+    assert!(
+        ready,
+        "geth did not come up:\n{}\nagent:\n{}",
+        r.host.log("geth"),
+        agent.stderr()
     );
 
     let status = agent.terminate();

@@ -127,6 +127,9 @@ impl Drop for Moto {
 
 pub const REGION: &str = "eu-central-1";
 
+/// The node id of `tests/fixtures/secrets/dev/bootnode/nodekey` (`bootnode -writeaddress`).
+pub const BOOTNODE_ID: &str = "9843fd0fa5b2214145b545d3f9c6f12d6e572f2a93ec4c3eb2a42c1c1413418426bfd589f5728e06c07e85de3828607ad1b6acfd5d2f02a727a8f011cf7fdb43";
+
 /// The dev secrets under `tests/fixtures/secrets/dev`, as (name without environment, path).
 pub fn fixture_secrets() -> Vec<(String, PathBuf)> {
     let root = repo().join("tests/fixtures/secrets/dev");
@@ -206,7 +209,7 @@ secrets_secs = 3
 stop_secs = 10
 "#,
             genesis = repo.join("resources/genesis.json").display(),
-            id = "ab".repeat(64),
+            id = BOOTNODE_ID,
             chain_extra = "",
             standins = repo.join("tests/standins").display(),
             d = d.display(),
@@ -219,9 +222,13 @@ stop_secs = 10
             merge_toml(&text, extra)
         };
         std::fs::write(&config, text).expect("write config");
+        // Empty AWS profile files: the SDK must get credentials from the instance role (the emulator).
+        let profile = d.join("aws-profile");
+        std::fs::write(&profile, "").expect("write empty AWS profile");
+        let profile = profile.display().to_string();
         let mut env = vec![
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_CONFIG_FILE".into(), profile.clone()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), profile),
             ("NODE_AGENT_LOG".into(), "info".into()),
         ];
         if let Some(e) = imds_endpoint {
@@ -328,7 +335,7 @@ impl Agent {
         let limit = Duration::from_secs(30);
         let start = Instant::now();
         loop {
-            if self.stderr().contains(" ready") {
+            if self.stderr().contains(" INFO ready children=") {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -1,0 +1,787 @@
+"""Shared code for the test stand-ins of geth 1.13.15, bootnode and ethstats-server.
+
+Test-only: lives under tests/, never shipped. Python 3.11 standard library only, and only cheap
+imports at module level (the stand-ins must start fast).
+
+Contents:
+  * keccak256 (the Ethereum one, not NIST SHA3) and secp256k1 public-key derivation, pure Python;
+  * Go `flag` package parsing (also what urfave/cli v2 uses underneath for geth);
+  * geth's log formats (terminal, logfmt, json) and utils.Fatalf;
+  * fault switches read from the environment and from a JSON file re-read while running;
+  * the STANDIN_*_RECORD invocation record.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+# ---------------------------------------------------------------------------------------------
+# Keccak-256 (Ethereum flavour: pad byte 0x01, not SHA3's 0x06). Follows the Keccak team's
+# CompactFIPS202 reference.
+
+
+def _rol64(a, n):
+    n %= 64
+    return ((a >> (64 - n)) | (a << n)) & 0xFFFFFFFFFFFFFFFF
+
+
+def _keccak_f1600(lanes):
+    r = 1
+    for _ in range(24):
+        c = [lanes[x][0] ^ lanes[x][1] ^ lanes[x][2] ^ lanes[x][3] ^ lanes[x][4] for x in range(5)]
+        d = [c[(x + 4) % 5] ^ _rol64(c[(x + 1) % 5], 1) for x in range(5)]
+        lanes = [[lanes[x][y] ^ d[x] for y in range(5)] for x in range(5)]
+        x, y = 1, 0
+        current = lanes[x][y]
+        for t in range(24):
+            x, y = y, (2 * x + 3 * y) % 5
+            current, lanes[x][y] = lanes[x][y], _rol64(current, (t + 1) * (t + 2) // 2)
+        for y in range(5):
+            t = [lanes[x][y] for x in range(5)]
+            for x in range(5):
+                lanes[x][y] = t[x] ^ ((~t[(x + 1) % 5]) & t[(x + 2) % 5])
+        for j in range(7):
+            r = ((r << 1) ^ ((r >> 7) * 0x71)) % 256
+            if r & 2:
+                lanes[0][0] ^= 1 << ((1 << j) - 1)
+    return lanes
+
+
+def keccak256(data: bytes) -> bytes:
+    rate = 136
+    msg = bytearray(data)
+    msg.append(0x01)
+    while len(msg) % rate:
+        msg.append(0)
+    msg[-1] |= 0x80
+    lanes = [[0] * 5 for _ in range(5)]
+    for off in range(0, len(msg), rate):
+        block = msg[off:off + rate]
+        for i in range(rate // 8):
+            x, y = i % 5, i // 5
+            lanes[x][y] ^= int.from_bytes(block[8 * i:8 * i + 8], "little")
+        lanes = _keccak_f1600(lanes)
+    out = b"".join(lanes[i % 5][i // 5].to_bytes(8, "little") for i in range(4))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# secp256k1
+
+SECP_P = 2**256 - 2**32 - 977
+SECP_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP_G = (
+    0x79BE667EF9DCBBAC55A06295CE870B07029BFCDB2DCE28D959F2815B16F81798,
+    0x483ADA7726A3C4655DA4FBFC0E1108A8FD17B448A68554199C47D08FFB10D4B8,
+)
+
+
+def _ec_add(p, q):
+    if p is None:
+        return q
+    if q is None:
+        return p
+    if p[0] == q[0]:
+        if (p[1] + q[1]) % SECP_P == 0:
+            return None
+        lam = 3 * p[0] * p[0] * pow(2 * p[1], -1, SECP_P) % SECP_P
+    else:
+        lam = (q[1] - p[1]) * pow(q[0] - p[0], -1, SECP_P) % SECP_P
+    x = (lam * lam - p[0] - q[0]) % SECP_P
+    return (x, (lam * (p[0] - x) - p[1]) % SECP_P)
+
+
+def ec_mul(k: int, point=SECP_G):
+    """Scalar multiplication k*point (double-and-add). Returns None for the point at infinity."""
+    result = None
+    addend = point
+    while k:
+        if k & 1:
+            result = _ec_add(result, addend)
+        addend = _ec_add(addend, addend)
+        k >>= 1
+    return result
+
+
+def pubkey_from_priv(priv: bytes) -> bytes:
+    """64-byte uncompressed public key (X||Y, without the 0x04 prefix), as geth's node IDs."""
+    d = int.from_bytes(priv, "big")
+    if not 0 < d < SECP_N:
+        raise ValueError("invalid private key")
+    x, y = ec_mul(d)
+    return x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+def address_from_pub(pub64: bytes) -> str:
+    return "0x" + keccak256(pub64)[12:].hex()
+
+
+def checksum_address(addr: str) -> str:
+    """EIP-55 mixed-case form (what geth's common.Address.Hex() prints in logs)."""
+    a = addr.lower().removeprefix("0x")
+    h = keccak256(a.encode()).hex()
+    return "0x" + "".join(c.upper() if c.isalpha() and int(h[i], 16) >= 8 else c for i, c in enumerate(a))
+
+
+def go_quote_byte(b: int) -> str:
+    """fmt's %q of a byte (a rune literal)."""
+    if b == 0x27:
+        return "'\\''"
+    if b == 0x5C:
+        return "'\\\\'"
+    if 0x20 <= b < 0x7F:
+        return "'" + chr(b) + "'"
+    named = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v"}
+    if b in named:
+        return "'" + named[b] + "'"
+    if b < 0x80:
+        return "'\\x%02x'" % b
+    return "'\\u%04x'" % b
+
+
+def go_hex_decode(s: str):
+    """encoding/hex.DecodeString semantics. Returns (bytes, None) or (None, ('byte', b) | ('length',))."""
+    raw = s.encode("latin-1", "replace")
+    hexdigits = b"0123456789abcdefABCDEF"
+    n = len(raw) - (len(raw) % 2)
+    for i in range(0, n, 2):
+        for b in raw[i:i + 2]:
+            if b not in hexdigits:
+                return None, ("byte", b)
+    if len(raw) % 2:
+        if raw[-1] not in hexdigits:
+            return None, ("byte", raw[-1])
+        return None, ("length",)
+    return bytes.fromhex(s), None
+
+
+def hex_to_ecdsa(hexkey: str) -> bytes:
+    """crypto.HexToECDSA of geth: returns the 32-byte key or raises ValueError with geth's message."""
+    b, err = go_hex_decode(hexkey)
+    if err and err[0] == "byte":
+        raise ValueError("invalid hex character %s in private key" % go_quote_byte(err[1]))
+    if err:
+        raise ValueError("invalid hex data for private key")
+    if len(b) * 8 != 256:
+        raise ValueError("invalid length, need 256 bits")
+    d = int.from_bytes(b, "big")
+    if d >= SECP_N:
+        raise ValueError("invalid private key, >=N")
+    if d == 0:
+        raise ValueError("invalid private key, zero or negative")
+    return b
+
+
+def load_ecdsa(path: str) -> bytes:
+    """crypto.LoadECDSA of geth 1.13: 64 hex chars, at most two trailing newline characters."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(go_os_error("open", path, e)) from None
+    buf = bytearray()
+    i = 0
+    while len(buf) < 64:
+        if i >= len(data) or data[i] < ord("!"):
+            break
+        buf.append(data[i])
+        i += 1
+    if len(buf) != 64:
+        raise ValueError("key file too short, want 64 hex characters")
+    # readASCII consumed the byte that stopped it (a control char) only when it stopped early; here
+    # the buffer is full, so checkKeyFileEnd sees everything after the 64 chars.
+    rest = data[i:]
+    for k, b in enumerate(rest):
+        if b not in (0x0A, 0x0D):
+            raise ValueError("invalid character %s at end of key file" % go_quote_byte(b))
+        if k >= 2:
+            raise ValueError("key file too long, want 64 hex characters")
+    return hex_to_ecdsa(buf.decode("latin-1"))
+
+
+def go_os_error(op: str, path: str, e: OSError) -> str:
+    """Go's *PathError text: 'open /x: no such file or directory'."""
+    import errno as _errno
+
+    msgs = {
+        _errno.ENOENT: "no such file or directory",
+        _errno.EACCES: "permission denied",
+        _errno.EISDIR: "is a directory",
+        _errno.ENOTDIR: "not a directory",
+        _errno.EEXIST: "file exists",
+        _errno.EROFS: "read-only file system",
+        _errno.ENOSPC: "no space left on device",
+    }
+    return "%s %s: %s" % (op, path, msgs.get(e.errno, (e.strerror or str(e)).lower()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Go `flag` package parsing (geth's urfave/cli v2 uses it underneath; bootnode uses it directly).
+
+
+class FlagError(Exception):
+    """A parse error with Go's exact message (e.g. 'flag provided but not defined: -foo')."""
+
+
+class HelpRequested(Exception):
+    """-h / -help given to a FlagSet that does not define them (Go returns flag.ErrHelp)."""
+
+
+_BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def go_parse_bool(s):
+    if s in _BOOL_TRUE:
+        return True
+    if s in _BOOL_FALSE:
+        return False
+    raise ValueError("parse error")
+
+
+def go_parse_int(s, unsigned=False, bits=64):
+    """strconv.ParseInt/ParseUint with base 0 (0x, 0o, 0b, leading-0 octal, '_' after a prefix)."""
+    t = s
+    neg = False
+    if not unsigned and t[:1] in ("+", "-"):
+        neg = t[0] == "-"
+        t = t[1:]
+    if not t:
+        raise ValueError("parse error")
+    base = 10
+    low = t.lower()
+    if low.startswith("0x"):
+        base, t = 16, t[2:]
+    elif low.startswith("0o"):
+        base, t = 8, t[2:]
+    elif low.startswith("0b"):
+        base, t = 2, t[2:]
+    elif len(t) > 1 and t[0] == "0":
+        base, t = 8, t[1:]
+    if "_" in t:
+        if base == 10 or t.startswith("_") or t.endswith("_") or "__" in t:
+            raise ValueError("parse error")
+        t = t.replace("_", "")
+    if not t:
+        raise ValueError("parse error")
+    try:
+        v = int(t, base)
+    except ValueError:
+        raise ValueError("parse error") from None
+    if neg:
+        v = -v
+    if unsigned:
+        if v >= 1 << bits:
+            raise ValueError("value out of range")
+    elif not -(1 << (bits - 1)) <= v < (1 << (bits - 1)):
+        raise ValueError("value out of range")
+    return v
+
+
+_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_parse_duration(s):
+    """time.ParseDuration; returns seconds as float or raises ValueError('parse error')."""
+    import re
+
+    orig = s
+    neg = False
+    if s[:1] in ("+", "-"):
+        neg = s[0] == "-"
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError("parse error")
+    total = 0.0
+    pat = re.compile(r"([0-9]*(?:\.[0-9]*)?)([a-z\u00b5\u03bc]+)")
+    pos = 0
+    while pos < len(s):
+        m = pat.match(s, pos)
+        if not m or m.group(1) in ("", ".") or m.group(2) not in _DUR_UNITS:
+            raise ValueError("parse error")
+        total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
+        pos = m.end()
+    del orig
+    return -total if neg else total
+
+
+class FlagSpec:
+    __slots__ = ("name", "kind", "default", "usage", "aliases", "check")
+
+    def __init__(self, name, kind="string", default=None, usage="", aliases=(), check=None):
+        self.name = name
+        self.kind = kind  # bool string int uint float duration big slice
+        self.default = default
+        self.usage = usage
+        self.aliases = tuple(aliases)
+        self.check = check  # optional callable(value) raising ValueError(msg) (flag.Value.Set errors)
+
+
+def convert_flag_value(spec, value):
+    """Converts like flag.Value.Set; raises ValueError(go message suffix)."""
+    k = spec.kind
+    if k == "bool":
+        return go_parse_bool(value)
+    if k == "int":
+        return go_parse_int(value)
+    if k == "uint":
+        return go_parse_int(value, unsigned=True)
+    if k == "float":
+        try:
+            return float(value.replace("_", "x") if "_" in value else value)
+        except ValueError:
+            raise ValueError("parse error") from None
+    if k == "duration":
+        return go_parse_duration(value)
+    if k == "big":
+        v = value
+        try:
+            if v.lower().startswith("0x"):
+                n = int(v[2:], 16)
+            else:
+                if not v or not (v.isdigit()):
+                    raise ValueError
+                n = int(v)
+        except ValueError:
+            raise ValueError("invalid integer syntax") from None
+        if n >= 1 << 256:
+            raise ValueError("invalid integer syntax")
+        return n
+    if spec.check is not None:
+        spec.check(value)
+    return value
+
+
+def go_flag_parse(args, specs, values=None, present=None):
+    """Parses `args` exactly like Go's flag.FlagSet.Parse (ContinueOnError).
+
+    specs: dict name -> FlagSpec (aliases must also be keys). Returns the remaining (non-flag) args.
+    `values` receives canonical-name -> value; `present` the set of canonical names given.
+    Raises FlagError with Go's message, or HelpRequested for an undefined -h/-help.
+    """
+    if values is None:
+        values = {}
+    if present is None:
+        present = set()
+    args = list(args)
+    while args:
+        s = args[0]
+        if len(s) < 2 or s[0] != "-":
+            break
+        minuses = 1
+        if s[1] == "-":
+            minuses = 2
+            if len(s) == 2:
+                args.pop(0)
+                break
+        name = s[minuses:]
+        if not name or name[0] in "-=":
+            raise FlagError("bad flag syntax: %s" % s)
+        args.pop(0)
+        has_value = False
+        value = ""
+        eq = name.find("=", 1)
+        if eq > 0:
+            value = name[eq + 1:]
+            name = name[:eq]
+            has_value = True
+        spec = specs.get(name)
+        if spec is None:
+            if name in ("help", "h"):
+                raise HelpRequested()
+            raise FlagError("flag provided but not defined: -%s" % name)
+        if spec.kind == "bool":
+            if has_value:
+                try:
+                    v = go_parse_bool(value)
+                except ValueError as e:
+                    raise FlagError("invalid boolean value %s for -%s: %s" % (go_quote(value), name, e)) from None
+            else:
+                v = True
+        else:
+            if not has_value and args:
+                value = args.pop(0)
+                has_value = True
+            if not has_value:
+                raise FlagError("flag needs an argument: -%s" % name)
+            try:
+                v = convert_flag_value(spec, value)
+            except ValueError as e:
+                raise FlagError("invalid value %s for flag -%s: %s" % (go_quote(value), name, e)) from None
+        if spec.kind == "slice":
+            values.setdefault(spec.name, []).append(v)
+        else:
+            values[spec.name] = v
+        present.add(spec.name)
+    return args
+
+
+def go_quote(s: str) -> str:
+    """strconv.Quote (close enough for ASCII and common escapes)."""
+    return json.dumps(s, ensure_ascii=False).replace("\\u007f", "\\x7f")
+
+
+# ---------------------------------------------------------------------------------------------
+# geth logging
+
+
+class Hash(str):
+    """A 32-byte hash value: abbreviated in terminal format (6bd5e6..9f0c0b), full in json/logfmt."""
+
+
+class Duration(float):
+    """Seconds; printed like common.PrettyDuration."""
+
+
+class Age(float):
+    """A unix timestamp; printed like common.PrettyAge (time since)."""
+
+
+class Bytes(float):
+    """A byte count printed like common.StorageSize (e.g. 16.00MiB)."""
+
+
+def pretty_duration(sec: float) -> str:
+    ns = int(round(sec * 1e9))
+    if ns == 0:
+        return "0s"
+    if ns < 1000:
+        return "%dns" % ns
+    if ns < 1_000_000:
+        v, unit = ns / 1e3, "\u00b5s"
+    elif ns < 1_000_000_000:
+        v, unit = ns / 1e6, "ms"
+    else:
+        v, unit = ns / 1e9, "s"
+        if v >= 60:
+            m, s = divmod(v, 60)
+            if m >= 60:
+                h, m = divmod(m, 60)
+                return "%dh%dm%ss" % (h, m, ("%.3f" % s).rstrip("0").rstrip("."))
+            return "%dm%ss" % (m, ("%.3f" % s).rstrip("0").rstrip("."))
+    txt = ("%.3f" % v).rstrip("0").rstrip(".")
+    return txt + unit
+
+
+def pretty_age(ts: float) -> str:
+    diff = time.time() - ts
+    if diff < 1:
+        return "0"
+    units = [(12 * 30 * 86400, "y"), (30 * 86400, "mo"), (7 * 86400, "w"), (86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+    out, prec = "", 0
+    for size, sym in units:
+        if diff > size:
+            out += "%d%s" % (diff // size, sym)
+            diff %= size
+            prec += 1
+            if prec >= 3:
+                break
+    return out
+
+
+def storage_size(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return "%.2f%s" % (n / size, unit)
+    return "%.2fB" % n
+
+
+def _commas(n: int) -> str:
+    if -99999 <= n <= 99999:
+        return str(n)
+    return "{:,}".format(n)
+
+
+def _needs_quoting(s: str) -> bool:
+    for ch in s:
+        if ch in ' ="' or ch < " " or ch > "~":
+            return True
+    return False
+
+
+_LEVELS = {"crit": (0, "CRIT ", "crit"), "error": (1, "ERROR", "eror"), "warn": (2, "WARN ", "warn"),
+           "info": (3, "INFO ", "info"), "debug": (4, "DEBUG", "debug"), "trace": (5, "TRACE", "trace")}
+
+
+class GethLogger:
+    """geth 1.13.15's log handlers: terminal (default, also when not a tty), logfmt, json."""
+
+    TERM_MSG_JUST = 40
+    TERM_CTX_MAX_PADDING = 40
+
+    def __init__(self, fmt="terminal", verbosity=3, stream=None, files=()):
+        self.fmt = fmt
+        self.verbosity = verbosity
+        self.stream = stream if stream is not None else sys.stderr
+        self.files = list(files)
+        self.lock = threading.Lock()
+        self.padding = {}
+
+    def _term_value(self, v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, Hash):
+            h = v.removeprefix("0x")
+            return "%s..%s" % (h[:6], h[-6:]) if len(h) == 64 else str(v)
+        if isinstance(v, Duration):
+            return pretty_duration(v)
+        if isinstance(v, Age):
+            return pretty_age(v)
+        if isinstance(v, Bytes):
+            return storage_size(v)
+        if isinstance(v, int):
+            return _commas(v)
+        if isinstance(v, float):
+            return "%.3f" % v
+        if v is None:
+            return "<nil>"
+        if isinstance(v, (list, tuple)):
+            return "[" + " ".join(str(x) for x in v) + "]"
+        s = str(v)
+        return go_quote(s) if _needs_quoting(s) else s
+
+    def _json_value(self, v):
+        if isinstance(v, bool) or v is None:
+            return v
+        if isinstance(v, Hash):
+            return str(v)
+        if isinstance(v, Duration):
+            return pretty_duration(v)
+        if isinstance(v, Age):
+            return pretty_age(v)
+        if isinstance(v, Bytes):
+            return storage_size(v)
+        if isinstance(v, (int, float)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [self._json_value(x) for x in v]
+        return str(v)
+
+    def enabled(self, lvl):
+        return _LEVELS[lvl][0] <= self.verbosity
+
+    def log(self, lvl, msg, *kv):
+        if not self.enabled(lvl):
+            return
+        now = time.time()
+        pairs = [(str(kv[i]), kv[i + 1] if i + 1 < len(kv) else None) for i in range(0, len(kv), 2)]
+        if self.fmt == "json":
+            obj = {"t": rfc3339nano(now), "lvl": _LEVELS[lvl][2], "msg": msg}
+            for k, v in pairs:
+                obj[k] = self._json_value(v)
+            line = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        elif self.fmt == "logfmt":
+            parts = ["t=" + rfc3339ms(now), "lvl=" + _LEVELS[lvl][2], "msg=" + (go_quote(msg) if _needs_quoting(msg) else msg)]
+            for k, v in pairs:
+                parts.append("%s=%s" % (k, self._term_value(v) if not isinstance(v, Hash) else str(v)))
+            line = " ".join(parts)
+        else:
+            lt = time.localtime(now)
+            stamp = time.strftime("%m-%d|%H:%M:%S", lt) + ".%03d" % int((now % 1) * 1000)
+            line = "%s[%s] %s" % (_LEVELS[lvl][1], stamp, msg)
+            if pairs and len(msg) < self.TERM_MSG_JUST:
+                line += " " * (self.TERM_MSG_JUST - len(msg))
+            for i, (k, v) in enumerate(pairs):
+                val = self._term_value(v)
+                line += " %s=%s" % (k, val)
+                if i < len(pairs) - 1:
+                    pad = self.padding.get(k, 0)
+                    n = len(val)
+                    if pad < n <= self.TERM_CTX_MAX_PADDING:
+                        pad = n
+                        self.padding[k] = pad
+                    if pad > n:
+                        line += " " * (pad - n)
+        self.write_line(line)
+
+    def write_line(self, line):
+        with self.lock:
+            for out in [self.stream] + self.files:
+                try:
+                    out.write(line + "\n")
+                    out.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def info(self, msg, *kv):
+        self.log("info", msg, *kv)
+
+    def warn(self, msg, *kv):
+        self.log("warn", msg, *kv)
+
+    def error(self, msg, *kv):
+        self.log("error", msg, *kv)
+
+    def debug(self, msg, *kv):
+        self.log("debug", msg, *kv)
+
+
+def rfc3339nano(t: float) -> str:
+    ns = int(t * 1e9) % 1_000_000_000
+    lt = time.localtime(t)
+    frac = ("%09d" % ns).rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", lt) + ("." + frac if frac else "") + _tz(lt)
+
+
+def rfc3339ms(t: float) -> str:
+    lt = time.localtime(t)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", lt) + ".%03d" % int((t % 1) * 1000) + _tz(lt)
+
+
+def _tz(lt) -> str:
+    off = lt.tm_gmtoff or 0
+    if off == 0:
+        return "Z"
+    sign = "+" if off > 0 else "-"
+    off = abs(off)
+    return "%s%02d:%02d" % (sign, off // 3600, (off % 3600) // 60)
+
+
+def same_file(a, b) -> bool:
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+        return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def fatalf(msg: str, code: int = 1):
+    """geth's utils.Fatalf: 'Fatal: ...' on stdout AND stderr (once if they are the same file), exit 1."""
+    line = "Fatal: " + msg + "\n"
+    outs = [sys.stderr] if same_file(sys.stdout, sys.stderr) else [sys.stdout, sys.stderr]
+    for out in outs:
+        try:
+            out.write(line)
+            out.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault switches and invocation records
+
+
+class Faults:
+    """Fault switches: env STANDIN_<PROG>_<KEY> overridden by a JSON file re-read every 0.5 s.
+
+    Keys in the file are the env names lowercased without the prefix, e.g. {"crash_after": 2}.
+    """
+
+    def __init__(self, prefix: str, file_path=None):
+        self.prefix = prefix
+        self.file_path = file_path
+        self.file_values = {}
+        self.file_mtime = None
+        self.lock = threading.Lock()
+        self._load_file()
+
+    def set_file(self, path):
+        with self.lock:
+            self.file_path = path
+        self._load_file()
+
+    def _load_file(self):
+        path = self.file_path
+        if not path:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            with self.lock:
+                self.file_values, self.file_mtime = {}, None
+            return
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key == self.file_mtime:
+            return
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            return  # keep the previous values while a writer is mid-way
+        with self.lock:
+            self.file_values = {str(k).lower(): v for k, v in data.items()}
+            self.file_mtime = key
+
+    def start_polling(self, interval=0.5):
+        def loop():
+            while True:
+                time.sleep(interval)
+                self._load_file()
+
+        threading.Thread(target=loop, name="faults", daemon=True).start()
+
+    def raw(self, key):
+        with self.lock:
+            if key in self.file_values:
+                return self.file_values[key]
+        return os.environ.get(self.prefix + key.upper())
+
+    def number(self, key, default=None):
+        v = self.raw(key)
+        if v is None or v == "":
+            return default
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return default
+
+    def flag(self, key) -> bool:
+        v = self.raw(key)
+        if isinstance(v, bool):
+            return v
+        if v is None:
+            return False
+        return str(v).strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def write_record(path, program, argv):
+    """Appends one JSON line describing this invocation (what a supervisor actually passed)."""
+    if not path:
+        return
+    rec = {
+        "program": program,
+        "argv": list(argv),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": sorted(os.getgroups()),
+        "cwd": os.getcwd(),
+        "env_keys": sorted(os.environ.keys()),
+        "umask": _umask(),
+        "time": time.time(),
+    }
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError as e:
+        sys.stderr.write("standin: cannot write record file %s: %s\n" % (path, e))
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return "%04o" % m
+
+
+def die_by_signal(signum):
+    """Terminate the way a process without a handler for `signum` does (wait status: signaled)."""
+    import signal as _signal
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    _signal.signal(signum, _signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(5)
+    os._exit(128 + signum)

@@ -1,0 +1,565 @@
+"""Tests of the geth / bootnode / ethstats-server stand-ins.
+
+Run: python3 -m unittest discover -s tests/standins -p 'test_*.py'
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _standin as S  # noqa: E402
+
+GETH = os.path.join(HERE, "geth")
+BOOTNODE = os.path.join(HERE, "bootnode")
+ETHSTATS = os.path.join(HERE, "ethstats-server")
+REFERENCE_FLAGS = "/work/shared/reference/geth-1.13.15-flags.txt"
+
+SIGNER_KEY = "b71c71a67e1177ad4e901695e1b4b9ee17ae16c6668d313eac2f96dbcda3f291"
+SIGNER = "0x71562b71999873db5b286df957af199ec94617f7"
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def genesis(chain_id=4242, period=5, signers=(SIGNER,), **extra):
+    g = {
+        "config": {"chainId": chain_id, "homesteadBlock": 0, "eip150Block": 0, "eip155Block": 0, "eip158Block": 0,
+                   "byzantiumBlock": 0, "constantinopleBlock": 0, "petersburgBlock": 0, "istanbulBlock": 0,
+                   "berlinBlock": 0, "londonBlock": 0, "clique": {"period": period, "epoch": 30000}},
+        "difficulty": "1",
+        "gasLimit": "0x1c9c380",
+        "extraData": "0x" + "00" * 32 + "".join(s[2:] for s in signers) + "00" * 65,
+        "alloc": {SIGNER[2:]: {"balance": "0x56bc75e2d63100000"}},
+    }
+    g.update(extra)
+    return g
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="standin-")
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = self.tmp.name
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def write(self, name, content, mode=None):
+        p = self.path(name)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(content if isinstance(content, str) else json.dumps(content))
+        if mode is not None:
+            os.chmod(p, mode)
+        return p
+
+    def run_cmd(self, prog, *args, env=None, timeout=10):
+        e = dict(os.environ)
+        e.update(env or {})
+        return subprocess.run([prog, *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=self.dir)
+
+    def spawn(self, prog, *args, env=None):
+        e = dict(os.environ)
+        e.update(env or {})
+        p = subprocess.Popen([prog, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=self.dir)
+        self.procs.append(p)
+        return p
+
+    def wait_for(self, cond, timeout=5.0, what="condition"):
+        end = time.time() + timeout
+        while time.time() < end:
+            v = cond()
+            if v:
+                return v
+            time.sleep(0.03)
+        self.fail("timed out waiting for " + what)
+
+    def finish(self, p, timeout=5):
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err
+
+
+class GethHelpers(Base):
+    def init_datadir(self, name="d", g=None):
+        gpath = self.write(name + "-genesis.json", g or genesis())
+        datadir = self.path(name)
+        r = self.run_cmd(GETH, "init", "--datadir", datadir, gpath)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return datadir
+
+    def add_signer_key(self, datadir, password="pw"):
+        self.write(os.path.join(os.path.basename(datadir), "keystore", "signer.json"),
+                   {"address": SIGNER[2:], "crypto": {}, "id": "x", "version": 3, "standin_password": password})
+        return self.write("password.txt", password + "\n")
+
+    def start_node(self, datadir, *args, env=None, period="0.2"):
+        e = {"STANDIN_GETH_PERIOD": period}
+        e.update(env or {})
+        p = self.spawn(GETH, "--datadir", datadir, "--authrpc.port", str(free_port()), *args, env=e)
+
+        def ready():
+            if p.poll() is not None:
+                self.fail("geth stand-in exited early: rc=%s\n%s" % (p.returncode, p.stderr.read()))
+            try:
+                with open(os.path.join(datadir, "standin-status.json")) as f:
+                    return json.load(f).get("status") == "running"
+            except (OSError, ValueError):
+                return False
+
+        self.wait_for(ready, what="node start")
+        return p
+
+    @staticmethod
+    def http_rpc(port, payload, headers=None):
+        req = urllib.request.Request("http://127.0.0.1:%d/" % port, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read()), dict(r.headers)
+
+    @staticmethod
+    def ipc_rpc(path, payload):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(json.dumps(payload).encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf)
+
+    @staticmethod
+    def call(method, *params, id=1):
+        return {"jsonrpc": "2.0", "id": id, "method": method, "params": list(params)}
+
+
+class GethCommandLineTest(GethHelpers):
+    def test_version_output_is_the_real_format(self):
+        r = self.run_cmd(GETH, "version")
+        self.assertEqual(r.returncode, 0)
+        lines = r.stdout.splitlines()
+        self.assertEqual(lines[:7], ["Geth", "Version: 1.13.15-stable",
+                                     "Git Commit: c5ba367eb6232e3eddd7d6226bfd374449c63164",
+                                     "Git Commit Date: 20240417", "Architecture: amd64", "Go Version: go1.21.6",
+                                     "Operating System: linux"])
+        self.assertTrue(lines[7].startswith("GOPATH=") and lines[8].startswith("GOROOT="))
+        r = self.run_cmd(GETH, "version", env={"STANDIN_GETH_VERSION": "1.14.0"})
+        self.assertIn("Version: 1.14.0-stable\n", r.stdout)
+        r = self.run_cmd(GETH, "--version")
+        self.assertEqual(r.stdout, "geth version 1.13.15-stable-c5ba367e\n")
+
+    def test_unknown_flag_is_rejected_like_urfave_cli(self):
+        r = self.run_cmd(GETH, "--datadir", self.dir, "--rpc")
+        self.assertEqual(r.returncode, 1)
+        self.assertTrue(r.stdout.startswith("Incorrect Usage: flag provided but not defined: -rpc\n\n"), r.stdout[:80])
+        self.assertEqual(r.stderr, "flag provided but not defined: -rpc\n")
+        # init has its own flag set: global flags after the subcommand are unknown there
+        r = self.run_cmd(GETH, "init", "--networkid", "5", "g.json")
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr, "flag provided but not defined: -networkid\n")
+
+    def test_boolean_flags_take_no_separate_value(self):
+        for args in (["--mine", "--http", "--ipcdisable", "version"], ["-mine=true", "--http=false", "version"]):
+            r = self.run_cmd(GETH, *args)
+            self.assertEqual(r.returncode, 0, (args, r.stderr))
+        r = self.run_cmd(GETH, "--mine", "true")  # "true" becomes the command
+        self.assertEqual((r.returncode, r.stderr), (1, 'invalid command: "true"\n'))
+        r = self.run_cmd(GETH, "--mine=yes")
+        self.assertEqual(r.stderr, 'invalid boolean value "yes" for -mine: parse error\n')
+        r = self.run_cmd(GETH, "--port", "abc")
+        self.assertEqual(r.stderr, 'invalid value "abc" for flag -port: parse error\n')
+        r = self.run_cmd(GETH, "--syncmode", "fast")
+        self.assertEqual(r.stderr, 'invalid value "fast" for flag -syncmode: unknown sync mode "fast"\n')
+        r = self.run_cmd(GETH, "--datadir")
+        self.assertEqual(r.stderr, "flag needs an argument: -datadir\n")
+
+    @unittest.skipUnless(os.path.exists(REFERENCE_FLAGS), "reference flag list not present")
+    def test_accepted_flags_match_the_reference_list(self):
+        sys.path.insert(0, HERE)
+        import importlib.machinery
+        import importlib.util
+
+        loader = importlib.machinery.SourceFileLoader("geth_standin", GETH)
+        spec = importlib.util.spec_from_loader("geth_standin", loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        glob, init, section = set(), set(), "global"
+        with open(REFERENCE_FLAGS) as f:
+            for line in f:
+                if line.startswith("# geth init flags"):
+                    section = "init"
+                elif line.startswith("# bootnode"):
+                    section = "bootnode"
+                elif line.startswith("# geth v1.13.15 subcommands"):
+                    section = "cmds"
+                if line.startswith("#") or not line.strip():
+                    continue
+                if section in ("global", "init"):
+                    names = [w.lstrip("-") for w in line.split() if w.startswith("-")]
+                    (glob if section == "global" else init).update(names)
+        extra = {"help", "h", "version", "v", "generate-bash-completion"}
+        self.assertEqual(set(mod.build_specs(mod.GLOBAL_FLAG_NAMES)), glob | extra)
+        self.assertEqual(set(mod.build_specs(mod.INIT_FLAG_NAMES)), init | {"help", "h"})
+
+    def test_init_same_genesis_twice_then_incompatible(self):
+        datadir = self.init_datadir()
+        r = self.run_cmd(GETH, "init", "--datadir", datadir, self.path("d-genesis.json"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Successfully wrote genesis state", r.stderr)
+        other = self.write("other.json", genesis(chain_id=99))
+        r = self.run_cmd(GETH, "init", "--datadir", datadir, other)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"Fatal: Failed to write genesis block: database contains incompatible genesis "
+                                   r"\(have [0-9a-f]{64}, new [0-9a-f]{64}\)")
+
+    def test_running_without_init_stores_mainnet_so_init_fails_later(self):
+        datadir = self.path("fresh")
+        p = self.start_node(datadir, "--networkid", "4242")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(p)[0], 0)
+        g = self.write("g.json", genesis())
+        r = self.run_cmd(GETH, "init", "--datadir", datadir, g)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("incompatible genesis (have d4e56740f876aef8c010b86a40d5f56745a118d0906a34e69aec8c0db1cb8fa3, new ", r.stderr)
+
+    def test_init_rejects_bad_genesis_and_misplaced_flags(self):
+        bad = genesis()
+        del bad["alloc"]
+        r = self.run_cmd(GETH, "init", "--datadir", self.path("x"), self.write("bad.json", bad))
+        self.assertIn("Fatal: invalid genesis file: missing required field 'alloc' for Genesis", r.stderr)
+        r = self.run_cmd(GETH, "init", "--datadir", self.path("x"), self.write("bad2.json", genesis(extraData="00")))
+        self.assertIn("hex string without 0x prefix", r.stderr)
+        r = self.run_cmd(GETH, "init", self.write("ok.json", genesis()), "--datadir", self.path("x"))
+        self.assertEqual((r.returncode, r.stderr.strip()), (1, "Fatal: need genesis.json file as the only argument"))
+
+
+class GethNodeTest(GethHelpers):
+    def test_http_and_ipc_json_rpc_head_advances_and_api_restriction(self):
+        datadir = self.init_datadir()
+        port = free_port()
+        p = self.start_node(datadir, "--networkid", "4242", "--http", "--http.port", str(port),
+                            "--http.corsdomain", "https://app.example", "--http.vhosts", "localhost,node.internal")
+        ipc = os.path.join(datadir, "geth.ipc")
+        r, _ = self.http_rpc(port, self.call("eth_blockNumber"))
+        first = int(r["result"], 16)
+        self.wait_for(lambda: int(self.http_rpc(port, self.call("eth_blockNumber"))[0]["result"], 16) >= first + 2,
+                      what="head to advance")
+        batch, _ = self.http_rpc(port, [self.call("eth_chainId", id=1), self.call("net_version", id=2),
+                                        self.call("net_peerCount", id=3), self.call("eth_syncing", id=4),
+                                        self.call("web3_clientVersion", id=5), self.call("admin_nodeInfo", id=6),
+                                        self.call("clique_getSigners", id=7),
+                                        self.call("eth_getBlockByNumber", "latest", False, id=8)])
+        by_id = {x["id"]: x for x in batch}
+        self.assertEqual(by_id[1]["result"], hex(4242))
+        self.assertEqual(by_id[2]["result"], "4242")
+        self.assertEqual(by_id[3]["result"], "0x1")
+        self.assertIs(by_id[4]["result"], False)
+        self.assertEqual(by_id[5]["result"], "Geth/v1.13.15-stable-c5ba367e/linux-amd64/go1.21.6")
+        self.assertEqual(by_id[6]["error"], {"code": -32601, "message": "the method admin_nodeInfo does not exist/is not available"})
+        self.assertEqual(by_id[7]["error"]["code"], -32601)
+        blk = by_id[8]["result"]
+        for k in ("number", "hash", "parentHash", "timestamp", "miner"):
+            self.assertIn(k, blk)
+        self.assertLess(abs(int(blk["timestamp"], 16) - time.time()), 5)
+        # IPC exposes every API
+        self.assertEqual(self.ipc_rpc(ipc, self.call("clique_getSigners"))["result"], [SIGNER])
+        info = self.ipc_rpc(ipc, self.call("admin_nodeInfo"))["result"]
+        self.assertTrue(info["enode"].startswith("enode://") and info["enode"].endswith("@127.0.0.1:30303"))
+        self.assertEqual(self.ipc_rpc(ipc, self.call("eth_getBlockByNumber", "latest"))["error"],
+                         {"code": -32602, "message": "missing value for required argument 1"})
+        # vhosts: IPs always pass, names must be listed
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            self.http_rpc(port, self.call("eth_blockNumber"), {"Host": "evil.example:%d" % port})
+        self.assertEqual(cm.exception.code, 403)
+        self.assertEqual(cm.exception.read(), b"invalid host specified\n")
+        _, hdrs = self.http_rpc(port, self.call("eth_blockNumber"), {"Host": "node.internal"})
+        # CORS
+        _, hdrs = self.http_rpc(port, self.call("eth_blockNumber"), {"Origin": "https://app.example"})
+        self.assertEqual(hdrs.get("Access-Control-Allow-Origin"), "https://app.example")
+        _, hdrs = self.http_rpc(port, self.call("eth_blockNumber"), {"Origin": "https://other.example"})
+        self.assertNotIn("Access-Control-Allow-Origin", hdrs)
+        pre = urllib.request.Request("http://127.0.0.1:%d/" % port, method="OPTIONS",
+                                     headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "content-type"})
+        with urllib.request.urlopen(pre, timeout=5) as resp:
+            self.assertEqual(resp.status, 200)
+            self.assertEqual(resp.headers["Access-Control-Allow-Origin"], "https://app.example")
+        # health-check GET and content-type enforcement
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5) as resp:
+            self.assertEqual((resp.status, resp.read()), (200, b""))
+        bad = urllib.request.Request("http://127.0.0.1:%d/" % port, data=b"{}", headers={"Content-Type": "text/plain"})
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            urllib.request.urlopen(bad, timeout=5)
+        self.assertEqual(cm.exception.code, 415)
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = self.finish(p)
+        self.assertEqual(rc, 0)
+        self.assertIn("HTTP server started                      endpoint=127.0.0.1:%d auth=false prefix= cors=https://app.example vhosts=localhost,node.internal" % port, err)
+        self.assertIn("Imported new chain segment", err)
+
+    def test_sealer_seals_then_sigterm_exits_0_quickly_and_releases_the_lock(self):
+        datadir = self.init_datadir()
+        pw = self.add_signer_key(datadir)
+        p = self.start_node(datadir, "--networkid", "4242", "--mine", "--miner.etherbase", SIGNER,
+                            "--unlock", SIGNER, "--password", pw)
+        ipc = os.path.join(datadir, "geth.ipc")
+        self.wait_for(lambda: int(self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"], 16) >= 2, what="sealing")
+        self.assertIs(self.ipc_rpc(ipc, self.call("eth_mining"))["result"], True)
+        t0 = time.time()
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = self.finish(p)
+        self.assertEqual(rc, 0)
+        self.assertLess(time.time() - t0, 1.0)
+        self.assertIn("Unlocked account                         address=0x71562b71999873DB5b286dF957af199Ec94617F7", err)
+        self.assertIn("Successfully sealed new block", err)
+        self.assertIn("Commit new sealing work", err)
+        self.assertIn("Got interrupt, shutting down...", err)
+        self.assertFalse(os.path.exists(ipc))
+        import fcntl
+
+        with open(os.path.join(datadir, "geth", "LOCK")) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+
+    def test_second_node_on_the_same_datadir_fails(self):
+        datadir = self.init_datadir()
+        self.start_node(datadir, "--networkid", "4242")
+        r = self.run_cmd(GETH, "--datadir", datadir, "--networkid", "4242", "--authrpc.port", str(free_port()))
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to create the protocol stack: datadir already used by another process")
+        r = self.run_cmd(GETH, "init", "--datadir", datadir, self.path("d-genesis.json"))
+        self.assertIn("datadir already used by another process", r.stderr)
+
+    def test_account_and_mining_fatals(self):
+        datadir = self.init_datadir()
+        pw = self.add_signer_key(datadir)
+        auth = ["--authrpc.port", str(free_port())]
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--http", "--http.port", str(free_port()), "--unlock", SIGNER, "--password", pw)
+        self.assertEqual((r.returncode, r.stderr.splitlines()[-1]), (1, "Fatal: Account unlock with HTTP access is forbidden!"))
+        other = "0x" + "ab" * 20
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--unlock", other, "--password", pw)
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to unlock account %s (no key for given address or file)" % other)
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--unlock", SIGNER, "--password", self.path("nope"))
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to read password file: open %s: no such file or directory" % self.path("nope"))
+        wrong = self.write("wrong.txt", "nope\n")
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--unlock", SIGNER, "--password", wrong)
+        self.assertIn("(could not decrypt key with given password)", r.stderr)
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--mine")
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to start mining: etherbase missing: etherbase must be explicitly specified")
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--mine", "--miner.etherbase", other)
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to start mining: signer missing: unknown account")
+        r = self.run_cmd(GETH, "--datadir", datadir, *auth, "--bootnodes", "enode://abcd@10.0.0.1:30301")
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr.splitlines()[-1], r"^CRIT \[.*\] Bootstrap URL invalid +enode=enode://abcd@10.0.0.1:30301 "
+                                                    r"err=\"invalid public key \(wrong length, want 128 hex chars\)\"$")
+
+    def test_crash_after_and_exit_code(self):
+        datadir = self.init_datadir()
+        t0 = time.time()
+        r = self.run_cmd(GETH, "--datadir", datadir, "--authrpc.port", str(free_port()),
+                         env={"STANDIN_GETH_CRASH_AFTER": "0.5", "STANDIN_GETH_EXIT_CODE": "3"})
+        self.assertEqual(r.returncode, 3)
+        self.assertLess(time.time() - t0, 3)
+        self.assertIn("Fatal: standin: injected crash after 0.5s", r.stderr)
+
+    def test_faults_file_ignore_sigterm_peers_and_stall(self):
+        datadir = self.init_datadir()
+        p = self.start_node(datadir, "--networkid", "4242")
+        ipc = os.path.join(datadir, "geth.ipc")
+        self.write(os.path.join("d", "standin-faults.json"), {"ignore_sigterm": True, "peers": 0, "stall_head_after": 0})
+        self.wait_for(lambda: self.ipc_rpc(ipc, self.call("net_peerCount"))["result"] == "0x0", what="faults file")
+        head = self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"]
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.8)
+        self.assertIsNone(p.poll(), "ignore_sigterm: must survive SIGTERM")
+        self.assertEqual(self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"], head)
+        p.kill()
+        self.assertEqual(p.wait(), -signal.SIGKILL)
+
+    def test_json_logs_config_toml_ethstats_and_record(self):
+        es_port = free_port()
+        es = self.spawn(ETHSTATS, env={"PORT": str(es_port), "LISTEN": "127.0.0.1", "WS_SECRET": "s3cret"})
+        self.wait_for(lambda: _http_ok("http://127.0.0.1:%d/" % es_port), what="ethstats")
+        datadir = self.init_datadir()
+        cfg = self.write("geth.toml", '[Eth]\nNetworkId = 777\n\n[Ethstats]\nURL = "sealer-1:s3cret@127.0.0.1:%d"\n' % es_port)
+        record = self.path("record.jsonl")
+        p = self.start_node(datadir, "--config", cfg, "--log.format", "json",
+                            env={"STANDIN_GETH_RECORD": record, "GETH_NOT_A_FLAG": "1"})
+        ipc = os.path.join(datadir, "geth.ipc")
+        self.assertEqual(self.ipc_rpc(ipc, self.call("net_version"))["result"], "777")
+
+        def listed():
+            with urllib.request.urlopen("http://127.0.0.1:%d/standin/nodes" % es_port, timeout=5) as r:
+                return [n["id"] for n in json.loads(r.read())["nodes"]]
+
+        self.wait_for(lambda: listed() == ["sealer-1"], what="ethstats login")
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = self.finish(p)
+        self.assertEqual(rc, 0)
+        lines = [json.loads(x) for x in err.splitlines()]
+        self.assertEqual(list(lines[0])[:3], ["t", "lvl", "msg"])
+        self.assertIn({"lvl": "info", "msg": "Stats daemon started"}, [{"lvl": x["lvl"], "msg": x["msg"]} for x in lines])
+        self.assertIn("Starting Geth on Ethereum mainnet...", [x["msg"] for x in lines])  # no --networkid flag
+        with open(record) as f:
+            rec = json.loads(f.readline())
+        self.assertEqual(rec["argv"][1:3], ["--datadir", datadir])
+        self.assertIn("STANDIN_GETH_RECORD", rec["env_keys"])
+        self.assertNotIn("s3cret", " ".join(rec["argv"]))
+        # unknown TOML fields are fatal, with geth's message
+        bad = self.write("bad.toml", '[Ethstats]\nurl = "x:y@h:1"\n')
+        r = self.run_cmd(GETH, "--datadir", datadir, "--config", bad)
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: %s, line 2: field 'url' is not defined in main.ethstatsConfig" % bad)
+
+
+def _http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class CryptoTest(unittest.TestCase):
+    def test_keccak_and_secp256k1_vectors(self):
+        self.assertEqual(S.keccak256(b"").hex(), "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470")
+        self.assertEqual(S.keccak256(b"abc").hex(), "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45")
+        one = S.pubkey_from_priv((1).to_bytes(32, "big")).hex()
+        self.assertEqual(one, "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+                              "483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8")
+        two = S.pubkey_from_priv((2).to_bytes(32, "big")).hex()
+        self.assertEqual(two, "c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5"
+                              "1ae168fea63dc339a3c58419466ceaeef7f632653266d0e1236431a950cfe52a")
+        three = S.pubkey_from_priv((3).to_bytes(32, "big")).hex()
+        self.assertTrue(three.startswith("f9308a019258c31049344f85f89d5229b531c845836f99b08601f113bce036f9"))
+        # web3.js docs account and geth's own test key
+        pub = S.pubkey_from_priv(bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"))
+        self.assertEqual(S.checksum_address(S.address_from_pub(pub)), "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23")
+        pub = S.pubkey_from_priv(bytes.fromhex(SIGNER_KEY))
+        self.assertEqual(S.checksum_address(S.address_from_pub(pub)), "0x71562b71999873DB5b286dF957af199Ec94617F7")
+
+
+class BootnodeTest(Base):
+    def test_genkey_and_writeaddress(self):
+        key = self.path("boot.key")
+        r = self.run_cmd(BOOTNODE, "-genkey", key)
+        self.assertEqual((r.returncode, r.stdout), (0, ""))
+        with open(key) as f:
+            data = f.read()
+        self.assertRegex(data, r"^[0-9a-f]{64}$")
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+        r = self.run_cmd(BOOTNODE, "-nodekey", key, "-writeaddress")
+        self.assertEqual(r.stdout, S.pubkey_from_priv(bytes.fromhex(data)).hex() + "\n")
+        r = self.run_cmd(BOOTNODE, "--nodekeyhex=" + "00" * 31 + "01", "--writeaddress")
+        self.assertEqual(r.stdout.strip()[:64], "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+        r = self.run_cmd(BOOTNODE, "-genkey", self.path("k2"), "-writeaddress")
+        self.assertRegex(r.stdout, r"^[0-9a-f]{128}\n$")
+
+    def test_flag_and_key_errors(self):
+        r = self.run_cmd(BOOTNODE, "-foo")
+        self.assertEqual(r.returncode, 2)
+        self.assertTrue(r.stderr.startswith("flag provided but not defined: -foo\nUsage of %s:\n  -addr string\n" % BOOTNODE))
+        r = self.run_cmd(BOOTNODE, "-nodekey", "a", "-nodekeyhex", "b")
+        self.assertEqual((r.returncode, r.stderr), (1, "Fatal: Options -nodekey and -nodekeyhex are mutually exclusive\n"))
+        r = self.run_cmd(BOOTNODE)
+        self.assertEqual(r.stderr, "Fatal: Use -nodekey or -nodekeyhex to specify a private key\n")
+        r = self.run_cmd(BOOTNODE, "-nodekey", self.path("missing"))
+        self.assertEqual(r.stderr, "Fatal: -nodekey: open %s: no such file or directory\n" % self.path("missing"))
+        r = self.run_cmd(BOOTNODE, "-nodekey", self.write("short", "abc"))
+        self.assertEqual(r.stderr, "Fatal: -nodekey: key file too short, want 64 hex characters\n")
+        r = self.run_cmd(BOOTNODE, "-nodekey", self.write("nl3", "11" * 32 + "\n\n\n"))
+        self.assertEqual(r.stderr, "Fatal: -nodekey: key file too long, want 64 hex characters\n")
+        r = self.run_cmd(BOOTNODE, "-nodekeyhex", "zz")
+        self.assertEqual(r.stderr, "Fatal: -nodekeyhex: invalid hex character 'z' in private key\n")
+        r = self.run_cmd(BOOTNODE, "-nodekeyhex", "11" * 32, "-nat", "extip")
+        self.assertEqual(r.stderr, "Fatal: -nat: missing IP address\n")
+
+    def test_running_prints_the_enode_and_dies_of_sigterm(self):
+        key = self.write("k", "11" * 32 + "\n")
+        port = free_port(socket.SOCK_DGRAM)
+        p = self.spawn(BOOTNODE, "-nodekey", key, "-addr", ":%d" % port, "-nat", "extip:203.0.113.7")
+        line = p.stdout.readline().strip()
+        pub = S.pubkey_from_priv(bytes.fromhex("11" * 32)).hex()
+        self.assertEqual(line, "enode://%s@203.0.113.7:0?discport=%d" % (pub, port))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the UDP port is really bound
+            with self.assertRaises(OSError):
+                s.bind(("0.0.0.0", port))
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(5), -signal.SIGTERM)
+        p = self.spawn(BOOTNODE, "-nodekey", key, "-addr", "127.0.0.1:0",
+                       env={"STANDIN_BOOTNODE_SIGTERM_EXIT0": "1", "STANDIN_BOOTNODE_RECORD": self.path("rec")})
+        self.assertIn("@127.0.0.1:0?discport=", p.stdout.readline())
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(5), 0)
+        with open(self.path("rec")) as f:
+            self.assertEqual(json.loads(f.readline())["program"], "bootnode")
+
+
+class EthstatsTest(Base):
+    def start(self, env):
+        port = free_port()
+        e = {"PORT": str(port), "LISTEN": "127.0.0.1"}
+        e.update(env)
+        p = self.spawn(ETHSTATS, env=e)
+        self.wait_for(lambda: _http_ok("http://127.0.0.1:%d/" % port) or p.poll() is not None, what="ethstats")
+        return p, port
+
+    @staticmethod
+    def hello(port, secret, node_id="n1"):
+        req = urllib.request.Request("http://127.0.0.1:%d/standin/hello" % port,
+                                     data=json.dumps({"id": node_id, "secret": secret, "info": {}}).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def test_serves_and_reads_the_secret_from_env_or_ws_secret_json_only(self):
+        p, port = self.start({"WS_SECRET": "a|b"})
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5) as r:
+            self.assertIn(b"Ethereum Network Status", r.read())
+        self.assertEqual([self.hello(port, "a"), self.hello(port, "b"), self.hello(port, "c")], [200, 200, 403])
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(5), -signal.SIGTERM)
+        _, err = p.communicate()
+        self.assertIn("[API] [CON] Closed - wrong auth", err)
+        appdir = self.path("app")
+        os.makedirs(appdir)
+        self.write(os.path.join("app", "ws_secret.json"), ["from-file"])
+        secret_file = self.write("secret", "from-secret-file")
+        p, port = self.start({"STANDIN_ETHSTATS_APPDIR": appdir, "WS_SECRET_FILE": secret_file})
+        self.assertEqual([self.hello(port, "from-file"), self.hello(port, "from-secret-file")], [200, 403])
+
+    def test_no_secret_logs_and_crash_after(self):
+        p, port = self.start({"STANDIN_ETHSTATS_APPDIR": self.dir, "STANDIN_ETHSTATS_CRASH_AFTER": "0.8",
+                              "STANDIN_ETHSTATS_EXIT_CODE": "7"})
+        self.assertEqual(p.wait(5), 7)
+        _, err = p.communicate()
+        self.assertRegex(err, r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \[API\] WS_SECRET NOT SET!!!\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
