@@ -5,7 +5,7 @@ use crate::cli::HostArgs;
 use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan, Rendered, SecretKind};
-use crate::{secrets, supervisor, sys};
+use crate::{logs, secrets, supervisor, sys};
 use std::path::{Path, PathBuf};
 use tokio::sync::{oneshot, watch};
 
@@ -22,6 +22,8 @@ pub enum AgentError {
     Spawn(#[from] supervisor::SpawnError),
     #[error(transparent)]
     Sys(#[from] sys::SysError),
+    #[error(transparent)]
+    Log(#[from] logs::LogError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -204,26 +206,32 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
-    prepare_storage(&plan.storage)?;
+    let (logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
     let result = async {
+        prepare_storage(&plan.storage)?;
         materialize_secrets(&settings, &plan).await?;
         first_boot(&plan).await?;
-        supervise(&settings, &plan, &mut sigterm).await
+        supervise(&settings, &plan, sinks, &mut sigterm).await
     }
     .await;
     secrets::wipe_dir(&plan.secrets_dir);
+    if let Err(e) = &result {
+        tracing::error!("{}", crate::identity::error_chain(e));
+    }
+    logs.shutdown().await;
     result
 }
 
 async fn supervise(
     settings: &Settings,
     plan: &Plan,
+    sinks: Vec<logs::LineSink>,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<(), AgentError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut started = Vec::new();
-    for child in &plan.children {
+    for (child, sink) in plan.children.iter().zip(sinks) {
         let (tx, rx) = oneshot::channel();
         started.push(rx);
         tasks.spawn(supervisor::supervise(
@@ -232,6 +240,7 @@ async fn supervise(
             settings.timeouts.stop,
             stop_rx.clone(),
             tx,
+            sink,
         ));
     }
     let all_started = async {

@@ -167,8 +167,8 @@ pub async fn supervise(
     stop_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
     started: tokio::sync::oneshot::Sender<()>,
+    sink: logs::LineSink,
 ) -> Result<(), SpawnError> {
-    let (sink, writer) = logs::open(&child.log.file).await?;
     let mut policy = RestartPolicy::new(&policy);
     let mut started = Some(started);
     loop {
@@ -221,7 +221,6 @@ pub async fn supervise(
         }
     }
     drop(sink);
-    let _ = writer.await;
     Ok(())
 }
 

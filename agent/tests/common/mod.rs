@@ -198,6 +198,7 @@ dir = "{shm}/secrets"
 
 [logs]
 dir = "{d}/logs"
+ship = {ship}
 
 [restart]
 initial_backoff_ms = 200
@@ -215,6 +216,8 @@ stop_secs = 10
             d = d.display(),
             fixtures = repo.join("tests/fixtures/secrets").display(),
             shm = shm.path().display(),
+            // Without moto there is no CloudWatch to ship to.
+            ship = moto_endpoint.is_some(),
         );
         let text = if extra.is_empty() {
             text
