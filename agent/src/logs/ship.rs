@@ -219,7 +219,9 @@ impl Stream {
     /// Ships until `stop` turns true and everything written has been accepted. The caller bounds the time
     /// it waits for that; dropping this future loses nothing (the checkpoint stays where CloudWatch is).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut reader = self.start().await;
+        let Some(mut reader) = self.start(&mut stop).await else {
+            return;
+        };
         self.ensure().await;
         let mut batcher = Batcher::default();
         let mut pending_since: Option<Instant> = None;
@@ -300,7 +302,7 @@ impl Stream {
 
     /// Opens the file and offset to resume from: the checkpoint's file (found by identity and
     /// fingerprint) or, without one, the oldest file from its start.
-    async fn start(&self) -> Reader {
+    async fn start(&self, stop: &mut watch::Receiver<bool>) -> Option<Reader> {
         let cp = match Checkpoint::load(&self.checkpoint) {
             Ok(cp) => cp,
             Err(e) => {
@@ -319,7 +321,7 @@ impl Stream {
                         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
                         let offset = cp.offset.min(size);
                         self.set_position(f.id, offset);
-                        return Reader::new(f.id, file, offset);
+                        return Some(Reader::new(f.id, file, offset));
                     }
                 }
                 tracing::warn!(file = %self.status().file.display(), "the checkpoint's file is gone; shipping from the oldest file");
@@ -327,10 +329,18 @@ impl Stream {
             if let Some(f) = files.first() {
                 if let Ok(reader) = self.open_file(f) {
                     self.set_position(reader.id, 0);
-                    return reader;
+                    return Some(reader);
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Nothing written yet; at stop, nothing ever will be.
+            if *stop.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.shared.notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                r = stop.changed() => if r.is_err() { return None; },
+            }
         }
     }
 

@@ -197,22 +197,30 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens (appending) `path` and publishes the files that exist. Errors name nothing: the caller
-    /// wraps them with the path.
+    /// Opens (appending) `path` if it exists and publishes the files that exist. Errors name nothing:
+    /// the caller wraps them with the path.
     pub fn open(path: &Path, rotation: Rotation, shared: Arc<Shared>) -> std::io::Result<Writer> {
         let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let file = open_append(path)?;
-        let size = file.metadata()?.len();
+        // Created at the first line: an absent file says the child never wrote anything.
+        let file = match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let size = match &file {
+            Some(f) => f.metadata()?.len(),
+            None => 0,
+        };
         let mut w = Writer {
             path: path.to_owned(),
             dir,
             name,
             rotation,
-            file: Some(file),
+            file,
             size,
             buf: Vec::with_capacity(64 * 1024),
             buf_lines: 0,
@@ -583,6 +591,7 @@ mod tests {
 
     fn writer(dir: &Path, max: u64, keep: u32, compress: bool) -> (Writer, Arc<Shared>) {
         let shared = Arc::new(Shared::default());
+        std::fs::write(dir.join("geth.log"), b"").unwrap();
         let w = Writer::open(
             &dir.join("geth.log"),
             Rotation {
