@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
 
 pub use ship::StreamStatus;
+use writer::Msg;
 pub use writer::Rotation;
 
 /// Longest line kept whole; longer ones are split into pieces of this size (each one CloudWatch event).
@@ -41,7 +42,7 @@ pub struct LogError {
 /// Where one child's lines go. Cheap to clone: one per output stream.
 #[derive(Clone)]
 pub struct LineSink {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Msg>,
 }
 
 /// The length of `b` without an incomplete UTF-8 sequence at its end.
@@ -84,7 +85,7 @@ impl LineSink {
             };
             if n == 0 {
                 if !line.is_empty() {
-                    let _ = self.tx.send(line).await;
+                    let _ = self.tx.send(Msg::Line(line)).await;
                 }
                 break;
             }
@@ -96,7 +97,7 @@ impl LineSink {
             } else if line.len() == MAX_LINE {
                 carry = line.split_off(utf8_cut(&line));
             }
-            if self.tx.send(line).await.is_err() {
+            if self.tx.send(Msg::Line(line)).await.is_err() {
                 break;
             }
         }
@@ -125,7 +126,8 @@ fn open_file(
     let shared = Arc::new(writer::Shared::default());
     shared.lock().shipping = shipping;
     let w = writer::Writer::open(path, rotation, shared.clone()).map_err(err)?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (tx, rx) = mpsc::channel::<Msg>(QUEUE);
+    shared.set_tick(tx.downgrade());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("log-writer".into())
@@ -299,7 +301,7 @@ impl Logs {
 
 /// The agent's own log, teed from `tracing` into its log file (stderr gets it too, for journald).
 struct AgentTee {
-    sink: Option<mpsc::Sender<Vec<u8>>>,
+    sink: Option<mpsc::Sender<Msg>>,
     early: Vec<Vec<u8>>,
     dropped: u64,
 }
@@ -314,10 +316,10 @@ fn agent_tee() -> std::sync::MutexGuard<'static, AgentTee> {
     AGENT_TEE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn attach_agent_log(tx: mpsc::Sender<Vec<u8>>) {
+fn attach_agent_log(tx: mpsc::Sender<Msg>) {
     let mut t = agent_tee();
     for line in std::mem::take(&mut t.early) {
-        if tx.try_send(line).is_err() {
+        if tx.try_send(Msg::Line(line)).is_err() {
             t.dropped += 1;
         }
     }
@@ -352,7 +354,7 @@ impl Drop for AgentLogLine {
         let mut t = agent_tee();
         for line in self.0.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let sent = match &t.sink {
-                Some(tx) => tx.try_send(line.to_vec()).is_ok(),
+                Some(tx) => tx.try_send(Msg::Line(line.to_vec())).is_ok(),
                 None if t.early.len() < EARLY_LINES => {
                     t.early.push(line.to_vec());
                     true

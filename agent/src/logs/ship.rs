@@ -582,9 +582,16 @@ impl Stream {
             .and_then(|r| r);
         match stored {
             Ok(()) => {
-                let mut s = self.shared.lock();
-                s.acked = Some(pos.file);
-                s.acked_offset = pos.offset;
+                let moved = {
+                    let mut s = self.shared.lock();
+                    let moved = s.acked != Some(pos.file);
+                    s.acked = Some(pos.file);
+                    s.acked_offset = pos.offset;
+                    moved
+                };
+                if moved {
+                    self.shared.tick();
+                }
             }
             Err(e) => {
                 tracing::warn!(checkpoint = %self.checkpoint.display(), error = %e, "cannot store the log checkpoint; lines may be sent twice after a restart")

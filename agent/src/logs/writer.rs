@@ -48,14 +48,37 @@ pub struct ChainState {
     pub rotations: u64,
 }
 
+/// What a writer receives.
+#[derive(Debug)]
+pub enum Msg {
+    /// A line, without its newline.
+    Line(Vec<u8>),
+    /// The shipper moved on: old files may be compressible now.
+    Tick,
+}
+
 #[derive(Debug, Default)]
 pub struct Shared {
     state: Mutex<ChainState>,
     /// Wakes the shipper: new lines, or a rotation.
     pub notify: tokio::sync::Notify,
+    /// Wakes the writer; weak, so it never keeps the writer from finishing.
+    tick: Mutex<Option<mpsc::WeakSender<Msg>>>,
 }
 
 impl Shared {
+    pub fn set_tick(&self, tx: mpsc::WeakSender<Msg>) {
+        *self.tick.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Asks the writer to look for files to compress.
+    pub fn tick(&self) {
+        let tx = self.tick.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(tx) = tx.and_then(|t| t.upgrade()) {
+            let _ = tx.try_send(Msg::Tick);
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, ChainState> {
         // A panic while holding this lock aborts the process (panic = "abort"), so poison cannot be seen
         // in production; in tests the state is still consistent enough to read.
@@ -442,14 +465,17 @@ impl Writer {
     }
 
     /// The writer thread: lines from the channel until every sender is gone.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Vec<u8>>) {
-        while let Some(line) = rx.blocking_recv() {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
             let now = stamp::now_ms();
-            self.add(&line, now);
+            if let Msg::Line(line) = msg {
+                self.add(&line, now);
+            }
             // Everything already queued goes out in one write.
             while self.pending() < 1 << 20 {
                 match rx.try_recv() {
-                    Ok(line) => self.add(&line, now),
+                    Ok(Msg::Line(line)) => self.add(&line, now),
+                    Ok(Msg::Tick) => {}
                     Err(_) => break,
                 }
             }

@@ -2,7 +2,9 @@
 //! emulator) and the real `node-agent` binary driving the stand-ins under `tests/standins/`.
 #![allow(dead_code)] // each test binary uses a different part of the rig
 
+mod cwproxy;
 mod imds;
+pub use cwproxy::*;
 pub use imds::*;
 
 use serde_json::{json, Value};
@@ -106,6 +108,51 @@ impl Moto {
             .send()
             .await
             .unwrap_or_else(|e| panic!("seeding secret {name}: {e:?}"));
+    }
+
+    /// A CloudWatch Logs client on moto, for reading what the agent shipped.
+    pub fn logs_client(&self) -> aws_sdk_cloudwatchlogs::Client {
+        let conf = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+            .region(aws_sdk_cloudwatchlogs::config::Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_cloudwatchlogs::Client::from_conf(conf)
+    }
+
+    /// Every message stored in a stream, oldest first (empty when the stream does not exist).
+    pub async fn log_messages(&self, group: &str, stream: &str) -> Vec<String> {
+        let c = self.logs_client();
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = match c
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .limit(10_000)
+                .set_next_token(token.clone())
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(_) => return out,
+            };
+            let events = page.events();
+            if events.is_empty() {
+                return out;
+            }
+            out.extend(
+                events
+                    .iter()
+                    .map(|e| e.message().unwrap_or_default().to_owned()),
+            );
+            token = page.next_forward_token().map(str::to_owned);
+        }
     }
 
     /// Seeds every dev fixture secret under `environment/`.
