@@ -4,6 +4,7 @@
 
 mod cwproxy;
 mod imds;
+#[allow(unused_imports)] // only the logs tests use the proxy
 pub use cwproxy::*;
 pub use imds::*;
 
