@@ -196,11 +196,16 @@ impl Logs {
             .map(|c| (c.name.as_str(), &c.log))
             .chain(std::iter::once((AGENT, &plan.agent_log)))
             .collect();
+        // Local mode without AWS_REGION has no CloudWatch to ship to.
+        let ship = settings.ship && !(plan.local && plan.identity.region == "local");
+        if settings.ship && !ship {
+            tracing::info!("local mode without AWS_REGION: logs stay in files, not shipped");
+        }
         let mut sinks = Vec::new();
         let mut writers = Vec::new();
         let mut shared_all = Vec::new();
         for (_, t) in &targets {
-            let (sink, handle, shared) = open_file(&t.file, rotation.clone(), settings.ship)?;
+            let (sink, handle, shared) = open_file(&t.file, rotation.clone(), ship)?;
             sinks.push(sink);
             writers.push(handle);
             shared_all.push(shared);
@@ -213,7 +218,7 @@ impl Logs {
 
         let (stop, stop_rx) = watch::channel(false);
         let mut shippers = tokio::task::JoinSet::new();
-        let client = if settings.ship {
+        let client = if ship {
             Some(ship::Client::new(&plan.identity.region).await)
         } else {
             None
@@ -225,7 +230,7 @@ impl Logs {
                 file: t.file.clone(),
                 group: t.group.clone(),
                 stream: t.stream.clone(),
-                shipping: settings.ship,
+                shipping: ship,
                 ..StreamStatus::default()
             }));
             if let Some(client) = &client {
@@ -253,7 +258,7 @@ impl Logs {
             }
             status.push(Target { status: st, shared });
         }
-        if settings.ship {
+        if ship {
             tracing::info!(group = %plan.agent_log.group, streams = status.len(), "shipping logs to CloudWatch Logs");
         }
         Ok((
