@@ -112,10 +112,10 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(id: FileId, file: std::fs::File, offset: u64) -> Reader {
+    fn new(id: FileId, file: impl Into<Arc<std::fs::File>>, offset: u64) -> Reader {
         Reader {
             id,
-            file: Arc::new(file),
+            file: file.into(),
             buf: Vec::new(),
             start: offset,
             last_ts: None,
@@ -225,12 +225,23 @@ impl Stream {
         self.ensure().await;
         let mut batcher = Batcher::default();
         let mut pending_since: Option<Instant> = None;
+        let mut backoff = Backoff(0);
         // Files read from but not yet covered by the checkpoint: kept open for its fingerprint.
         let mut open: VecDeque<(FileId, Arc<std::fs::File>)> = VecDeque::new();
         open.push_back((reader.id, reader.file.clone()));
         loop {
+            let mut failed = false;
             while let Some(b) = batcher.next_full() {
-                self.send(b, &mut open).await;
+                if !self.send(b, &mut open, &mut backoff).await {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff.next()).await;
+                self.rewind(&mut reader, &mut batcher, &mut open);
+                pending_since = None;
+                continue;
             }
             if batcher.is_empty() {
                 pending_since = None;
@@ -274,7 +285,11 @@ impl Stream {
                 let due = pending_since.is_none_or(|t| t.elapsed() >= self.flush);
                 if stopping || due {
                     if let Some(b) = batcher.next_any() {
-                        self.send(b, &mut open).await;
+                        if !self.send(b, &mut open, &mut backoff).await {
+                            tokio::time::sleep(backoff.next()).await;
+                            self.rewind(&mut reader, &mut batcher, &mut open);
+                            pending_since = None;
+                        }
                     }
                     continue;
                 }
@@ -342,6 +357,25 @@ impl Stream {
                 r = stop.changed() => if r.is_err() { return None; },
             }
         }
+    }
+
+    /// Back to the last accepted position: the unsent batches are read again from the files.
+    fn rewind(
+        &self,
+        reader: &mut Reader,
+        batcher: &mut Batcher,
+        open: &mut VecDeque<(FileId, Arc<std::fs::File>)>,
+    ) {
+        let offset = self.shared.lock().acked_offset;
+        let Some((id, file)) = open.front().cloned() else {
+            return;
+        };
+        open.truncate(1);
+        let last_ts = reader.last_ts;
+        *reader = Reader::new(id, file, offset);
+        reader.last_ts = last_ts;
+        *batcher = Batcher::default();
+        self.shared.lock().reading = Some(id);
     }
 
     fn set_position(&self, file: FileId, offset: u64) {
@@ -483,20 +517,20 @@ impl Stream {
         }
     }
 
-    async fn put(&self, events: &[InputLogEvent]) -> Put {
+    async fn put(&self, events: Vec<InputLogEvent>) -> Put {
+        let n = events.len() as u64;
         let result = self
             .client
             .0
             .put_log_events()
             .log_group_name(&self.group)
             .log_stream_name(&self.stream)
-            .set_log_events(Some(events.to_vec()))
+            .set_log_events(Some(events))
             .send()
             .await;
         match result {
             Ok(out) => {
                 if let Some(r) = out.rejected_log_events_info() {
-                    let n = events.len() as u64;
                     let too_new = r
                         .too_new_log_event_start_index()
                         .map_or(0, |i| n.saturating_sub(i as u64));
@@ -517,10 +551,16 @@ impl Stream {
         }
     }
 
-    /// Sends one batch until CloudWatch accepts it, then moves the checkpoint past it.
-    async fn send(&self, batch: Batch, open: &mut VecDeque<(FileId, Arc<std::fs::File>)>) {
+    /// Sends one batch; once CloudWatch accepted it, moves the checkpoint past it. `false` when it must
+    /// be sent again (after a backoff, re-read from the files: nothing is kept in memory to resend).
+    async fn send(
+        &self,
+        batch: Batch,
+        open: &mut VecDeque<(FileId, Arc<std::fs::File>)>,
+        backoff: &mut Backoff,
+    ) -> bool {
         let Some(resume) = batch.resume() else {
-            return;
+            return true;
         };
         let count = batch.events.len() as u64;
         let events: Vec<InputLogEvent> = batch
@@ -534,28 +574,25 @@ impl Stream {
                     .ok()
             })
             .collect();
-        let mut backoff = Backoff(0);
-        loop {
-            match self.put(&events).await {
-                Put::Done => break,
-                Put::Missing => {
-                    self.failed(
-                        "the log group or stream does not exist",
-                        backoff.0 + 1,
-                        "recreating the CloudWatch log stream",
-                    );
-                    self.ensure().await;
-                    tokio::time::sleep(backoff.next()).await;
-                }
-                Put::Failed(e) => {
-                    let delay = backoff.next();
-                    self.failed(&e, backoff.0, "PutLogEvents failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+        match self.put(events).await {
+            Put::Done => {}
+            Put::Missing => {
+                self.failed(
+                    "the log group or stream does not exist",
+                    backoff.0 + 1,
+                    "recreating the CloudWatch log stream",
+                );
+                self.ensure().await;
+                return false;
+            }
+            Put::Failed(e) => {
+                self.failed(&e, backoff.0 + 1, "PutLogEvents failed; retrying");
+                return false;
             }
         }
         if backoff.0 > 0 {
             tracing::info!(group = %self.group, stream = %self.stream, attempts = backoff.0 + 1, "PutLogEvents accepted after retries");
+            *backoff = Backoff(0);
         }
         {
             let mut st = self.status();
@@ -565,6 +602,7 @@ impl Stream {
             st.last_error = None;
         }
         self.advance(resume, open).await;
+        true
     }
 
     /// Stores the checkpoint durably, then tells the writer which files are done.
@@ -580,22 +618,18 @@ impl Stream {
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
-        match stored {
-            Ok(()) => {
-                let moved = {
-                    let mut s = self.shared.lock();
-                    let moved = s.acked != Some(pos.file);
-                    s.acked = Some(pos.file);
-                    s.acked_offset = pos.offset;
-                    moved
-                };
-                if moved {
-                    self.shared.tick();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(checkpoint = %self.checkpoint.display(), error = %e, "cannot store the log checkpoint; lines may be sent twice after a restart")
-            }
+        if let Err(e) = stored {
+            tracing::warn!(checkpoint = %self.checkpoint.display(), error = %e, "cannot store the log checkpoint; lines may be sent twice after a restart");
+        }
+        let moved = {
+            let mut s = self.shared.lock();
+            let moved = s.acked != Some(pos.file);
+            s.acked = Some(pos.file);
+            s.acked_offset = pos.offset;
+            moved
+        };
+        if moved {
+            self.shared.tick();
         }
         self.update_lag();
     }
