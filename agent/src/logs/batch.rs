@@ -72,6 +72,10 @@ impl Batcher {
         if !self.open.admits(&e) {
             self.closed.push_back(std::mem::take(&mut self.open));
         }
+        if self.open.events.is_empty() {
+            // Typical batches hold thousands of events: skip the first doublings.
+            self.open.events.reserve(1024);
+        }
         self.open.bytes += e.size();
         self.open.events.push(e);
         // Full: no further event could join, so do not wait for one to find out.

@@ -105,8 +105,10 @@ pub struct Stream {
 struct Reader {
     id: FileId,
     file: Arc<std::fs::File>,
-    /// Bytes read but not yet turned into events; `buf[0]` is at file offset `start`.
+    /// `buf[..filled]`: bytes read but not yet turned into events; `buf[0]` is at file offset `start`.
+    /// The rest is room for the next read (zeroed once, not at every read).
     buf: Vec<u8>,
+    filled: usize,
     start: u64,
     last_ts: Option<i64>,
 }
@@ -117,6 +119,7 @@ impl Reader {
             id,
             file: file.into(),
             buf: Vec::new(),
+            filled: 0,
             start: offset,
             last_ts: None,
         }
@@ -125,22 +128,24 @@ impl Reader {
     /// Reads the next chunk; 0 at end of file.
     async fn read_more(&mut self) -> std::io::Result<usize> {
         let file = self.file.clone();
-        let at = self.start + self.buf.len() as u64;
-        let mut chunk = std::mem::take(&mut self.buf);
-        let old = chunk.len();
-        chunk.resize(old + CHUNK, 0);
-        let (chunk, n) = tokio::task::spawn_blocking(move || {
-            let n = file.read_at(&mut chunk[old..], at);
-            (chunk, n)
+        let old = self.filled;
+        let at = self.start + old as u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.len() < old + CHUNK {
+            buf.resize(old + CHUNK, 0);
+        }
+        let (buf, n) = tokio::task::spawn_blocking(move || {
+            let n = file.read_at(&mut buf[old..old + CHUNK], at);
+            (buf, n)
         })
         .await
         .map_err(std::io::Error::other)?;
-        self.buf = chunk;
+        self.buf = buf;
         let n = n.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "log read failed");
             0
         });
-        self.buf.truncate(old + n);
+        self.filled += n;
         Ok(n)
     }
 
@@ -157,11 +162,12 @@ impl Reader {
     fn parse_inner(&mut self, batcher: &mut Batcher, whole: bool) -> usize {
         let mut at = 0;
         let mut events = 0;
-        while at < self.buf.len() {
-            let (end, next) = match memchr::memchr(b'\n', &self.buf[at..]) {
+        let filled = self.filled;
+        while at < filled {
+            let (end, next) = match memchr::memchr(b'\n', &self.buf[at..filled]) {
                 Some(i) => (at + i, at + i + 1),
-                None if whole => (self.buf.len(), self.buf.len()),
-                None if self.buf.len() - at >= 4 * batch::MAX_MESSAGE_BYTES => {
+                None if whole => (filled, filled),
+                None if filled - at >= 4 * batch::MAX_MESSAGE_BYTES => {
                     // No newline in sight: ship a large piece now rather than buffer without bound.
                     let mut cut = at + 2 * batch::MAX_MESSAGE_BYTES;
                     while cut > at && (self.buf[cut] & 0xC0) == 0x80 {
@@ -198,7 +204,8 @@ impl Reader {
             }
             at = next;
         }
-        self.buf.drain(..at);
+        self.buf.copy_within(at..filled, 0);
+        self.filled -= at;
         self.start += at as u64;
         events
     }
@@ -670,6 +677,7 @@ mod tests {
         let id = FileId::of(&f.metadata().unwrap());
         let mut r = Reader::new(id, f, 0);
         r.buf = text.to_vec();
+        r.filled = text.len();
         (r, dir)
     }
 
