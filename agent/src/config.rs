@@ -66,6 +66,9 @@ pub struct ConfigFile {
     pub logs: LogsFile,
     pub restart: RestartFile,
     pub timeouts: TimeoutsFile,
+    pub users: UsersFile,
+    pub ports: PortsFile,
+    pub health: HealthFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -165,6 +168,10 @@ pub struct SecretsFile {
     pub local_dir: PathBuf,
     /// The private directory the secrets are written to; must be on tmpfs outside local mode.
     pub dir: PathBuf,
+    /// How often to look for rotated secrets (DescribeSecret, no value read).
+    pub rotation_interval_secs: u64,
+    /// The customer-managed KMS key the secrets are encrypted with, if any (for `iam-policy`).
+    pub kms_key_arn: String,
     pub names: SecretNamesFile,
 }
 
@@ -174,6 +181,8 @@ impl Default for SecretsFile {
             source: SecretSourceKind::Aws,
             local_dir: "/etc/node-agent/secrets".into(),
             dir: "/run/node-agent/secrets".into(),
+            rotation_interval_secs: 300,
+            kms_key_arn: String::new(),
             names: SecretNamesFile::default(),
         }
     }
@@ -261,8 +270,10 @@ pub struct TimeoutsFile {
     pub imds_secs: u64,
     /// How long boot retries Secrets Manager on throttling and network errors.
     pub secrets_secs: u64,
-    /// How long a child gets after SIGTERM before SIGKILL.
+    /// How long a child gets after SIGTERM before SIGKILL (geth flushing state to EFS can take a while).
     pub stop_secs: u64,
+    /// How long a booting sealer waits for another sealer to release the key's lease before giving up.
+    pub sealer_lease_secs: u64,
 }
 
 impl Default for TimeoutsFile {
@@ -270,7 +281,80 @@ impl Default for TimeoutsFile {
         TimeoutsFile {
             imds_secs: 120,
             secrets_secs: 120,
-            stop_secs: 90,
+            stop_secs: 120,
+            sealer_lease_secs: 60,
+        }
+    }
+}
+
+/// Who the agent and its children run as after the root-only boot steps.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersFile {
+    /// Runs geth and bootnode: a user name, or `uid:gid`.
+    pub geth: String,
+    /// Runs the ethstats server.
+    pub ethstats: String,
+}
+
+impl Default for UsersFile {
+    fn default() -> Self {
+        UsersFile {
+            geth: "geth".into(),
+            ethstats: "ethstats".into(),
+        }
+    }
+}
+
+/// Listening ports of the children.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortsFile {
+    /// geth's p2p port (TCP and UDP).
+    pub p2p: u16,
+    /// The rpc role's public JSON-RPC port.
+    pub http: u16,
+    /// geth's authenticated Engine API, bound on 127.0.0.1 (unused by Clique, but geth 1.13 always binds it).
+    pub authrpc: u16,
+    /// The bootnode's discovery port (UDP).
+    pub bootnode: u16,
+    /// The ethstats dashboard.
+    pub ethstats: u16,
+}
+
+impl Default for PortsFile {
+    fn default() -> Self {
+        PortsFile {
+            p2p: 30303,
+            http: 8545,
+            authrpc: 8551,
+            bootnode: 30301,
+            ethstats: 3000,
+        }
+    }
+}
+
+/// Health checks of the children.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthFile {
+    /// Seconds between checks.
+    pub interval_secs: u64,
+    /// A geth head older than this is stalled; 0 means six Clique periods.
+    pub max_head_age_secs: u64,
+    /// After a start, how long head age and peers are not held against a child.
+    pub warmup_secs: u64,
+    /// How long a child may stay unhealthy before it is restarted.
+    pub grace_secs: u64,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        HealthFile {
+            interval_secs: 10,
+            max_head_age_secs: 0,
+            warmup_secs: 120,
+            grace_secs: 60,
         }
     }
 }
@@ -483,6 +567,10 @@ pub struct Settings {
     pub restart: RestartFile,
     #[serde(skip)]
     pub timeouts: Timeouts,
+    /// The user the agent and its children run as (name or `uid:gid`).
+    pub user: String,
+    pub ports: PortsFile,
+    pub health: HealthFile,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -512,6 +600,9 @@ pub struct SecretsSettings {
     pub source: SecretSourceKind,
     pub local_dir: PathBuf,
     pub dir: PathBuf,
+    #[serde(skip)]
+    pub rotation_interval: Duration,
+    pub kms_key_arn: Option<String>,
     pub names: SecretNames,
 }
 
@@ -535,6 +626,7 @@ pub struct SecretRef {
 pub struct Timeouts {
     pub secrets: Duration,
     pub stop: Duration,
+    pub sealer_lease: Duration,
 }
 
 /// Fills `{key}` placeholders; an unknown placeholder is an error naming it.
@@ -714,6 +806,17 @@ impl Settings {
             },
             local_dir: file.secrets.local_dir.clone(),
             dir: file.secrets.dir.clone(),
+            rotation_interval: Duration::from_secs(file.secrets.rotation_interval_secs),
+            kms_key_arn: match file.secrets.kms_key_arn.as_str() {
+                "" => None,
+                arn if arn.starts_with("arn:aws") && arn.contains(":kms:") => Some(arn.to_owned()),
+                arn => {
+                    return Err(invalid(
+                        "secrets.kms_key_arn",
+                        format!("{arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"),
+                    ))
+                }
+            },
             names: SecretNames {
                 sealer_keystore: secret("secrets.names.sealer_keystore", &names.sealer_keystore)?,
                 sealer_password: secret("secrets.names.sealer_password", &names.sealer_password)?,
@@ -756,10 +859,34 @@ impl Settings {
             ("timeouts.imds_secs", t.imds_secs),
             ("timeouts.secrets_secs", t.secrets_secs),
             ("timeouts.stop_secs", t.stop_secs),
+            ("health.interval_secs", file.health.interval_secs),
+            (
+                "secrets.rotation_interval_secs",
+                file.secrets.rotation_interval_secs,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1 second".into()));
             }
+        }
+
+        let (user_key, user) = match tags.role {
+            Role::Ethstats => ("users.ethstats", file.users.ethstats.as_str()),
+            _ => ("users.geth", file.users.geth.as_str()),
+        };
+        if user.is_empty() || user.starts_with("0:") || user == "root" {
+            return Err(invalid(
+                user_key,
+                format!("{user:?}: name a dedicated unprivileged user (e.g. geth), never root"),
+            ));
+        }
+        let p = &file.ports;
+        let ports = [p.p2p, p.http, p.authrpc, p.bootnode, p.ethstats];
+        if ports.contains(&0) {
+            return Err(invalid(
+                "ports",
+                "every port must be between 1 and 65535".into(),
+            ));
         }
 
         Ok(Settings {
@@ -782,7 +909,11 @@ impl Settings {
             timeouts: Timeouts {
                 secrets: Duration::from_secs(t.secrets_secs),
                 stop: Duration::from_secs(t.stop_secs),
+                sealer_lease: Duration::from_secs(t.sealer_lease_secs),
             },
+            user: user.to_owned(),
+            ports: file.ports.clone(),
+            health: file.health.clone(),
         })
     }
 }

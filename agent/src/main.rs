@@ -3,9 +3,14 @@
 mod cli;
 mod config;
 mod genesis;
+mod geth;
+mod health;
 mod identity;
+mod lease;
 mod logs;
 mod plan;
+mod privileges;
+mod rotation;
 mod run;
 mod secrets;
 mod supervisor;

@@ -4,10 +4,13 @@
 use crate::cli::HostArgs;
 use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
-use crate::plan::{self, Plan, Rendered, SecretKind};
-use crate::{secrets, supervisor, sys};
+use crate::plan::{self, Plan};
+use crate::supervisor::ChildStatus;
+use crate::{geth, lease, privileges, rotation, secrets, supervisor, sys};
 use std::path::{Path, PathBuf};
-use tokio::sync::{oneshot, watch};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// Any failure of the agent, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,12 @@ pub enum AgentError {
     Spawn(#[from] supervisor::SpawnError),
     #[error(transparent)]
     Sys(#[from] sys::SysError),
+    #[error(transparent)]
+    Privilege(#[from] privileges::PrivilegeError),
+    #[error(transparent)]
+    Geth(#[from] geth::GethError),
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -78,15 +87,28 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
     move |source| AgentError::Io { what, path, source }
 }
 
+/// Creates `dir` with `mode` (parents 0755, so a service user can reach it). Idempotent.
+fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(io("cannot create directory", parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io("cannot set the mode of", dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(io("cannot create directory", dir)(e)),
+    }
+}
+
 /// The role's data directory, ready to use.
 fn prepare_storage(storage: &StorageSettings) -> Result<(), AgentError> {
-    use std::os::unix::fs::DirBuilderExt;
     match storage {
-        StorageSettings::Local { datadir } => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(datadir)
-            .map_err(io("cannot create data directory", datadir)),
+        StorageSettings::Local { datadir } => create_dir(datadir, 0o750),
         StorageSettings::Efs { file_system_id, path, datadir } => Err(AgentError::Refused(format!(
             "storage: EFS {file_system_id}:{path} at {}: this build does not mount EFS yet; set storage.kind = \"local\" or mount it yourself and use kind local",
             datadir.display()
@@ -112,13 +134,16 @@ fn prepare_secrets_dir(plan: &Plan) -> Result<(), AgentError> {
 }
 
 /// Fetches every secret and renders the files built from them.
-async fn materialize_secrets(settings: &Settings, plan: &Plan) -> Result<(), AgentError> {
+async fn materialize_secrets(
+    settings: &Settings,
+    plan: &Plan,
+) -> Result<Option<(secrets::Source, secrets::SecretSet)>, AgentError> {
     if plan.secrets.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     prepare_secrets_dir(plan)?;
     let source = secrets::Source::new(&settings.secrets, &plan.identity.region).await;
-    let values = secrets::materialize(
+    let set = secrets::fetch_all(
         &source,
         &plan.secrets,
         &settings.environment,
@@ -126,60 +151,12 @@ async fn materialize_secrets(settings: &Settings, plan: &Plan) -> Result<(), Age
         settings.timeouts.secrets,
     )
     .await?;
-    let ws = || {
-        values
-            .iter()
-            .find(|(k, _)| *k == SecretKind::EthstatsWsSecret)
-            .map(|(_, v)| v)
-            .ok_or_else(|| AgentError::Refused("ethstats secret missing from the plan".into()))
-    };
-    for r in &plan.rendered {
-        match r {
-            Rendered::GethEthstatsConfig { path, name, server } => {
-                secrets::write_file(
-                    path,
-                    secrets::geth_ethstats_toml(name, ws()?, server).expose(),
-                )?;
-            }
-            Rendered::EthstatsSecretJson { path } => {
-                secrets::write_file(path, secrets::ethstats_secret_json(ws()?).expose())?;
-            }
-        }
+    secrets::check_set(&plan.secrets, &set, &settings.signer, &plan.secrets_dir).await?;
+    secrets::write_all(&plan.secrets, &plan.rendered, &set)?;
+    for s in &plan.secrets {
+        tracing::info!(secret_name = %s.reference.name, file = %s.file.display(), "secret written");
     }
-    Ok(())
-}
-
-/// Runs `geth init` when the datadir holds no chain; a genesis mismatch is refused, never wiped.
-async fn first_boot(plan: &Plan) -> Result<(), AgentError> {
-    let Some(init) = &plan.init else {
-        return Ok(());
-    };
-    let datadir = plan.storage.datadir();
-    if datadir.join("geth/chaindata").exists() {
-        return Ok(());
-    }
-    tracing::info!(datadir = %datadir.display(), "empty datadir: initialising the chain from the genesis");
-    let out = tokio::process::Command::new(&init.program)
-        .args(&init.args)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(io("cannot run geth init", &init.program))?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
-        return Err(AgentError::Refused(format!(
-            "geth init --datadir {} failed ({}): {last}",
-            datadir.display(),
-            supervisor::describe(&out.status)
-        )));
-    }
-    Ok(())
+    Ok(Some((source, set)))
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {
@@ -201,72 +178,180 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             )));
         }
     }
-
+    let genesis = std::fs::read(&settings.genesis_path)
+        .map_err(io("cannot read genesis", &settings.genesis_path))?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
+
+    // Root-only steps first, then the drop: nothing long-running stays root.
+    let account = if nix::unistd::geteuid().is_root() {
+        Some(privileges::resolve(&plan.user)?)
+    } else {
+        if !plan.local {
+            tracing::warn!(user = %nix::unistd::geteuid(), "not started as root: no privilege drop, mounts or tmpfs possible");
+        }
+        None
+    };
     prepare_storage(&plan.storage)?;
     let result = async {
-        materialize_secrets(&settings, &plan).await?;
-        first_boot(&plan).await?;
-        supervise(&settings, &plan, &mut sigterm).await
+        let secrets = materialize_secrets(&settings, &plan).await?;
+        if let Some(account) = account {
+            hand_over(&settings, &plan, account)?;
+            privileges::drop_to(account)?;
+            tracing::info!(
+                uid = account.uid.as_raw(),
+                gid = account.gid.as_raw(),
+                "dropped privileges"
+            );
+        }
+        if let Some(check) = &plan.version_check {
+            geth::check_version(check).await?;
+        }
+        let _lease = match &plan.sealer_lease {
+            Some(path) => {
+                let holder = format!("{} pid {}", plan.identity.instance_id, std::process::id());
+                Some(lease::acquire(path, &holder, settings.timeouts.sealer_lease).await?)
+            }
+            None => None,
+        };
+        if let Some(init) = &plan.init {
+            geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
+        }
+        supervise(&settings, &plan, secrets, &mut sigterm).await
     }
     .await;
     secrets::wipe_dir(&plan.secrets_dir);
     result
 }
 
+/// Gives the directories the agent and its children write to the service user.
+fn hand_over(
+    settings: &Settings,
+    plan: &Plan,
+    account: privileges::Account,
+) -> Result<(), AgentError> {
+    let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
+    if let StorageSettings::Local { datadir } = &plan.storage {
+        dirs.push(datadir.clone());
+    }
+    for d in &dirs {
+        create_dir(d, 0o750)?;
+        privileges::chown(d, account)?;
+    }
+    if plan.secrets_dir.exists() {
+        privileges::chown_tree(&plan.secrets_dir, account)?;
+    }
+    Ok(())
+}
+
+/// One line for systemd's STATUS=.
+fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
+    let parts: Vec<String> = children
+        .iter()
+        .map(|c| {
+            let state = serde_json::to_value(c.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match (&c.reason, &c.chain) {
+                (Some(r), _) => format!("{} {state} ({r})", c.name),
+                (None, Some(chain)) => format!(
+                    "{} {state}, head #{} {}s old, {} peers",
+                    c.name, chain.head, chain.head_age_secs, chain.peers
+                ),
+                (None, None) => format!("{} {state}", c.name),
+            }
+        })
+        .collect();
+    format!("{} {}: {}", plan.environment, plan.role, parts.join("; "))
+}
+
 async fn supervise(
     settings: &Settings,
     plan: &Plan,
+    secrets: Option<(secrets::Source, secrets::SecretSet)>,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<(), AgentError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut started = Vec::new();
+    let mut statuses = Vec::new();
+    let mut controls = Vec::new();
+    let rules = supervisor::HealthRules::new(&settings.health);
     for child in &plan.children {
-        let (tx, rx) = oneshot::channel();
-        started.push(rx);
+        let (status_tx, status_rx) = watch::channel(ChildStatus::new_for(&child.name));
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        statuses.push(status_rx);
+        controls.push(control_tx);
         tasks.spawn(supervisor::supervise(
             child.clone(),
             settings.restart.clone(),
+            rules.clone(),
             settings.timeouts.stop,
             stop_rx.clone(),
-            tx,
+            control_rx,
+            status_tx,
         ));
     }
-    let all_started = async {
-        for rx in started {
-            let _ = rx.await;
-        }
-    };
-    // A child that cannot even be spawned fails the boot.
-    tokio::select! {
-        _ = all_started => {}
-        Some(res) = tasks.join_next() => {
-            if let Ok(Err(e)) = res { return Err(e.into()); }
-        }
-    }
-    let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
-    let status = format!(
-        "{} {}: running {}",
-        plan.environment,
-        plan.role,
-        names.join(", ")
-    );
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status),
-    ]);
-    tracing::info!(children = %names.join(","), "ready");
 
+    let mut rotation_task = None;
+    if let Some((source, set)) = secrets {
+        let rotation = rotation::Rotation {
+            source,
+            set,
+            plan: plan.clone(),
+            environment: settings.environment.clone(),
+            signer: settings.signer.clone(),
+            interval: settings.secrets.rotation_interval,
+            deadline: settings.timeouts.secrets,
+        };
+        let controls = controls.clone();
+        rotation_task = Some(tokio::spawn(async move { rotation.watch(&controls).await }));
+    }
+
+    let watchdog = sd_notify::watchdog_enabled();
+    // A task that has not moved for this long is stuck: stop feeding the watchdog so systemd restarts us.
+    let stuck_after =
+        (rules.interval * 2 + Duration::from_secs(15)).max(watchdog.unwrap_or_default());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    let mut last_ping = Instant::now();
     let mut failure = None;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        Some(res) = tasks.join_next() => {
-            if let Ok(Err(e)) = res { failure = Some(e); }
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+            Some(res) = tasks.join_next() => {
+                if let Ok(Err(e)) = res { failure = Some(e); }
+                break;
+            }
+            _ = tick.tick() => {
+                let now: Vec<ChildStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
+                if !ready_sent && now.iter().all(|c| c.ever_ready) {
+                    ready_sent = true;
+                    let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    tracing::info!(children = %names.join(","), "ready");
+                }
+                let line = status_line(plan, &now);
+                if line != last_status {
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    last_status = line;
+                }
+                if let Some(period) = watchdog {
+                    let alive = now.iter().all(|c| c.heartbeat.elapsed() < stuck_after);
+                    if alive && last_ping.elapsed() >= period / 2 {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                        last_ping = Instant::now();
+                    }
+                }
+            }
         }
     }
+    if let Some(t) = rotation_task {
+        t.abort();
+    }
+    drop(controls);
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     while let Some(res) = tasks.join_next().await {

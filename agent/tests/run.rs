@@ -221,7 +221,7 @@ fn first_boot_initialises_the_datadir_once() {
     assert!(
         agent
             .stderr()
-            .contains("empty datadir: initialising the chain"),
+            .contains("initialising the chain from the genesis"),
         "{}",
         agent.stderr()
     );
