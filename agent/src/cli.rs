@@ -29,6 +29,61 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a secret's current value (a drop-in for get_secret.py), or write it to a file.
+    GetSecret(GetSecretArgs),
+    /// Print the least-privilege IAM policy for a role's instance profile.
+    IamPolicy(IamPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetSecretArgs {
+    /// Secret name or ARN.
+    pub name: String,
+    /// Print one field of a JSON secret.
+    #[arg(long, value_name = "KEY")]
+    pub field: Option<String>,
+    /// Staging label to read.
+    #[arg(long, value_name = "STAGE", default_value = "AWSCURRENT")]
+    pub version_stage: String,
+    /// Write the value to this file atomically instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Mode of --out, octal.
+    #[arg(long, value_name = "MODE", default_value = "0400", requires = "out", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Owner of --out: a user name or uid:gid.
+    #[arg(long, value_name = "USER", requires = "out")]
+    pub owner: Option<String>,
+    /// Give up after this many seconds of throttling or network errors.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0400"))
+}
+
+#[derive(Debug, Args)]
+pub struct IamPolicyArgs {
+    /// Configuration file [default: /etc/node-agent/config.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub role: Role,
+    #[arg(long, value_name = "NAME")]
+    pub environment: String,
+    /// Region of the ARNs [default: any].
+    #[arg(long, value_name = "REGION", default_value = "*")]
+    pub region: String,
+    /// Account of the ARNs [default: any].
+    #[arg(long, value_name = "ID", default_value = "*")]
+    pub account_id: String,
+    /// EFS file system, when the config leaves it to the EfsFileSystemId tag.
+    #[arg(long, value_name = "FS_ID")]
+    pub efs_file_system_id: Option<String>,
 }
 
 /// Where the host's identity and configuration come from.
@@ -60,6 +115,14 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("0400"), Ok(0o400));
+        assert_eq!(parse_mode("640"), Ok(0o640));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("rw").is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@ mod cli;
 mod config;
 mod genesis;
 mod geth;
+mod getsecret;
 mod health;
+mod iampolicy;
 mod identity;
 mod lease;
 mod logs;
@@ -55,18 +57,26 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Run(args) => run::run(&args).await,
-            cli::Command::Check { host, json } => run::check(&host, json).await,
+            cli::Command::Run(args) => run::run(&args).await.map_err(|e| identity::error_chain(&e)),
+            cli::Command::Check { host, json } => run::check(&host, json)
+                .await
+                .map_err(|e| identity::error_chain(&e)),
             cli::Command::Version { json } => {
                 version::print(json);
                 Ok(())
+            }
+            cli::Command::GetSecret(args) => getsecret::run(&args)
+                .await
+                .map_err(|e| identity::error_chain(&e)),
+            cli::Command::IamPolicy(args) => {
+                iampolicy::run(&args).map_err(|e| identity::error_chain(&e))
             }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("node-agent: error: {}", identity::error_chain(&e));
+            eprintln!("node-agent: error: {e}");
             ExitCode::FAILURE
         }
     }

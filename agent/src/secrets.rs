@@ -41,15 +41,15 @@ impl fmt::Display for SecretValue {
 /// Why a secret could not be had. Names the secret and what to fix; never carries its value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("secret {name} (environment {environment}): access denied; grant the instance role secretsmanager:GetSecretValue on it{kms}")]
+    #[error("secret {name}{environment}: access denied; grant the instance role secretsmanager:GetSecretValue on it{kms}")]
     AccessDenied {
         name: String,
         environment: String,
         kms: &'static str,
     },
-    #[error("secret {name} (environment {environment}) does not exist in Secrets Manager; create it (aws secretsmanager create-secret --name {name})")]
+    #[error("secret {name}{environment} does not exist in Secrets Manager; create it (aws secretsmanager create-secret --name {name})")]
     NotFound { name: String, environment: String },
-    #[error("secret {name} (environment {environment}) cannot be decrypted: grant the instance role kms:Decrypt on the secret's KMS key")]
+    #[error("secret {name}{environment} cannot be decrypted: grant the instance role kms:Decrypt on the secret's KMS key")]
     Decryption { name: String, environment: String },
     #[error("secret {name}: Secrets Manager unreachable after {}s: {cause}", waited.as_secs())]
     Unavailable {
@@ -246,7 +246,13 @@ where
             Err(e) => match classify(&e) {
                 Class::Retry => error_chain(&e),
                 Class::Final(code, message) => {
-                    let (name, environment) = (name.to_owned(), environment.to_owned());
+                    let name = name.to_owned();
+                    // Shown after the name: " (environment staging)", or nothing for get-secret.
+                    let environment = if environment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (environment {environment})")
+                    };
                     return Err(match code.as_str() {
                         "AccessDeniedException" => SecretError::AccessDenied {
                             kms: if message.contains("KMS") || message.contains("kms") {
@@ -414,7 +420,22 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SecretError> {
 
 /// Writes `value` to `path` atomically (temp file, fsync, rename), mode 0400.
 pub fn write_file(path: &Path, value: &[u8]) -> Result<(), SecretError> {
-    let parent = path.parent().unwrap_or(Path::new("/"));
+    write_file_as(path, value, 0o400, None)
+}
+
+/// Writes `value` to `path` atomically with `mode`, owned by `owner` when given (the caller is root).
+/// The temp file gets its final mode and owner before it is renamed into place.
+pub fn write_file_as(
+    path: &Path,
+    value: &[u8],
+    mode: u32,
+    owner: Option<crate::privileges::Account>,
+) -> Result<(), SecretError> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let err = |p: &Path| {
         let p = p.to_owned();
         move |source| SecretError::Write { path: p, source }
@@ -431,17 +452,29 @@ pub fn write_file(path: &Path, value: &[u8]) -> Result<(), SecretError> {
     // Dot-prefixed so geth's keystore scan never picks up a half-written file.
     let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    f.write_all(value)
-        .and_then(|_| f.sync_all())
-        .map_err(err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err(path))
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err(&tmp))?;
+        f.write_all(value)
+            .and_then(|_| f.sync_all())
+            .map_err(err(&tmp))?;
+        if let Some(a) = owner {
+            std::os::unix::fs::fchown(&f, Some(a.uid.as_raw()), Some(a.gid.as_raw()))
+                .map_err(err(&tmp))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(err(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Removes everything in the private directory; called when the agent stops.

@@ -107,6 +107,18 @@ impl Moto {
         aws_sdk_secretsmanager::Client::from_conf(conf)
     }
 
+    /// Stores a new version of an existing secret and moves AWSCURRENT to it (a rotation).
+    pub async fn rotate_secret(&self, name: &str, value: &str) {
+        self.secrets_client()
+            .await
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("rotating secret {name}: {e:?}"));
+    }
+
     pub async fn put_secret(&self, name: &str, value: &[u8]) {
         let c = self.secrets_client().await;
         let text = String::from_utf8(value.to_vec()).expect("test secrets are text");
@@ -563,4 +575,72 @@ pub fn geth_wrapper(dir: &Path, prelude: &str) -> PathBuf {
 pub fn geth_faults(datadir: &Path, faults: Value) {
     std::fs::create_dir_all(datadir).expect("datadir");
     std::fs::write(datadir.join("standin-faults.json"), faults.to_string()).expect("faults file");
+}
+
+/// `tests/rig/aws_fault_proxy.py` in front of moto: answers chosen calls with AWS errors.
+pub struct FaultProxy {
+    child: Child,
+    pub port: u16,
+    rules: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> FaultProxy {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rules = dir.path().join("rules.json");
+        std::fs::write(&rules, "[]").expect("rules");
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/rig/aws_fault_proxy.py"))
+            .args(["--upstream", upstream, "--rules"])
+            .arg(&rules)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fault proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("proxy port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("fault proxy printed {line:?}"));
+        FaultProxy {
+            child,
+            port,
+            rules,
+            _dir: dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_rules(&self, rules: Value) {
+        let tmp = self.rules.with_extension("tmp");
+        std::fs::write(&tmp, rules.to_string()).expect("rules");
+        std::fs::rename(&tmp, &self.rules).expect("rules");
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `node-agent ARGS` with AWS pointed at `endpoint` and test credentials (for get-secret and friends).
+pub fn agent_with_aws(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-agent"));
+    cmd.args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE");
+    cmd
 }
