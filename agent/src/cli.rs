@@ -29,10 +29,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running agent how this host is doing. Exit 0 healthy, 1 degraded, 2 down, 3 not running.
+    Status(StatusArgs),
     /// Print a secret's current value (a drop-in for get_secret.py), or write it to a file.
     GetSecret(GetSecretArgs),
     /// Print the least-privilege IAM policy for a role's instance profile.
     IamPolicy(IamPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as one JSON document (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place every --interval seconds until interrupted.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    #[arg(long, value_name = "SECS", default_value_t = 2, requires = "watch")]
+    pub interval: u64,
+    /// Configuration file, for the socket and log paths [default: /etc/node-agent/config.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The agent's status socket [default: RUNTIME_DIR/status.sock from the config].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -295,6 +295,8 @@ pub struct UsersFile {
     pub geth: String,
     /// Runs the ethstats server.
     pub ethstats: String,
+    /// Group that may read `node-agent status` without sudo (owns the status socket).
+    pub operators: String,
 }
 
 impl Default for UsersFile {
@@ -302,6 +304,7 @@ impl Default for UsersFile {
         UsersFile {
             geth: "geth".into(),
             ethstats: "ethstats".into(),
+            operators: "node-agent".into(),
         }
     }
 }
@@ -569,6 +572,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// The user the agent and its children run as (name or `uid:gid`).
     pub user: String,
+    /// The operators' group (status socket).
+    pub operators: String,
     pub ports: PortsFile,
     pub health: HealthFile,
 }
@@ -912,6 +917,7 @@ impl Settings {
                 sealer_lease: Duration::from_secs(t.sealer_lease_secs),
             },
             user: user.to_owned(),
+            operators: file.users.operators.clone(),
             ports: file.ports.clone(),
             health: file.health.clone(),
         })

@@ -17,6 +17,8 @@ pub struct GethSample {
     pub syncing: bool,
     /// For a sealer: whether its address is in `clique_getSigners`.
     pub authorised: Option<bool>,
+    /// For a sealer: whether geth is sealing (`eth_mining`).
+    pub mining: Option<bool>,
 }
 
 /// The verdict on one sample.
@@ -41,6 +43,9 @@ pub fn assess_geth(
         return Health::Unhealthy("the sealer's address is not in clique_getSigners".into());
     }
     let mut problems = Vec::new();
+    if s.mining == Some(false) {
+        problems.push("not sealing (eth_mining is false)".to_string());
+    }
     if s.head_age_secs > max_head_age.as_secs() {
         problems.push(format!(
             "head #{} is {}s old (limit {}s)",
@@ -180,6 +185,13 @@ pub async fn sample_geth(
         ipc_call(ipc, "eth_syncing", json!([])).await?,
         Value::Bool(false)
     );
+    let mining = match signer {
+        None => None,
+        Some(_) => Some(matches!(
+            ipc_call(ipc, "eth_mining", json!([])).await?,
+            Value::Bool(true)
+        )),
+    };
     let authorised = match signer {
         None => None,
         Some(addr) => {
@@ -201,6 +213,7 @@ pub async fn sample_geth(
         peers,
         syncing,
         authorised,
+        mining,
     })
 }
 
@@ -271,6 +284,7 @@ mod tests {
             peers,
             syncing: false,
             authorised,
+            mining: authorised,
         }
     }
 

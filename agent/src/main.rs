@@ -15,6 +15,7 @@ mod privileges;
 mod rotation;
 mod run;
 mod secrets;
+mod status;
 mod supervisor;
 mod sys;
 mod version;
@@ -55,6 +56,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let cli::Command::Status(args) = &cli.command {
+        return ExitCode::from(runtime.block_on(status::command(args)));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Run(args) => run::run(&args).await.map_err(|e| identity::error_chain(&e)),
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
                 version::print(json);
                 Ok(())
             }
+            cli::Command::Status(_) => Ok(()),
             cli::Command::GetSecret(args) => getsecret::run(&args)
                 .await
                 .map_err(|e| identity::error_chain(&e)),

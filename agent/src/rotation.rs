@@ -38,6 +38,8 @@ pub fn affected(plan: &Plan, kinds: &[SecretKind]) -> Vec<usize> {
 
 /// The rotation watcher's state.
 pub struct Rotation {
+    /// Where status reads the versions in use and the last refusal.
+    pub report: tokio::sync::watch::Sender<Vec<crate::status::SecretInfo>>,
     pub source: Source,
     pub set: SecretSet,
     pub plan: Plan,
@@ -73,7 +75,15 @@ impl Rotation {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(error = %crate::identity::error_chain(&e), "secret rotation: keeping the current secrets")
+                    let msg = crate::identity::error_chain(&e);
+                    tracing::error!(error = %msg, "secret rotation: keeping the current secrets");
+                    self.report.send_modify(|infos| {
+                        for i in infos.iter_mut() {
+                            if msg.contains(&i.name) {
+                                i.error = Some(msg.clone());
+                            }
+                        }
+                    });
                 }
             }
         }
@@ -146,6 +156,20 @@ impl Rotation {
         }
         secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate)?;
         self.set = candidate;
+        let now = crate::health::now_unix();
+        self.report.send_modify(|infos| {
+            for s in self.plan.secrets.iter().filter(|s| kinds.contains(&s.kind)) {
+                let fetched = self.set.get(s.kind);
+                if let (Some(info), Some(f)) = (
+                    infos.iter_mut().find(|i| i.name == s.reference.name),
+                    fetched,
+                ) {
+                    info.version = f.version.clone();
+                    info.fetched_at = now;
+                    info.error = None;
+                }
+            }
+        });
         let unique: BTreeSet<SecretKind> = kinds.iter().copied().collect();
         Ok(Some(unique.into_iter().collect()))
     }

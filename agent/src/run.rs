@@ -6,7 +6,7 @@ use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
-use crate::{geth, lease, privileges, rotation, secrets, supervisor, sys};
+use crate::{geth, lease, privileges, rotation, secrets, status, supervisor, sys};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -195,15 +195,21 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     prepare_storage(&plan.storage)?;
     let result = async {
         let secrets = materialize_secrets(&settings, &plan).await?;
-        if let Some(account) = account {
-            hand_over(&settings, &plan, account)?;
-            privileges::drop_to(account)?;
-            tracing::info!(
-                uid = account.uid.as_raw(),
-                gid = account.gid.as_raw(),
-                "dropped privileges"
-            );
-        }
+        let status_socket = match account {
+            Some(account) => {
+                hand_over(&settings, &plan, account)?;
+                // Bound while still root, to give it to the operators' group.
+                let socket = bind_status_socket(&settings, Some(account))?;
+                privileges::drop_to(account)?;
+                tracing::info!(
+                    uid = account.uid.as_raw(),
+                    gid = account.gid.as_raw(),
+                    "dropped privileges"
+                );
+                socket
+            }
+            None => bind_status_socket(&settings, None)?,
+        };
         if let Some(check) = &plan.version_check {
             geth::check_version(check).await?;
         }
@@ -217,11 +223,27 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         if let Some(init) = &plan.init {
             geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
         }
-        supervise(&settings, &plan, secrets, &mut sigterm).await
+        supervise(&settings, &plan, secrets, status_socket, &mut sigterm).await
     }
     .await;
     secrets::wipe_dir(&plan.secrets_dir);
     result
+}
+
+/// Storage as status shows it.
+fn storage_json(storage: &StorageSettings) -> serde_json::Value {
+    match storage {
+        StorageSettings::Efs {
+            file_system_id,
+            path,
+            datadir,
+        } => serde_json::json!({
+            "kind": "efs", "source": format!("{file_system_id}:{path}"), "datadir": datadir,
+        }),
+        StorageSettings::Local { datadir } => serde_json::json!({
+            "kind": "local", "source": datadir, "datadir": datadir,
+        }),
+    }
 }
 
 /// Gives the directories the agent and its children write to the service user.
@@ -242,6 +264,41 @@ fn hand_over(
         privileges::chown_tree(&plan.secrets_dir, account)?;
     }
     Ok(())
+}
+
+/// The status socket: `runtime_dir/status.sock`, mode 0660, group `users.operators` when that group
+/// exists (operators in it need no sudo).
+fn bind_status_socket(
+    settings: &Settings,
+    account: Option<privileges::Account>,
+) -> Result<tokio::net::UnixListener, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = settings.runtime_dir.join(status::SOCKET);
+    create_dir(&settings.runtime_dir, 0o750)?;
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(io("cannot listen on", &path))?;
+    let group = match nix::unistd::Group::from_name(&settings.operators) {
+        Ok(Some(g)) => Some(g.gid),
+        _ => {
+            tracing::warn!(group = %settings.operators, "operators' group not found: status needs the service user or root");
+            None
+        }
+    };
+    if account.is_some() || group.is_some() {
+        nix::unistd::chown(
+            &path,
+            account.map(|a| a.uid),
+            group.or(account.map(|a| a.gid)),
+        )
+        .map_err(|e| AgentError::Io {
+            what: "cannot chown",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io("cannot set the mode of", &path))?;
+    Ok(listener)
 }
 
 /// One line for systemd's STATUS=.
@@ -270,6 +327,7 @@ async fn supervise(
     settings: &Settings,
     plan: &Plan,
     secrets: Option<(secrets::Source, secrets::SecretSet)>,
+    status_socket: tokio::net::UnixListener,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<(), AgentError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -293,9 +351,62 @@ async fn supervise(
         ));
     }
 
+    let now = crate::health::now_unix();
+    let secret_infos: Vec<status::SecretInfo> = match &secrets {
+        Some((_, set)) => plan
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                set.get(s.kind).map(|f| status::SecretInfo {
+                    name: s.reference.name.clone(),
+                    version: f.version.clone(),
+                    fetched_at: now,
+                    error: None,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let (secrets_report, secrets_rx) = watch::channel(secret_infos);
+    let enode = secrets.as_ref().and_then(|(_, set)| {
+        let key = set.get(plan::SecretKind::BootnodeNodekey)?;
+        let id = secrets::node_id(&key.value)?;
+        let ip = plan
+            .identity
+            .public_ipv4
+            .as_deref()
+            .unwrap_or(&plan.identity.private_ipv4);
+        Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
+    });
+    let (_logs_tx, logs_rx) = watch::channel(serde_json::Value::Null);
+    let (_storage_tx, storage_rx) = watch::channel(None);
+    let sources = status::Sources {
+        fixed: std::sync::Arc::new(status::Static {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started_at: now,
+            role: plan.role.to_string(),
+            environment: plan.environment.clone(),
+            instance_id: plan.identity.instance_id.clone(),
+            region: plan.identity.region.clone(),
+            availability_zone: plan.identity.availability_zone.clone(),
+            geth_pinned: crate::version::pinned_geth(),
+            user: plan.user.clone(),
+            storage: storage_json(&plan.storage),
+            datadir: plan.storage.datadir().to_owned(),
+            enode,
+        }),
+        children: statuses.clone(),
+        secrets: secrets_rx,
+        logs: logs_rx,
+        storage_ok: storage_rx,
+    };
+    let status_task = tokio::spawn(status::serve(status_socket, sources));
+
     let mut rotation_task = None;
     if let Some((source, set)) = secrets {
         let rotation = rotation::Rotation {
+            report: secrets_report,
             source,
             set,
             plan: plan.clone(),
@@ -351,6 +462,7 @@ async fn supervise(
     if let Some(t) = rotation_task {
         t.abort();
     }
+    status_task.abort();
     drop(controls);
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);

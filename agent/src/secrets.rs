@@ -677,6 +677,16 @@ fn address_of(private_key: &[u8]) -> Option<String> {
     Some(format!("0x{}", crate::genesis::encode_hex(&hash[12..])))
 }
 
+/// The node id (uncompressed public key without the 0x04 prefix, hex) of a validated node key.
+pub fn node_id(nodekey: &SecretValue) -> Option<String> {
+    let hex = std::str::from_utf8(nodekey.expose()).ok()?.trim();
+    let bytes = zeroize::Zeroizing::new(crate::genesis::decode_hex(hex)?);
+    let secret = k256::SecretKey::from_slice(&bytes).ok()?;
+    let point =
+        k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    Some(crate::genesis::encode_hex(&point.as_bytes()[1..]))
+}
+
 /// Writes every secret file and every file rendered from them, each atomically.
 pub fn write_all(
     secrets: &[PlannedSecret],
