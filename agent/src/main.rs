@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod genesis;
 mod identity;
+mod install;
 mod logs;
 mod plan;
 mod run;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
                 version::print(json);
                 Ok(())
             }
+            cli::Command::Install(args) => install::run(&args).map_err(Into::into),
         }
     });
     match result {
