@@ -35,6 +35,9 @@ pub enum Command {
     GetSecret(GetSecretArgs),
     /// Print the least-privilege IAM policy for a role's instance profile.
     IamPolicy(IamPolicyArgs),
+    /// Install this binary, the systemd unit, users, directories, config and genesis under a root, and
+    /// the pinned downloads after checking their sha256.
+    Install(InstallArgs),
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +107,31 @@ pub struct IamPolicyArgs {
     /// EFS file system, when the config leaves it to the EfsFileSystemId tag.
     #[arg(long, value_name = "FS_ID")]
     pub efs_file_system_id: Option<String>,
+}
+
+/// `node-agent install`: lay out a host under a root (used by the bake and the boot test).
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Root to install into: / when baking a host, a scratch directory in tests.
+    #[arg(long, value_name = "DIR", required_unless_present = "print_downloads")]
+    pub root: Option<PathBuf>,
+    /// The geth alltools archive (geth + bootnode); its sha256 must match geth.sha256 in versions.toml.
+    #[arg(long, value_name = "PATH")]
+    pub geth_archive: Option<PathBuf>,
+    /// The ethstats server's source archive; its sha256 must match ethstats.sha256.
+    #[arg(long, value_name = "PATH")]
+    pub ethstats_archive: Option<PathBuf>,
+    /// The chain's genesis [default: keep the installed one, else the built-in development genesis].
+    #[arg(long, value_name = "PATH")]
+    pub genesis: Option<PathBuf>,
+    /// Also create the users and directories and enable the unit (systemd-sysusers, systemd-tmpfiles,
+    /// systemctl, all with --root).
+    #[arg(long)]
+    pub enable: bool,
+    /// Print the pinned downloads (name, URL, sha256, file name; tab-separated) and exit. Fails while a
+    /// checksum or commit in versions.toml is empty.
+    #[arg(long, conflicts_with_all = ["root", "geth_archive", "ethstats_archive", "genesis", "enable"])]
+    pub print_downloads: bool,
 }
 
 /// Where the host's identity and configuration come from.

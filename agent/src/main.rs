@@ -8,6 +8,7 @@ mod getsecret;
 mod health;
 mod iampolicy;
 mod identity;
+mod install;
 mod lease;
 mod logs;
 mod plan;
@@ -75,6 +76,9 @@ fn main() -> ExitCode {
                 .map_err(|e| identity::error_chain(&e)),
             cli::Command::IamPolicy(args) => {
                 iampolicy::run(&args).map_err(|e| identity::error_chain(&e))
+            }
+            cli::Command::Install(args) => {
+                install::run(&args).map_err(|e| identity::error_chain(&e))
             }
         }
     });
