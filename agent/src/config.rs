@@ -291,10 +291,9 @@ impl Default for TimeoutsFile {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsersFile {
-    /// Runs geth and bootnode: a user name, or `uid:gid`.
-    pub geth: String,
-    /// Runs the ethstats server.
-    pub ethstats: String,
+    /// The agent and its children run as this user after the root-only boot steps: a user name, or
+    /// `uid:gid`. A host runs one role, so one service user per host is all the separation there is.
+    pub service: String,
     /// Group that may read `node-agent status` without sudo (owns the status socket).
     pub operators: String,
 }
@@ -302,8 +301,7 @@ pub struct UsersFile {
 impl Default for UsersFile {
     fn default() -> Self {
         UsersFile {
-            geth: "geth".into(),
-            ethstats: "ethstats".into(),
+            service: "node-agent".into(),
             operators: "node-agent".into(),
         }
     }
@@ -875,14 +873,13 @@ impl Settings {
             }
         }
 
-        let (user_key, user) = match tags.role {
-            Role::Ethstats => ("users.ethstats", file.users.ethstats.as_str()),
-            _ => ("users.geth", file.users.geth.as_str()),
-        };
+        let (user_key, user) = ("users.service", file.users.service.as_str());
         if user.is_empty() || user.starts_with("0:") || user == "root" {
             return Err(invalid(
                 user_key,
-                format!("{user:?}: name a dedicated unprivileged user (e.g. geth), never root"),
+                format!(
+                    "{user:?}: name a dedicated unprivileged user (e.g. node-agent), never root"
+                ),
             ));
         }
         let p = &file.ports;

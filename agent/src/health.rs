@@ -217,9 +217,9 @@ pub async fn sample_geth(
     })
 }
 
-/// Whether a UDP port is bound on this host, from /proc/net/udp and udp6.
+/// Whether a UDP port is bound on this host, from /proc/self/net/udp and udp6 (/proc/net may be hidden in the unit).
 pub fn udp_bound(port: u16) -> bool {
-    ["/proc/net/udp", "/proc/net/udp6"]
+    ["/proc/self/net/udp", "/proc/self/net/udp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .any(|table| udp_table_has_port(&table, port))
