@@ -1178,4 +1178,37 @@ mod tests {
             }
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_toml_text_is_a_config_or_a_one_line_error(text in "\\PC{0,300}") {
+            if let Err(e) = ConfigFile::parse(&text, Path::new("c")) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+
+        #[test]
+        fn any_tags_are_accepted_or_refused_with_the_tag_named(
+            role in proptest::option::of("\\PC{0,12}"),
+            env in proptest::option::of("\\PC{0,40}"),
+            fs in proptest::option::of("\\PC{0,30}"),
+        ) {
+            let mut t = BTreeMap::new();
+            for (k, v) in [("Role", role), ("Environment", env), ("EfsFileSystemId", fs)] {
+                if let Some(v) = v { t.insert(k.to_string(), v); }
+            }
+            match HostTags::from_tags(&t) {
+                Ok(h) => proptest::prop_assert!(check_environment(&h.environment).is_ok()),
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("instance tag ")),
+            }
+        }
+
+        #[test]
+        fn templates_and_enodes_never_panic(s in "\\PC{0,80}") {
+            let _ = fill(&s, &[("environment", "e"), ("role", "r")]);
+            let _ = check_enode(&s);
+            let _ = check_host_port(&s);
+            let _ = check_secret_name(&s);
+        }
+    }
 }

@@ -353,4 +353,19 @@ mod tests {
             assert!(hex_u64("m", &bad).is_err());
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_json_rpc_answer_is_a_result_or_an_error(s in "\\PC{0,200}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                let _ = rpc_result("m", v.clone());
+                let _ = hex_u64("m", &v);
+            }
+        }
+
+        #[test]
+        fn any_proc_net_udp_text_is_parsed_without_panic(s in "\\PC{0,400}", port in proptest::num::u16::ANY) {
+            let _ = udp_table_has_port(&s, port);
+        }
+    }
 }
