@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Bootstrap this host and supervise its role until SIGTERM.
     Run(HostArgs),
+    /// Only the root-only boot steps (storage, directories, the secrets tmpfs), then exit: the unit runs
+    /// this as root before `run` starts unprivileged.
+    Prepare(HostArgs),
     /// Print the plan for this host without changing anything; exit 0 when it is valid.
     Check {
         #[command(flatten)]
@@ -29,6 +32,109 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running agent how this host is doing. Exit 0 healthy, 1 degraded, 2 down, 3 not running.
+    Status(StatusArgs),
+    /// Print a secret's current value (a drop-in for get_secret.py), or write it to a file.
+    GetSecret(GetSecretArgs),
+    /// Print the least-privilege IAM policy for a role's instance profile.
+    IamPolicy(IamPolicyArgs),
+    /// Install this binary, the systemd unit, users, directories, config and genesis under a root, and
+    /// the pinned downloads after checking their sha256.
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as one JSON document (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place every --interval seconds until interrupted.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    #[arg(long, value_name = "SECS", default_value_t = 2, requires = "watch")]
+    pub interval: u64,
+    /// Configuration file, for the socket and log paths [default: /etc/node-agent/config.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The agent's status socket [default: RUNTIME_DIR/status.sock from the config].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetSecretArgs {
+    /// Secret name or ARN.
+    pub name: String,
+    /// Print one field of a JSON secret.
+    #[arg(long, value_name = "KEY")]
+    pub field: Option<String>,
+    /// Staging label to read.
+    #[arg(long, value_name = "STAGE", default_value = "AWSCURRENT")]
+    pub version_stage: String,
+    /// Write the value to this file atomically instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Mode of --out, octal.
+    #[arg(long, value_name = "MODE", default_value = "0400", requires = "out", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Owner of --out: a user name or uid:gid.
+    #[arg(long, value_name = "USER", requires = "out")]
+    pub owner: Option<String>,
+    /// Give up after this many seconds of throttling or network errors.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0400"))
+}
+
+#[derive(Debug, Args)]
+pub struct IamPolicyArgs {
+    /// Configuration file [default: /etc/node-agent/config.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub role: Role,
+    #[arg(long, value_name = "NAME")]
+    pub environment: String,
+    /// Region of the ARNs [default: any].
+    #[arg(long, value_name = "REGION", default_value = "*")]
+    pub region: String,
+    /// Account of the ARNs [default: any].
+    #[arg(long, value_name = "ID", default_value = "*")]
+    pub account_id: String,
+    /// EFS file system, when the config leaves it to the EfsFileSystemId tag.
+    #[arg(long, value_name = "FS_ID")]
+    pub efs_file_system_id: Option<String>,
+}
+
+/// `node-agent install`: lay out a host under a root (used by the bake and the boot test).
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Root to install into: / when baking a host, a scratch directory in tests.
+    #[arg(long, value_name = "DIR", required_unless_present = "print_downloads")]
+    pub root: Option<PathBuf>,
+    /// The geth alltools archive (geth + bootnode); its sha256 must match geth.sha256 in versions.toml.
+    #[arg(long, value_name = "PATH")]
+    pub geth_archive: Option<PathBuf>,
+    /// The ethstats server's source archive; its sha256 must match ethstats.sha256.
+    #[arg(long, value_name = "PATH")]
+    pub ethstats_archive: Option<PathBuf>,
+    /// The chain's genesis [default: keep the installed one, else the built-in development genesis].
+    #[arg(long, value_name = "PATH")]
+    pub genesis: Option<PathBuf>,
+    /// Also create the users and directories and enable the unit (systemd-sysusers, systemd-tmpfiles,
+    /// systemctl, all with --root).
+    #[arg(long)]
+    pub enable: bool,
+    /// Print the pinned downloads (name, URL, sha256, file name; tab-separated) and exit. Fails while a
+    /// checksum or commit in versions.toml is empty.
+    #[arg(long, conflicts_with_all = ["root", "geth_archive", "ethstats_archive", "genesis", "enable"])]
+    pub print_downloads: bool,
 }
 
 /// Where the host's identity and configuration come from.
@@ -60,6 +166,14 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("0400"), Ok(0o400));
+        assert_eq!(parse_mode("640"), Ok(0o640));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("rw").is_err());
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct ConfigFile {
     pub logs: LogsFile,
     pub restart: RestartFile,
     pub timeouts: TimeoutsFile,
+    pub users: UsersFile,
+    pub ports: PortsFile,
+    pub health: HealthFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -165,6 +168,10 @@ pub struct SecretsFile {
     pub local_dir: PathBuf,
     /// The private directory the secrets are written to; must be on tmpfs outside local mode.
     pub dir: PathBuf,
+    /// How often to look for rotated secrets (DescribeSecret, no value read).
+    pub rotation_interval_secs: u64,
+    /// The customer-managed KMS key the secrets are encrypted with, if any (for `iam-policy`).
+    pub kms_key_arn: String,
     pub names: SecretNamesFile,
 }
 
@@ -174,6 +181,8 @@ impl Default for SecretsFile {
             source: SecretSourceKind::Aws,
             local_dir: "/etc/node-agent/secrets".into(),
             dir: "/run/node-agent/secrets".into(),
+            rotation_interval_secs: 300,
+            kms_key_arn: String::new(),
             names: SecretNamesFile::default(),
         }
     }
@@ -280,8 +289,10 @@ pub struct TimeoutsFile {
     pub imds_secs: u64,
     /// How long boot retries Secrets Manager on throttling and network errors.
     pub secrets_secs: u64,
-    /// How long a child gets after SIGTERM before SIGKILL.
+    /// How long a child gets after SIGTERM before SIGKILL (geth flushing state to EFS can take a while).
     pub stop_secs: u64,
+    /// How long a booting sealer waits for another sealer to release the key's lease before giving up.
+    pub sealer_lease_secs: u64,
 }
 
 impl Default for TimeoutsFile {
@@ -289,7 +300,81 @@ impl Default for TimeoutsFile {
         TimeoutsFile {
             imds_secs: 120,
             secrets_secs: 120,
-            stop_secs: 90,
+            stop_secs: 120,
+            sealer_lease_secs: 60,
+        }
+    }
+}
+
+/// Who the agent and its children run as after the root-only boot steps.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersFile {
+    /// The agent and its children run as this user after the root-only boot steps: a user name, or
+    /// `uid:gid`. A host runs one role, so one service user per host is all the separation there is.
+    pub service: String,
+    /// Group that may read `node-agent status` without sudo (owns the status socket).
+    pub operators: String,
+}
+
+impl Default for UsersFile {
+    fn default() -> Self {
+        UsersFile {
+            service: "node-agent".into(),
+            operators: "node-agent".into(),
+        }
+    }
+}
+
+/// Listening ports of the children.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortsFile {
+    /// geth's p2p port (TCP and UDP).
+    pub p2p: u16,
+    /// The rpc role's public JSON-RPC port.
+    pub http: u16,
+    /// geth's authenticated Engine API, bound on 127.0.0.1 (unused by Clique, but geth 1.13 always binds it).
+    pub authrpc: u16,
+    /// The bootnode's discovery port (UDP).
+    pub bootnode: u16,
+    /// The ethstats dashboard.
+    pub ethstats: u16,
+}
+
+impl Default for PortsFile {
+    fn default() -> Self {
+        PortsFile {
+            p2p: 30303,
+            http: 8545,
+            authrpc: 8551,
+            bootnode: 30301,
+            ethstats: 3000,
+        }
+    }
+}
+
+/// Health checks of the children.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthFile {
+    /// Seconds between checks.
+    pub interval_secs: u64,
+    /// A geth head older than this is stalled; 0 means six Clique periods.
+    pub max_head_age_secs: u64,
+    /// After a start, how long head age and peers are not held against a child.
+    pub warmup_secs: u64,
+    /// How long a child may stay unhealthy before it is restarted.
+    pub grace_secs: u64,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        HealthFile {
+            interval_secs: 10,
+            max_head_age_secs: 0,
+            warmup_secs: 120,
+            grace_secs: 60,
         }
     }
 }
@@ -502,6 +587,12 @@ pub struct Settings {
     pub restart: RestartFile,
     #[serde(skip)]
     pub timeouts: Timeouts,
+    /// The user the agent and its children run as (name or `uid:gid`).
+    pub user: String,
+    /// The operators' group (status socket).
+    pub operators: String,
+    pub ports: PortsFile,
+    pub health: HealthFile,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -531,6 +622,9 @@ pub struct SecretsSettings {
     pub source: SecretSourceKind,
     pub local_dir: PathBuf,
     pub dir: PathBuf,
+    #[serde(skip)]
+    pub rotation_interval: Duration,
+    pub kms_key_arn: Option<String>,
     pub names: SecretNames,
 }
 
@@ -554,6 +648,7 @@ pub struct SecretRef {
 pub struct Timeouts {
     pub secrets: Duration,
     pub stop: Duration,
+    pub sealer_lease: Duration,
 }
 
 /// Fills `{key}` placeholders; an unknown placeholder is an error naming it.
@@ -733,6 +828,17 @@ impl Settings {
             },
             local_dir: file.secrets.local_dir.clone(),
             dir: file.secrets.dir.clone(),
+            rotation_interval: Duration::from_secs(file.secrets.rotation_interval_secs),
+            kms_key_arn: match file.secrets.kms_key_arn.as_str() {
+                "" => None,
+                arn if arn.starts_with("arn:aws") && arn.contains(":kms:") => Some(arn.to_owned()),
+                arn => {
+                    return Err(invalid(
+                        "secrets.kms_key_arn",
+                        format!("{arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"),
+                    ))
+                }
+            },
             names: SecretNames {
                 sealer_keystore: secret("secrets.names.sealer_keystore", &names.sealer_keystore)?,
                 sealer_password: secret("secrets.names.sealer_password", &names.sealer_password)?,
@@ -790,10 +896,33 @@ impl Settings {
             ("timeouts.imds_secs", t.imds_secs),
             ("timeouts.secrets_secs", t.secrets_secs),
             ("timeouts.stop_secs", t.stop_secs),
+            ("health.interval_secs", file.health.interval_secs),
+            (
+                "secrets.rotation_interval_secs",
+                file.secrets.rotation_interval_secs,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1 second".into()));
             }
+        }
+
+        let (user_key, user) = ("users.service", file.users.service.as_str());
+        if user.is_empty() || user.starts_with("0:") || user == "root" {
+            return Err(invalid(
+                user_key,
+                format!(
+                    "{user:?}: name a dedicated unprivileged user (e.g. node-agent), never root"
+                ),
+            ));
+        }
+        let p = &file.ports;
+        let ports = [p.p2p, p.http, p.authrpc, p.bootnode, p.ethstats];
+        if ports.contains(&0) {
+            return Err(invalid(
+                "ports",
+                "every port must be between 1 and 65535".into(),
+            ));
         }
 
         Ok(Settings {
@@ -816,7 +945,12 @@ impl Settings {
             timeouts: Timeouts {
                 secrets: Duration::from_secs(t.secrets_secs),
                 stop: Duration::from_secs(t.stop_secs),
+                sealer_lease: Duration::from_secs(t.sealer_lease_secs),
             },
+            user: user.to_owned(),
+            operators: file.users.operators.clone(),
+            ports: file.ports.clone(),
+            health: file.health.clone(),
         })
     }
 }
@@ -1083,5 +1217,38 @@ mod tests {
                 field: "password".into()
             }
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_toml_text_is_a_config_or_a_one_line_error(text in "\\PC{0,300}") {
+            if let Err(e) = ConfigFile::parse(&text, Path::new("c")) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+
+        #[test]
+        fn any_tags_are_accepted_or_refused_with_the_tag_named(
+            role in proptest::option::of("\\PC{0,12}"),
+            env in proptest::option::of("\\PC{0,40}"),
+            fs in proptest::option::of("\\PC{0,30}"),
+        ) {
+            let mut t = BTreeMap::new();
+            for (k, v) in [("Role", role), ("Environment", env), ("EfsFileSystemId", fs)] {
+                if let Some(v) = v { t.insert(k.to_string(), v); }
+            }
+            match HostTags::from_tags(&t) {
+                Ok(h) => proptest::prop_assert!(check_environment(&h.environment).is_ok()),
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("instance tag ")),
+            }
+        }
+
+        #[test]
+        fn templates_and_enodes_never_panic(s in "\\PC{0,80}") {
+            let _ = fill(&s, &[("environment", "e"), ("role", "r")]);
+            let _ = check_enode(&s);
+            let _ = check_host_port(&s);
+            let _ = check_secret_name(&s);
+        }
     }
 }

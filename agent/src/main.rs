@@ -3,11 +3,20 @@
 mod cli;
 mod config;
 mod genesis;
+mod geth;
+mod getsecret;
+mod health;
+mod iampolicy;
 mod identity;
+mod install;
+mod lease;
 mod logs;
 mod plan;
+mod privileges;
+mod rotation;
 mod run;
 mod secrets;
+mod status;
 mod supervisor;
 mod sys;
 mod version;
@@ -60,20 +69,38 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let cli::Command::Status(args) = &cli.command {
+        return ExitCode::from(runtime.block_on(status::command(args)));
+    }
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Run(args) => run::run(&args).await,
-            cli::Command::Check { host, json } => run::check(&host, json).await,
+            cli::Command::Run(args) => run::run(&args).await.map_err(|e| identity::error_chain(&e)),
+            cli::Command::Prepare(args) => run::prepare(&args)
+                .await
+                .map_err(|e| identity::error_chain(&e)),
+            cli::Command::Check { host, json } => run::check(&host, json)
+                .await
+                .map_err(|e| identity::error_chain(&e)),
             cli::Command::Version { json } => {
                 version::print(json);
                 Ok(())
+            }
+            cli::Command::Status(_) => Ok(()),
+            cli::Command::GetSecret(args) => getsecret::run(&args)
+                .await
+                .map_err(|e| identity::error_chain(&e)),
+            cli::Command::IamPolicy(args) => {
+                iampolicy::run(&args).map_err(|e| identity::error_chain(&e))
+            }
+            cli::Command::Install(args) => {
+                install::run(&args).map_err(|e| identity::error_chain(&e))
             }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("node-agent: error: {}", identity::error_chain(&e));
+            eprintln!("node-agent: error: {e}");
             ExitCode::FAILURE
         }
     }

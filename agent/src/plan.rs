@@ -51,6 +51,36 @@ pub struct ChildPlan {
     pub cwd: Option<PathBuf>,
     pub secrets: Vec<SecretKind>,
     pub log: LogTarget,
+    /// How to tell that the child serves, and whether it stays healthy.
+    pub probe: Probe,
+}
+
+/// Readiness and health check of a child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Probe {
+    /// JSON-RPC over geth's IPC socket: answers, head age, peers, and for a sealer its signer status.
+    Geth {
+        ipc: PathBuf,
+        /// The sealer's address, which must stay in `clique_getSigners`.
+        signer: Option<String>,
+        /// Head older than this is a stall.
+        max_head_age_secs: u64,
+    },
+    /// A UDP port bound on this host (the bootnode's discovery port).
+    Udp { port: u16 },
+    /// A TCP port accepting connections on loopback (the ethstats dashboard).
+    Tcp { port: u16 },
+}
+
+/// The geth version check before the first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionCheck {
+    pub program: PathBuf,
+    /// The pinned version, e.g. `1.13.15`.
+    pub required: String,
+    /// A sealer refuses any other version (1.14+ cannot seal Clique); other roles warn.
+    pub strict: bool,
 }
 
 /// A one-shot command run before the children, when its condition holds.
@@ -84,6 +114,11 @@ pub struct Plan {
     pub children: Vec<ChildPlan>,
     pub agent_log: LogTarget,
     pub log_retention_days: u32,
+    /// The user the agent drops to after the root-only steps.
+    pub user: String,
+    pub version_check: Option<VersionCheck>,
+    /// The sealer's lease on its key: a lock file on shared storage held for the child's whole life.
+    pub sealer_lease: Option<PathBuf>,
 }
 
 fn s(p: &Path) -> String {
@@ -136,7 +171,9 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             "--networkid".into(),
             settings.network_id.to_string(),
             "--port".into(),
-            "30303".into(),
+            settings.ports.p2p.to_string(),
+            "--authrpc.port".into(),
+            settings.ports.authrpc.to_string(),
             "--syncmode".into(),
             "full".into(),
             // The IPC socket stays on local disk: the datadir may be NFS.
@@ -197,7 +234,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
                         "--http.addr",
                         "0.0.0.0",
                         "--http.port",
-                        "8545",
+                        &settings.ports.http.to_string(),
                         "--http.api",
                         "eth,net,web3",
                         "--http.corsdomain",
@@ -227,6 +264,14 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             cwd: Some(datadir.to_owned()),
             secrets: child_secrets,
             log: log("geth"),
+            probe: Probe::Geth {
+                ipc: settings.runtime_dir.join("geth.ipc"),
+                signer: (settings.role == Role::Sealer).then(|| settings.signer.clone()),
+                max_head_age_secs: match settings.health.max_head_age_secs {
+                    0 => 6 * settings.genesis.period,
+                    n => n,
+                },
+            },
         });
     } else if settings.role == Role::Bootnode {
         secrets.push(secret(
@@ -238,7 +283,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             "-nodekey".into(),
             s(&dir.join("bootnode-nodekey")),
             "-addr".into(),
-            ":30301".into(),
+            format!(":{}", settings.ports.bootnode),
         ];
         if !settings.local {
             args.extend(["-nat".into(), format!("extip:{advertised}")]);
@@ -251,6 +296,9 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             cwd: Some(datadir.to_owned()),
             secrets: vec![SecretKind::BootnodeNodekey],
             log: log("bootnode"),
+            probe: Probe::Udp {
+                port: settings.ports.bootnode,
+            },
         });
     } else {
         secrets.push(secret(
@@ -265,12 +313,15 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             name: "ethstats".into(),
             program: settings.binaries.ethstats.clone(),
             args: Vec::new(),
-            env: vec![("PORT".into(), "3000".into())],
+            env: vec![("PORT".into(), settings.ports.ethstats.to_string())],
             // Beside its ws_secret.json: the server resolves that file relative to itself, and the
             // installed app directory links its copy into the private directory.
             cwd: Some(dir.clone()),
             secrets: vec![SecretKind::EthstatsWsSecret],
             log: log("ethstats"),
+            probe: Probe::Tcp {
+                port: settings.ports.ethstats,
+            },
         });
     }
 
@@ -287,6 +338,14 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         children,
         agent_log: log("node-agent"),
         log_retention_days: settings.logs.retention_days,
+        user: settings.user.clone(),
+        version_check: settings.role.runs_geth().then(|| VersionCheck {
+            program: settings.binaries.geth.clone(),
+            required: crate::version::pinned_geth(),
+            strict: settings.role == Role::Sealer,
+        }),
+        sealer_lease: (settings.role == Role::Sealer)
+            .then(|| datadir.join(".node-agent-sealer.lease")),
     }
 }
 

@@ -4,10 +4,13 @@
 use crate::cli::HostArgs;
 use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
-use crate::plan::{self, Plan, Rendered, SecretKind};
-use crate::{logs, secrets, supervisor, sys};
+use crate::plan::{self, Plan};
+use crate::supervisor::ChildStatus;
+use crate::{geth, lease, logs, privileges, rotation, secrets, status, supervisor, sys};
 use std::path::{Path, PathBuf};
-use tokio::sync::{oneshot, watch};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// Any failure of the agent, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,12 @@ pub enum AgentError {
     Spawn(#[from] supervisor::SpawnError),
     #[error(transparent)]
     Sys(#[from] sys::SysError),
+    #[error(transparent)]
+    Privilege(#[from] privileges::PrivilegeError),
+    #[error(transparent)]
+    Geth(#[from] geth::GethError),
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
     #[error(transparent)]
     Log(#[from] logs::LogError),
     #[error(
@@ -80,15 +89,28 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
     move |source| AgentError::Io { what, path, source }
 }
 
+/// Creates `dir` with `mode` (parents 0755, so a service user can reach it). Idempotent.
+fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(io("cannot create directory", parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io("cannot set the mode of", dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(io("cannot create directory", dir)(e)),
+    }
+}
+
 /// The role's data directory, ready to use.
 fn prepare_storage(storage: &StorageSettings) -> Result<(), AgentError> {
-    use std::os::unix::fs::DirBuilderExt;
     match storage {
-        StorageSettings::Local { datadir } => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(datadir)
-            .map_err(io("cannot create data directory", datadir)),
+        StorageSettings::Local { datadir } => create_dir(datadir, 0o750),
         StorageSettings::Efs { file_system_id, path, datadir } => Err(AgentError::Refused(format!(
             "storage: EFS {file_system_id}:{path} at {}: this build does not mount EFS yet; set storage.kind = \"local\" or mount it yourself and use kind local",
             datadir.display()
@@ -96,31 +118,70 @@ fn prepare_storage(storage: &StorageSettings) -> Result<(), AgentError> {
     }
 }
 
-/// The private directory: tmpfs outside local mode (mounted here when we are root and it is not yet).
+/// The private directory: must be tmpfs outside local mode (`prepare` mounts one).
 fn prepare_secrets_dir(plan: &Plan) -> Result<(), AgentError> {
     let dir = &plan.secrets_dir;
     secrets::prepare_dir(dir)?;
     if plan.local || sys::is_tmpfs(dir)? {
         return Ok(());
     }
-    if nix::unistd::geteuid().is_root() {
-        sys::mount_private_tmpfs(dir)?;
-        return Ok(());
-    }
     Err(AgentError::Refused(format!(
-        "secrets directory {} is not on tmpfs and node-agent is not root to mount one; point secrets.dir at a tmpfs such as /run/node-agent/secrets",
+        "secrets directory {} is not on tmpfs: run `node-agent prepare` as root first (the unit's ExecStartPre does), or point secrets.dir at a tmpfs",
         dir.display()
     )))
 }
 
+/// The steps that need root, in a fixed order: storage (mount, create, verify), the directories the agent
+/// and its children write (handed to the service user), the private tmpfs for the secrets. Idempotent:
+/// run by `node-agent prepare` (the unit's `ExecStartPre=+`) and by `run` when started as root.
+fn root_steps(
+    settings: &Settings,
+    plan: &Plan,
+    account: privileges::Account,
+) -> Result<(), AgentError> {
+    prepare_storage(&plan.storage)?;
+    let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
+    if let StorageSettings::Local { datadir } = &plan.storage {
+        dirs.push(datadir.clone());
+    }
+    for d in &dirs {
+        create_dir(d, 0o750)?;
+        privileges::chown(d, account)?;
+    }
+    let secrets_dir = &plan.secrets_dir;
+    create_dir(secrets_dir, 0o700)?;
+    if !plan.local && !sys::is_tmpfs(secrets_dir)? {
+        sys::mount_private_tmpfs(secrets_dir)?;
+    }
+    privileges::chown_tree(secrets_dir, account)?;
+    Ok(())
+}
+
+/// `node-agent prepare`: the root-only boot steps, then exit.
+pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
+    let (settings, plan) = make_plan(args).await?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(AgentError::Refused(
+            "prepare mounts storage and the secrets tmpfs: run it as root (the unit runs it as ExecStartPre=+)".into(),
+        ));
+    }
+    let account = privileges::resolve(&plan.user)?;
+    root_steps(&settings, &plan, account)?;
+    tracing::info!(user = %plan.user, "prepared storage, directories and the secrets tmpfs");
+    Ok(())
+}
+
 /// Fetches every secret and renders the files built from them.
-async fn materialize_secrets(settings: &Settings, plan: &Plan) -> Result<(), AgentError> {
+async fn materialize_secrets(
+    settings: &Settings,
+    plan: &Plan,
+) -> Result<Option<(secrets::Source, secrets::SecretSet)>, AgentError> {
     if plan.secrets.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     prepare_secrets_dir(plan)?;
     let source = secrets::Source::new(&settings.secrets, &plan.identity.region).await;
-    let values = secrets::materialize(
+    let set = secrets::fetch_all(
         &source,
         &plan.secrets,
         &settings.environment,
@@ -128,60 +189,12 @@ async fn materialize_secrets(settings: &Settings, plan: &Plan) -> Result<(), Age
         settings.timeouts.secrets,
     )
     .await?;
-    let ws = || {
-        values
-            .iter()
-            .find(|(k, _)| *k == SecretKind::EthstatsWsSecret)
-            .map(|(_, v)| v)
-            .ok_or_else(|| AgentError::Refused("ethstats secret missing from the plan".into()))
-    };
-    for r in &plan.rendered {
-        match r {
-            Rendered::GethEthstatsConfig { path, name, server } => {
-                secrets::write_file(
-                    path,
-                    secrets::geth_ethstats_toml(name, ws()?, server).expose(),
-                )?;
-            }
-            Rendered::EthstatsSecretJson { path } => {
-                secrets::write_file(path, secrets::ethstats_secret_json(ws()?).expose())?;
-            }
-        }
+    secrets::check_set(&plan.secrets, &set, &settings.signer, &plan.secrets_dir).await?;
+    secrets::write_all(&plan.secrets, &plan.rendered, &set)?;
+    for s in &plan.secrets {
+        tracing::info!(secret_name = %s.reference.name, file = %s.file.display(), "secret written");
     }
-    Ok(())
-}
-
-/// Runs `geth init` when the datadir holds no chain; a genesis mismatch is refused, never wiped.
-async fn first_boot(plan: &Plan) -> Result<(), AgentError> {
-    let Some(init) = &plan.init else {
-        return Ok(());
-    };
-    let datadir = plan.storage.datadir();
-    if datadir.join("geth/chaindata").exists() {
-        return Ok(());
-    }
-    tracing::info!(datadir = %datadir.display(), "empty datadir: initialising the chain from the genesis");
-    let out = tokio::process::Command::new(&init.program)
-        .args(&init.args)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(io("cannot run geth init", &init.program))?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
-        return Err(AgentError::Refused(format!(
-            "geth init --datadir {} failed ({}): {last}",
-            datadir.display(),
-            supervisor::describe(&out.status)
-        )));
-    }
-    Ok(())
+    Ok(Some((source, set)))
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {
@@ -203,79 +216,287 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             )));
         }
     }
-
+    let genesis = std::fs::read(&settings.genesis_path)
+        .map_err(io("cannot read genesis", &settings.genesis_path))?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
-    let (logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
-    let result = async {
+
+    // Started as root: the root-only steps, then the drop (nothing long-running stays root). Started as
+    // the service user (the unit, after `prepare`): those steps are done; what they made is checked.
+    let account = if nix::unistd::geteuid().is_root() {
+        let account = privileges::resolve(&plan.user)?;
+        root_steps(&settings, &plan, account)?;
+        Some(account)
+    } else {
         prepare_storage(&plan.storage)?;
-        materialize_secrets(&settings, &plan).await?;
-        first_boot(&plan).await?;
-        supervise(&settings, &plan, sinks, &mut sigterm).await
+        None
+    };
+    // Opened once privileges are dropped, so the log files and checkpoints belong to the service user;
+    // the agent's lines from before wait in memory and open its log file.
+    let mut pipeline = None;
+    let result = async {
+        let secrets = materialize_secrets(&settings, &plan).await?;
+        let status_socket = match account {
+            Some(account) => {
+                privileges::chown_tree(&plan.secrets_dir, account)?;
+                // Bound while still root, to give it to the operators' group.
+                let socket = bind_status_socket(&settings, Some(account))?;
+                privileges::drop_to(account)?;
+                tracing::info!(
+                    uid = account.uid.as_raw(),
+                    gid = account.gid.as_raw(),
+                    "dropped privileges"
+                );
+                socket
+            }
+            None => bind_status_socket(&settings, None)?,
+        };
+        let (mut logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
+        let logs_status = logs.status_json();
+        pipeline = Some(logs);
+        if let Some(check) = &plan.version_check {
+            geth::check_version(check).await?;
+        }
+        let _lease = match &plan.sealer_lease {
+            Some(path) => {
+                let holder = format!("{} pid {}", plan.identity.instance_id, std::process::id());
+                Some(lease::acquire(path, &holder, settings.timeouts.sealer_lease).await?)
+            }
+            None => None,
+        };
+        if let Some(init) = &plan.init {
+            geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
+        }
+        let logs = (sinks, logs_status);
+        supervise(&settings, &plan, secrets, status_socket, logs, &mut sigterm).await
     }
     .await;
     secrets::wipe_dir(&plan.secrets_dir);
-    if let Err(e) = &result {
-        tracing::error!("{}", crate::identity::error_chain(e));
+    if let Some(logs) = pipeline {
+        if let Err(e) = &result {
+            // Into the agent's log file (and CloudWatch) too, not only stderr.
+            tracing::error!("{}", crate::identity::error_chain(e));
+        }
+        logs.shutdown().await;
     }
-    logs.shutdown().await;
     result
+}
+
+/// Storage as status shows it.
+fn storage_json(storage: &StorageSettings) -> serde_json::Value {
+    match storage {
+        StorageSettings::Efs {
+            file_system_id,
+            path,
+            datadir,
+        } => serde_json::json!({
+            "kind": "efs", "source": format!("{file_system_id}:{path}"), "datadir": datadir,
+        }),
+        StorageSettings::Local { datadir } => serde_json::json!({
+            "kind": "local", "source": datadir, "datadir": datadir,
+        }),
+    }
+}
+
+/// The status socket: `runtime_dir/status.sock`, mode 0660, group `users.operators` when that group
+/// exists (operators in it need no sudo).
+fn bind_status_socket(
+    settings: &Settings,
+    account: Option<privileges::Account>,
+) -> Result<tokio::net::UnixListener, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = settings.runtime_dir.join(status::SOCKET);
+    create_dir(&settings.runtime_dir, 0o750)?;
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(io("cannot listen on", &path))?;
+    let group = match nix::unistd::Group::from_name(&settings.operators) {
+        Ok(Some(g)) => Some(g.gid),
+        _ => {
+            tracing::warn!(group = %settings.operators, "operators' group not found: status needs the service user or root");
+            None
+        }
+    };
+    if account.is_some() || group.is_some() {
+        nix::unistd::chown(
+            &path,
+            account.map(|a| a.uid),
+            group.or(account.map(|a| a.gid)),
+        )
+        .map_err(|e| AgentError::Io {
+            what: "cannot chown",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io("cannot set the mode of", &path))?;
+    Ok(listener)
+}
+
+/// One line for systemd's STATUS=.
+fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
+    let parts: Vec<String> = children
+        .iter()
+        .map(|c| {
+            let state = serde_json::to_value(c.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match (&c.reason, &c.chain) {
+                (Some(r), _) => format!("{} {state} ({r})", c.name),
+                (None, Some(chain)) => format!(
+                    "{} {state}, head #{} {}s old, {} peers",
+                    c.name, chain.head, chain.head_age_secs, chain.peers
+                ),
+                (None, None) => format!("{} {state}", c.name),
+            }
+        })
+        .collect();
+    format!("{} {}: {}", plan.environment, plan.role, parts.join("; "))
 }
 
 async fn supervise(
     settings: &Settings,
     plan: &Plan,
-    sinks: Vec<logs::LineSink>,
+    secrets: Option<(secrets::Source, secrets::SecretSet)>,
+    status_socket: tokio::net::UnixListener,
+    (sinks, logs_rx): (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<(), AgentError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut started = Vec::new();
+    let mut statuses = Vec::new();
+    let mut controls = Vec::new();
+    let rules = supervisor::HealthRules::new(&settings.health);
     for (child, sink) in plan.children.iter().zip(sinks) {
-        let (tx, rx) = oneshot::channel();
-        started.push(rx);
+        let (status_tx, status_rx) = watch::channel(ChildStatus::new_for(&child.name));
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        statuses.push(status_rx);
+        controls.push(control_tx);
         tasks.spawn(supervisor::supervise(
             child.clone(),
             settings.restart.clone(),
+            rules.clone(),
             settings.timeouts.stop,
             stop_rx.clone(),
-            tx,
+            control_rx,
+            status_tx,
             sink,
         ));
     }
-    let all_started = async {
-        for rx in started {
-            let _ = rx.await;
-        }
-    };
-    // A child that cannot even be spawned fails the boot.
-    tokio::select! {
-        _ = all_started => {}
-        Some(res) = tasks.join_next() => {
-            if let Ok(Err(e)) = res { return Err(e.into()); }
-        }
-    }
-    let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
-    let status = format!(
-        "{} {}: running {}",
-        plan.environment,
-        plan.role,
-        names.join(", ")
-    );
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status),
-    ]);
-    tracing::info!(children = %names.join(","), "ready");
 
+    let now = crate::health::now_unix();
+    let secret_infos: Vec<status::SecretInfo> = match &secrets {
+        Some((_, set)) => plan
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                set.get(s.kind).map(|f| status::SecretInfo {
+                    name: s.reference.name.clone(),
+                    version: f.version.clone(),
+                    fetched_at: now,
+                    error: None,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let (secrets_report, secrets_rx) = watch::channel(secret_infos);
+    let enode = secrets.as_ref().and_then(|(_, set)| {
+        let key = set.get(plan::SecretKind::BootnodeNodekey)?;
+        let id = secrets::node_id(&key.value)?;
+        let ip = plan
+            .identity
+            .public_ipv4
+            .as_deref()
+            .unwrap_or(&plan.identity.private_ipv4);
+        Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
+    });
+    let (_storage_tx, storage_rx) = watch::channel(None);
+    let sources = status::Sources {
+        fixed: std::sync::Arc::new(status::Static {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started_at: now,
+            role: plan.role.to_string(),
+            environment: plan.environment.clone(),
+            instance_id: plan.identity.instance_id.clone(),
+            region: plan.identity.region.clone(),
+            availability_zone: plan.identity.availability_zone.clone(),
+            geth_pinned: crate::version::pinned_geth(),
+            user: plan.user.clone(),
+            storage: storage_json(&plan.storage),
+            datadir: plan.storage.datadir().to_owned(),
+            enode,
+        }),
+        children: statuses.clone(),
+        secrets: secrets_rx,
+        logs: logs_rx,
+        storage_ok: storage_rx,
+    };
+    let status_task = tokio::spawn(status::serve(status_socket, sources));
+
+    let mut rotation_task = None;
+    if let Some((source, set)) = secrets {
+        let rotation = rotation::Rotation {
+            report: secrets_report,
+            source,
+            set,
+            plan: plan.clone(),
+            environment: settings.environment.clone(),
+            signer: settings.signer.clone(),
+            interval: settings.secrets.rotation_interval,
+            deadline: settings.timeouts.secrets,
+        };
+        let controls = controls.clone();
+        rotation_task = Some(tokio::spawn(async move { rotation.watch(&controls).await }));
+    }
+
+    let watchdog = sd_notify::watchdog_enabled();
+    // A task that has not moved for this long is stuck: stop feeding the watchdog so systemd restarts us.
+    let stuck_after =
+        (rules.interval * 2 + Duration::from_secs(15)).max(watchdog.unwrap_or_default());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    let mut last_ping = Instant::now();
     let mut failure = None;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        Some(res) = tasks.join_next() => {
-            if let Ok(Err(e)) = res { failure = Some(e); }
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+            Some(res) = tasks.join_next() => {
+                if let Ok(Err(e)) = res { failure = Some(e); }
+                break;
+            }
+            _ = tick.tick() => {
+                let now: Vec<ChildStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
+                if !ready_sent && now.iter().all(|c| c.ever_ready) {
+                    ready_sent = true;
+                    let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    tracing::info!(children = %names.join(","), "ready");
+                }
+                let line = status_line(plan, &now);
+                if line != last_status {
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    last_status = line;
+                }
+                if let Some(period) = watchdog {
+                    let alive = now.iter().all(|c| c.heartbeat.elapsed() < stuck_after);
+                    if alive && last_ping.elapsed() >= period / 2 {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                        last_ping = Instant::now();
+                    }
+                }
+            }
         }
     }
+    if let Some(t) = rotation_task {
+        t.abort();
+    }
+    status_task.abort();
+    drop(controls);
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     while let Some(res) = tasks.join_next().await {

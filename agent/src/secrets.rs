@@ -3,7 +3,7 @@
 
 use crate::config::{SecretRef, SecretSourceKind, SecretsSettings};
 use crate::identity::error_chain;
-use crate::plan::{PlannedSecret, SecretKind};
+use crate::plan::{PlannedSecret, Rendered, SecretKind};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use std::fmt;
 use std::io::Write as _;
@@ -41,15 +41,15 @@ impl fmt::Display for SecretValue {
 /// Why a secret could not be had. Names the secret and what to fix; never carries its value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("secret {name} (environment {environment}): access denied; grant the instance role secretsmanager:GetSecretValue on it{kms}")]
+    #[error("secret {name}{environment}: access denied; grant the instance role secretsmanager:GetSecretValue on it{kms}")]
     AccessDenied {
         name: String,
         environment: String,
         kms: &'static str,
     },
-    #[error("secret {name} (environment {environment}) does not exist in Secrets Manager; create it (aws secretsmanager create-secret --name {name})")]
+    #[error("secret {name}{environment} does not exist in Secrets Manager; create it (aws secretsmanager create-secret --name {name})")]
     NotFound { name: String, environment: String },
-    #[error("secret {name} (environment {environment}) cannot be decrypted: grant the instance role kms:Decrypt on the secret's KMS key")]
+    #[error("secret {name}{environment} cannot be decrypted: grant the instance role kms:Decrypt on the secret's KMS key")]
     Decryption { name: String, environment: String },
     #[error("secret {name}: Secrets Manager unreachable after {}s: {cause}", waited.as_secs())]
     Unavailable {
@@ -96,73 +96,163 @@ impl Source {
         }
     }
 
-    /// Fetches one secret's current value, retrying transient failures up to `deadline`.
+    /// Fetches one secret's current value and its version, retrying transient failures up to
+    /// `deadline`. `version` pins a version id (rotation); `stage` defaults to AWSCURRENT.
     pub async fn fetch(
         &self,
         reference: &SecretRef,
         environment: &str,
+        wanted: Wanted<'_>,
         deadline: Duration,
-    ) -> Result<SecretValue, SecretError> {
-        let raw = match self {
+    ) -> Result<Fetched, SecretError> {
+        let fetched = match self {
             Source::Local(dir) => {
-                let path = dir.join(&reference.name);
-                match std::fs::read(&path) {
-                    Ok(b) => SecretValue::new(b),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(SecretError::LocalMissing {
-                            name: reference.name.clone(),
-                            dir: dir.clone(),
-                            path,
-                        })
-                    }
-                    Err(e) => {
-                        return Err(SecretError::Other {
-                            name: reference.name.clone(),
-                            cause: format!("{}: {e}", path.display()),
-                        })
-                    }
-                }
+                let value = read_local(dir, &reference.name)?;
+                let version = local_version(&value);
+                Fetched { value, version }
             }
-            Source::Aws(client) => {
-                fetch_aws(client, &reference.name, environment, deadline).await?
-            }
+            Source::Aws(client) => retrying(&reference.name, environment, deadline, || async {
+                let mut req = client.get_secret_value().secret_id(&reference.name);
+                req = match wanted {
+                    Wanted::Version(v) => req.version_id(v),
+                    Wanted::Stage(st) => req.version_stage(st),
+                };
+                req.send().await
+            })
+            .await
+            .and_then(|out| {
+                let version = out.version_id.clone().unwrap_or_default();
+                let value = if let Some(s) = out.secret_string {
+                    SecretValue::new(s.into_bytes())
+                } else if let Some(b) = out.secret_binary {
+                    SecretValue::new(b.into_inner())
+                } else {
+                    return Err(SecretError::Other {
+                        name: reference.name.clone(),
+                        cause: "Secrets Manager returned neither SecretString nor SecretBinary"
+                            .into(),
+                    });
+                };
+                Ok(Fetched { value, version })
+            })?,
         };
         match &reference.field {
-            None => Ok(raw),
-            Some(field) => json_field(&raw, field).map_err(|problem| SecretError::Invalid {
-                name: reference.name.clone(),
-                problem,
+            None => Ok(fetched),
+            Some(field) => Ok(Fetched {
+                value: json_field(&fetched.value, field).map_err(|problem| {
+                    SecretError::Invalid {
+                        name: reference.name.clone(),
+                        problem,
+                    }
+                })?,
+                version: fetched.version,
             }),
+        }
+    }
+
+    /// The version the secret's AWSCURRENT stage points at, without reading the value (DescribeSecret).
+    /// Local secrets are versioned by a hash of their contents.
+    pub async fn current_version(
+        &self,
+        reference: &SecretRef,
+        environment: &str,
+        deadline: Duration,
+    ) -> Result<String, SecretError> {
+        match self {
+            Source::Local(dir) => Ok(local_version(&read_local(dir, &reference.name)?)),
+            Source::Aws(client) => {
+                let out = retrying(&reference.name, environment, deadline, || async {
+                    client
+                        .describe_secret()
+                        .secret_id(&reference.name)
+                        .send()
+                        .await
+                })
+                .await?;
+                out.version_ids_to_stages
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|(_, stages)| stages.iter().any(|s| s == CURRENT))
+                    .map(|(id, _)| id)
+                    .ok_or_else(|| SecretError::Other {
+                        name: reference.name.clone(),
+                        cause: "no version carries the AWSCURRENT stage".into(),
+                    })
+            }
         }
     }
 }
 
-async fn fetch_aws(
-    client: &aws_sdk_secretsmanager::Client,
+/// The stage every reader follows.
+pub const CURRENT: &str = "AWSCURRENT";
+
+/// Which version of a secret to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Wanted<'a> {
+    Stage(&'a str),
+    Version(&'a str),
+}
+
+/// A secret value with the version it came from.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub value: SecretValue,
+    pub version: String,
+}
+
+fn read_local(dir: &Path, name: &str) -> Result<SecretValue, SecretError> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(SecretValue::new(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SecretError::LocalMissing {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            path,
+        }),
+        Err(e) => Err(SecretError::Other {
+            name: name.to_owned(),
+            cause: format!("{}: {e}", path.display()),
+        }),
+    }
+}
+
+fn local_version(value: &SecretValue) -> String {
+    use sha2::Digest;
+    format!(
+        "sha256:{}",
+        crate::genesis::encode_hex(&sha2::Sha256::digest(value.expose())[..8])
+    )
+}
+
+/// Runs one Secrets Manager call, retrying throttling and network errors up to `deadline`; access,
+/// existence and decryption errors end it at once with the permission to fix.
+async fn retrying<T, E, R, F, Fut>(
     name: &str,
     environment: &str,
     deadline: Duration,
-) -> Result<SecretValue, SecretError> {
+    mut call: F,
+) -> Result<T, SecretError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
+{
     let start = Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
-        let cause = match client.get_secret_value().secret_id(name).send().await {
-            Ok(out) => {
-                if let Some(s) = out.secret_string {
-                    return Ok(SecretValue::new(s.into_bytes()));
-                }
-                if let Some(b) = out.secret_binary {
-                    return Ok(SecretValue::new(b.into_inner()));
-                }
-                return Err(SecretError::Other {
-                    name: name.into(),
-                    cause: "Secrets Manager returned neither SecretString nor SecretBinary".into(),
-                });
-            }
+        let cause = match call().await {
+            Ok(out) => return Ok(out),
             Err(e) => match classify(&e) {
                 Class::Retry => error_chain(&e),
                 Class::Final(code, message) => {
-                    let (name, environment) = (name.to_owned(), environment.to_owned());
+                    let name = name.to_owned();
+                    // Shown after the name: " (environment staging)", or nothing for get-secret.
+                    let environment = if environment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (environment {environment})")
+                    };
                     return Err(match code.as_str() {
                         "AccessDeniedException" => SecretError::AccessDenied {
                             kms: if message.contains("KMS") || message.contains("kms") {
@@ -253,6 +343,14 @@ pub fn validate(
                     "node key must be 64 hex digits (a 32-byte secp256k1 key, as `bootnode -genkey` writes)".into(),
                 ));
             }
+            let bytes =
+                zeroize::Zeroizing::new(crate::genesis::decode_hex(hex).unwrap_or_default());
+            if k256::SecretKey::from_slice(&bytes).is_err() {
+                return Err(invalid(
+                    "node key is not a valid secp256k1 private key (zero or above the curve order)"
+                        .into(),
+                ));
+            }
             Ok(SecretValue::new(hex.as_bytes().to_vec()))
         }
         SecretKind::SealerKeystore => {
@@ -322,7 +420,22 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SecretError> {
 
 /// Writes `value` to `path` atomically (temp file, fsync, rename), mode 0400.
 pub fn write_file(path: &Path, value: &[u8]) -> Result<(), SecretError> {
-    let parent = path.parent().unwrap_or(Path::new("/"));
+    write_file_as(path, value, 0o400, None)
+}
+
+/// Writes `value` to `path` atomically with `mode`, owned by `owner` when given (the caller is root).
+/// The temp file gets its final mode and owner before it is renamed into place.
+pub fn write_file_as(
+    path: &Path,
+    value: &[u8],
+    mode: u32,
+    owner: Option<crate::privileges::Account>,
+) -> Result<(), SecretError> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let err = |p: &Path| {
         let p = p.to_owned();
         move |source| SecretError::Write { path: p, source }
@@ -339,17 +452,29 @@ pub fn write_file(path: &Path, value: &[u8]) -> Result<(), SecretError> {
     // Dot-prefixed so geth's keystore scan never picks up a half-written file.
     let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    f.write_all(value)
-        .and_then(|_| f.sync_all())
-        .map_err(err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err(path))
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err(&tmp))?;
+        f.write_all(value)
+            .and_then(|_| f.sync_all())
+            .map_err(err(&tmp))?;
+        if let Some(a) = owner {
+            std::os::unix::fs::fchown(&f, Some(a.uid.as_raw()), Some(a.gid.as_raw()))
+                .map_err(err(&tmp))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(err(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Removes everything in the private directory; called when the agent stops.
@@ -389,23 +514,203 @@ pub fn ethstats_secret_json(secret: &SecretValue) -> SecretValue {
     SecretValue::new(v)
 }
 
-/// Fetches, validates and writes every secret of the plan. Fails closed: any error stops the boot.
-pub async fn materialize(
+/// The host's secrets as currently written: value and version of each.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSet {
+    entries: Vec<(SecretKind, Fetched)>,
+}
+
+impl SecretSet {
+    pub fn get(&self, kind: SecretKind) -> Option<&Fetched> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, f)| f)
+    }
+
+    /// Replaces (or adds) one secret.
+    pub fn set(&mut self, kind: SecretKind, fetched: Fetched) {
+        match self.entries.iter_mut().find(|(k, _)| *k == kind) {
+            Some(e) => e.1 = fetched,
+            None => self.entries.push((kind, fetched)),
+        }
+    }
+
+    /// (kind, version) of every secret, for status and rotation.
+    pub fn versions(&self) -> Vec<(SecretKind, String)> {
+        self.entries
+            .iter()
+            .map(|(k, f)| (*k, f.version.clone()))
+            .collect()
+    }
+}
+
+/// Fetches and validates every secret of the plan (nothing is written yet). Fails closed.
+pub async fn fetch_all(
     source: &Source,
     secrets: &[PlannedSecret],
     environment: &str,
     signer: &str,
     deadline: Duration,
-) -> Result<Vec<(SecretKind, SecretValue)>, SecretError> {
-    let mut values = Vec::with_capacity(secrets.len());
+) -> Result<SecretSet, SecretError> {
+    let mut set = SecretSet::default();
     for s in secrets {
-        let raw = source.fetch(&s.reference, environment, deadline).await?;
-        let value = validate(s.kind, &s.reference.name, &raw, signer)?;
-        write_file(&s.file, value.expose())?;
-        tracing::info!(secret_name = %s.reference.name, file = %s.file.display(), "secret written");
-        values.push((s.kind, value));
+        let fetched = source
+            .fetch(&s.reference, environment, Wanted::Stage(CURRENT), deadline)
+            .await?;
+        let value = validate(s.kind, &s.reference.name, &fetched.value, signer)?;
+        set.set(
+            s.kind,
+            Fetched {
+                value,
+                version: fetched.version,
+            },
+        );
     }
-    Ok(values)
+    Ok(set)
+}
+
+/// Checks what only the whole set can show: the keystore decrypts with the password into the signer's
+/// key. `scratch` is a private directory for the candidate file (the keystore library reads a path).
+pub async fn check_set(
+    secrets: &[PlannedSecret],
+    set: &SecretSet,
+    signer: &str,
+    scratch: &Path,
+) -> Result<(), SecretError> {
+    let (Some(ks), Some(pw)) = (
+        set.get(SecretKind::SealerKeystore),
+        set.get(SecretKind::SealerPassword),
+    ) else {
+        return Ok(());
+    };
+    let name = secrets
+        .iter()
+        .find(|s| s.kind == SecretKind::SealerKeystore)
+        .map(|s| s.reference.name.clone())
+        .unwrap_or_default();
+    check_kdf(&name, &ks.value)?;
+    let candidate = scratch.join(".candidate-keystore");
+    write_file(&candidate, ks.value.expose())?;
+    let password = pw.value.clone();
+    let path = candidate.clone();
+    let decrypted =
+        tokio::task::spawn_blocking(move || eth_keystore::decrypt_key(&path, password.expose()))
+            .await
+            .map_err(|e| SecretError::Other {
+                name: name.clone(),
+                cause: format!("keystore check aborted: {e}"),
+            })?;
+    let _ = std::fs::remove_file(&candidate);
+    let key = zeroize::Zeroizing::new(decrypted.map_err(|e| SecretError::Invalid {
+        name: name.clone(),
+        problem: format!("keystore does not decrypt with the sealer password ({e})"),
+    })?);
+    let address = address_of(&key).ok_or_else(|| SecretError::Invalid {
+        name: name.clone(),
+        problem: "keystore holds no valid secp256k1 key".into(),
+    })?;
+    if address != signer {
+        return Err(SecretError::Invalid {
+            name,
+            problem: format!("keystore decrypts to {address}, not the chain's signer {signer}"),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses keystore parameters the decryption library would panic on or that would take the host's
+/// memory (scrypt n above geth's standard 2^18 needs more than 256 MiB).
+fn check_kdf(name: &str, keystore: &SecretValue) -> Result<(), SecretError> {
+    let invalid = |problem: &str| SecretError::Invalid {
+        name: name.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(keystore.expose()).map_err(|_| invalid("keystore is not JSON"))?;
+    let crypto = v
+        .get("crypto")
+        .or_else(|| v.get("Crypto"))
+        .ok_or_else(|| invalid("keystore has no crypto section"))?;
+    let params = crypto
+        .get("kdfparams")
+        .ok_or_else(|| invalid("keystore has no kdfparams"))?;
+    let num = |k: &str| params.get(k).and_then(serde_json::Value::as_u64);
+    if num("dklen") != Some(32) {
+        return Err(invalid("keystore kdfparams.dklen must be 32"));
+    }
+    let iv = crypto
+        .pointer("/cipherparams/iv")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
+    if iv.len() != 32 || !iv.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid("keystore cipherparams.iv must be 16 bytes of hex"));
+    }
+    match crypto.get("kdf").and_then(serde_json::Value::as_str) {
+        Some("scrypt") => {
+            let n = num("n").unwrap_or(0);
+            let ok = n.is_power_of_two()
+                && (2..=1 << 18).contains(&n)
+                && num("r") == Some(8)
+                && (1..=4).contains(&num("p").unwrap_or(0));
+            if !ok {
+                return Err(invalid("keystore scrypt parameters out of range (n a power of two up to 262144, r 8, p 1-4)"));
+            }
+        }
+        Some("pbkdf2") => {
+            if !(1..=10_000_000).contains(&num("c").unwrap_or(0)) {
+                return Err(invalid("keystore pbkdf2 iteration count out of range"));
+            }
+        }
+        _ => return Err(invalid("keystore kdf must be scrypt or pbkdf2")),
+    }
+    Ok(())
+}
+
+/// The Ethereum address of a secp256k1 private key (lowercase 0x…).
+fn address_of(private_key: &[u8]) -> Option<String> {
+    use sha3::Digest;
+    let secret = k256::SecretKey::from_slice(private_key).ok()?;
+    let point =
+        k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    let hash = sha3::Keccak256::digest(&point.as_bytes()[1..]);
+    Some(format!("0x{}", crate::genesis::encode_hex(&hash[12..])))
+}
+
+/// The node id (uncompressed public key without the 0x04 prefix, hex) of a validated node key.
+pub fn node_id(nodekey: &SecretValue) -> Option<String> {
+    let hex = std::str::from_utf8(nodekey.expose()).ok()?.trim();
+    let bytes = zeroize::Zeroizing::new(crate::genesis::decode_hex(hex)?);
+    let secret = k256::SecretKey::from_slice(&bytes).ok()?;
+    let point =
+        k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    Some(crate::genesis::encode_hex(&point.as_bytes()[1..]))
+}
+
+/// Writes every secret file and every file rendered from them, each atomically.
+pub fn write_all(
+    secrets: &[PlannedSecret],
+    rendered: &[Rendered],
+    set: &SecretSet,
+) -> Result<(), SecretError> {
+    for s in secrets {
+        if let Some(f) = set.get(s.kind) {
+            write_file(&s.file, f.value.expose())?;
+        }
+    }
+    let ws = set.get(SecretKind::EthstatsWsSecret).map(|f| &f.value);
+    for r in rendered {
+        match (r, ws) {
+            (Rendered::GethEthstatsConfig { path, name, server }, Some(ws)) => {
+                write_file(path, geth_ethstats_toml(name, ws, server).expose())?
+            }
+            (Rendered::EthstatsSecretJson { path }, Some(ws)) => {
+                write_file(path, ethstats_secret_json(ws).expose())?
+            }
+            (_, None) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -533,5 +838,36 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_secret_payload_is_validated_or_refused_without_echoing_it(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let v = SecretValue::new(bytes.clone());
+            for kind in [SecretKind::SealerKeystore, SecretKind::SealerPassword, SecretKind::BootnodeNodekey, SecretKind::EthstatsWsSecret] {
+                if let Err(e) = validate(kind, "n", &v, SIGNER) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    if text.len() >= 8 {
+                        proptest::prop_assert!(!e.to_string().contains(text.as_ref()), "error echoes the secret");
+                    }
+                }
+            }
+            let _ = check_kdf("n", &v);
+            let _ = json_field(&v, "password");
+            let _ = node_id(&v);
+        }
+
+        #[test]
+        fn keystore_shaped_json_never_panics(
+            dklen in 0u64..100, n in 0u64..(1 << 20), r in 0u64..20, p in 0u64..10,
+            iv in "[0-9a-f]{0,40}", kdf in "(scrypt|pbkdf2|other)",
+        ) {
+            let ks = serde_json::json!({"address": "ea94d5964b36a107571e051649c2eb52ff0c323f", "crypto": {
+                "kdf": kdf, "kdfparams": {"dklen": dklen, "n": n, "r": r, "p": p, "c": n, "salt": "00"},
+                "cipherparams": {"iv": iv}, "ciphertext": "00", "mac": "00"}});
+            let _ = check_kdf("n", &SecretValue::new(ks.to_string().into_bytes()));
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! Supervision: start each child with its planned command line, feed its output to the log pipeline,
 //! restart it with backoff when it exits, stop it gracefully on shutdown.
 
-use crate::config::RestartFile;
+use crate::config::{HealthFile, RestartFile};
+use crate::health::{self, Health};
 use crate::logs;
-use crate::plan::ChildPlan;
+use crate::plan::{ChildPlan, Probe};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// What the restart policy says after an exit.
@@ -117,10 +118,17 @@ fn spawn(child: &ChildPlan) -> Result<tokio::process::Child, SpawnError> {
     if let Some(cwd) = &child.cwd {
         cmd.current_dir(cwd);
     }
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    let parent = nix::unistd::getpid();
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The agent may have died between fork and prctl: then nobody would kill us later.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "node-agent exited while starting this child",
+                ));
+            }
             Ok(())
         });
     }
@@ -149,6 +157,8 @@ async fn stop(
                 ?timeout,
                 "did not stop in time; sending SIGKILL"
             );
+            // The whole process group: nothing the child started may outlive it.
+            let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = proc.start_kill();
             proc.wait().await.ok()
         }
@@ -160,25 +170,221 @@ async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Runs one child until `shutdown` turns true: start, pump output, restart with backoff on exit.
+/// Where a child is in its life, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Starting,
+    Ready,
+    Unhealthy,
+    BackingOff,
+    CrashLoop,
+    Stopping,
+    Stopped,
+}
+
+/// A child's state, published on every change and on every health round.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChildStatus {
+    pub name: String,
+    pub state: State,
+    pub pid: Option<u32>,
+    /// Unix time of the current process's start.
+    pub started_at: Option<u64>,
+    /// Restarts after exits (crashes) and after failed health checks, since the agent started.
+    pub restarts: u32,
+    pub unhealthy_restarts: u32,
+    pub last_exit: Option<String>,
+    /// Why the child is unhealthy, backing off or crash-looping.
+    pub reason: Option<String>,
+    /// The last chain sample of a geth child.
+    pub chain: Option<health::GethSample>,
+    /// Whether it has served at least once since the agent started.
+    pub ever_ready: bool,
+    /// When the supervising task last made progress (the watchdog's evidence).
+    #[serde(skip)]
+    pub heartbeat: Instant,
+}
+
+impl ChildStatus {
+    pub fn new_for(name: &str) -> Self {
+        ChildStatus {
+            name: name.to_owned(),
+            state: State::Starting,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            unhealthy_restarts: 0,
+            last_exit: None,
+            reason: None,
+            chain: None,
+            ever_ready: false,
+            heartbeat: Instant::now(),
+        }
+    }
+}
+
+/// Requests to a running supervisor.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Restart gracefully now (e.g. its secrets changed), without charging the backoff.
+    Restart(String),
+}
+
+/// Health settings for the monitor.
+#[derive(Debug, Clone)]
+pub struct HealthRules {
+    pub interval: Duration,
+    pub warmup: Duration,
+    pub grace: Duration,
+}
+
+impl HealthRules {
+    pub fn new(h: &HealthFile) -> Self {
+        HealthRules {
+            interval: Duration::from_secs(h.interval_secs.max(1)),
+            warmup: Duration::from_secs(h.warmup_secs),
+            grace: Duration::from_secs(h.grace_secs),
+        }
+    }
+}
+
+/// Why the run phase of one process ended.
+enum Ended {
+    Exited(Option<ExitStatus>),
+    Unhealthy(String),
+    Asked(String),
+    Shutdown,
+}
+
+/// Watches a running child: readiness first, then health every interval. Returns only when the child has
+/// been unhealthy for longer than the grace period (or never became ready within warm-up + grace).
+async fn monitor(
+    child: &ChildPlan,
+    rules: &HealthRules,
+    status: &watch::Sender<ChildStatus>,
+) -> String {
+    let began = Instant::now();
+    let mut unhealthy_since: Option<Instant> = None;
+    let mut ready = false;
+    loop {
+        let verdict = if !ready {
+            match health::ready(&child.probe).await {
+                Ok(()) => {
+                    ready = true;
+                    tracing::info!(child = %child.name, after = ?began.elapsed(), "serving");
+                    status.send_modify(|s| {
+                        s.state = State::Ready;
+                        s.ever_ready = true;
+                        s.reason = None;
+                        s.heartbeat = Instant::now();
+                    });
+                    continue;
+                }
+                Err(why) if began.elapsed() < rules.warmup => {
+                    status.send_modify(|s| s.heartbeat = Instant::now());
+                    tracing::debug!(child = %child.name, %why, "not serving yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(why) => Health::Unhealthy(format!(
+                    "not serving after {}s: {why}",
+                    began.elapsed().as_secs()
+                )),
+            }
+        } else {
+            check(child, rules, began.elapsed(), status).await
+        };
+        match verdict {
+            Health::Healthy | Health::Warming(_) => {
+                if unhealthy_since.take().is_some() {
+                    tracing::info!(child = %child.name, "healthy again");
+                }
+                let note = match verdict {
+                    Health::Warming(w) => Some(format!("warming up: {w}")),
+                    _ => None,
+                };
+                status.send_modify(|s| {
+                    s.state = State::Ready;
+                    s.reason = note;
+                    s.heartbeat = Instant::now();
+                });
+            }
+            Health::Unhealthy(why) => {
+                let since = *unhealthy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= rules.grace {
+                    return why;
+                }
+                tracing::warn!(child = %child.name, %why, grace_left = ?rules.grace.saturating_sub(since.elapsed()), "unhealthy");
+                status.send_modify(|s| {
+                    s.state = State::Unhealthy;
+                    s.reason = Some(why);
+                    s.heartbeat = Instant::now();
+                });
+            }
+        }
+        tokio::time::sleep(rules.interval).await;
+    }
+}
+
+/// One health round for a serving child.
+async fn check(
+    child: &ChildPlan,
+    rules: &HealthRules,
+    since_start: Duration,
+    status: &watch::Sender<ChildStatus>,
+) -> Health {
+    match &child.probe {
+        Probe::Geth {
+            ipc,
+            signer,
+            max_head_age_secs,
+        } => match health::sample_geth(ipc, signer.as_deref(), health::now_unix()).await {
+            Ok(sample) => {
+                let verdict = health::assess_geth(
+                    &sample,
+                    signer.is_some(),
+                    Duration::from_secs(*max_head_age_secs),
+                    since_start,
+                    rules.warmup,
+                );
+                status.send_modify(|s| s.chain = Some(sample));
+                verdict
+            }
+            Err(e) => Health::Unhealthy(e.to_string()),
+        },
+        probe => match health::ready(probe).await {
+            Ok(()) => Health::Healthy,
+            Err(why) => Health::Unhealthy(why),
+        },
+    }
+}
+
+/// Runs one child until `shutdown` turns true: start, pump output, watch readiness and health, restart
+/// with backoff on exit or after failed health checks, restart on request.
+#[allow(clippy::too_many_arguments)] // each is one separate concern of the task; a struct would only rename them
 pub async fn supervise(
     child: ChildPlan,
     policy: RestartFile,
+    rules: HealthRules,
     stop_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-    started: tokio::sync::oneshot::Sender<()>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    status: watch::Sender<ChildStatus>,
     sink: logs::LineSink,
 ) -> Result<(), SpawnError> {
     let mut policy = RestartPolicy::new(&policy);
-    let mut started = Some(started);
     loop {
         let mut proc = spawn(&child)?;
         let began = Instant::now();
-        let pid = proc.id().unwrap_or_default();
+        let pid = proc.id();
         tracing::info!(child = %child.name, pid, "started");
-        if let Some(tx) = started.take() {
-            let _ = tx.send(());
-        }
+        status.send_modify(|s| {
+            s.state = State::Starting;
+            s.pid = pid;
+            s.started_at = Some(health::now_unix());
+            s.heartbeat = Instant::now();
+        });
         let pumps = [
             proc.stdout
                 .take()
@@ -187,39 +393,91 @@ pub async fn supervise(
                 .take()
                 .map(|e| tokio::spawn(sink.clone().pump(e))),
         ];
-        let status = tokio::select! {
-            status = proc.wait() => status.ok(),
-            _ = stopping(&mut shutdown) => {
-                let status = stop(&mut proc, &child.name, stop_timeout).await;
-                tracing::info!(child = %child.name, pid, how = %status.as_ref().map(describe).unwrap_or_default(), "stopped");
-                for p in pumps.into_iter().flatten() {
-                    let _ = p.await;
-                }
-                break;
+        let ended = tokio::select! {
+            exit = proc.wait() => Ended::Exited(exit.ok()),
+            why = monitor(&child, &rules, &status) => Ended::Unhealthy(why),
+            Some(Control::Restart(why)) = control.recv() => Ended::Asked(why),
+            _ = stopping(&mut shutdown) => Ended::Shutdown,
+        };
+        let exit = match &ended {
+            Ended::Exited(exit) => *exit,
+            _ => {
+                status.send_modify(|s| s.state = State::Stopping);
+                let exit = stop(&mut proc, &child.name, stop_timeout).await;
+                tracing::info!(child = %child.name, pid, how = %exit.as_ref().map(describe).unwrap_or_default(), "stopped");
+                exit
             }
         };
         for p in pumps.into_iter().flatten() {
             let _ = p.await;
         }
-        let ran_for = began.elapsed();
-        let verdict = policy.on_exit(ran_for, rand::random::<f64>());
-        let how = status
+        let how = exit
             .as_ref()
             .map(describe)
             .unwrap_or_else(|| "vanished".into());
-        match verdict {
-            Verdict::Backoff(d) => {
-                tracing::warn!(child = %child.name, pid, %how, ?ran_for, restart_in = ?d, "child exited; restarting")
+        status.send_modify(|s| {
+            s.pid = None;
+            s.last_exit = Some(how.clone());
+            s.chain = None;
+        });
+        let delay = match ended {
+            Ended::Shutdown => break,
+            Ended::Asked(why) => {
+                tracing::info!(child = %child.name, %why, "restarting on request");
+                status.send_modify(|s| s.restarts += 1);
+                continue;
             }
-            Verdict::CrashLoop(d) => {
-                tracing::error!(child = %child.name, pid, %how, ?ran_for, restart_in = ?d, "child is crash-looping; still restarting")
+            Ended::Unhealthy(why) => {
+                tracing::error!(child = %child.name, %why, "unhealthy past the grace period; restarted");
+                status.send_modify(|s| {
+                    s.unhealthy_restarts += 1;
+                    s.reason = Some(why);
+                });
+                policy.on_exit(began.elapsed(), rand::random::<f64>())
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(verdict.delay()) => {}
-            _ = stopping(&mut shutdown) => break,
+            Ended::Exited(_) => {
+                let ran_for = began.elapsed();
+                let verdict = policy.on_exit(ran_for, rand::random::<f64>());
+                match verdict {
+                    Verdict::Backoff(d) => {
+                        tracing::warn!(child = %child.name, pid, %how, ?ran_for, restart_in = ?d, "child exited; restarting")
+                    }
+                    Verdict::CrashLoop(d) => {
+                        tracing::error!(child = %child.name, pid, %how, ?ran_for, restart_in = ?d, "child is crash-looping; still restarting")
+                    }
+                }
+                status.send_modify(|s| {
+                    s.restarts += 1;
+                    s.reason = Some(how.clone());
+                });
+                verdict
+            }
+        };
+        status.send_modify(|s| {
+            s.state = match delay {
+                Verdict::Backoff(_) => State::BackingOff,
+                Verdict::CrashLoop(_) => State::CrashLoop,
+            };
+        });
+        // Back off, beating the heart so the watchdog knows this task is alive.
+        let until = Instant::now() + delay.delay();
+        let shut = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.min(Instant::now() + Duration::from_secs(1))) => {
+                    status.send_modify(|s| s.heartbeat = Instant::now());
+                    if Instant::now() >= until { break false; }
+                }
+                _ = stopping(&mut shutdown) => break true,
+            }
+        };
+        if shut {
+            break;
         }
     }
+    status.send_modify(|s| {
+        s.state = State::Stopped;
+        s.pid = None;
+    });
     drop(sink);
     Ok(())
 }

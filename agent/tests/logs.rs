@@ -15,7 +15,12 @@ const STAMP: usize = 25;
 
 /// A child that prints lines as `emit.json` beside it says (re-read at each start), then idles.
 const EMITTER: &str = r#"#!/usr/bin/env python3
-import json, os, sys, time
+import json, os, socket, sys, time
+# Ready, as the agent judges a bootnode: bound to its UDP port.
+args = sys.argv[1:]
+if "-addr" in args:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", int(args[args.index("-addr") + 1].rsplit(":", 1)[1])))
 here = os.path.dirname(os.path.abspath(__file__))
 plan = json.load(open(os.path.join(here, "emit.json")))
 out, pid, n = sys.stdout.buffer, os.getpid(), 0
@@ -66,7 +71,9 @@ async fn rig(emit: Value, logs: &str) -> Rig {
     let emitter = tempfile::tempdir().expect("emitter dir");
     let script = emitter.path().join("emit.py");
     std::fs::write(&script, EMITTER).expect("write emitter");
+    // The agent drops to the service user before it starts the child.
     use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(emitter.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(emitter.path().join("emit.json"), emit.to_string()).unwrap();
     let extra = format!(
@@ -438,6 +445,13 @@ async fn events_too_old_for_cloudwatch_are_counted_and_the_rest_arrive() {
     let text =
         format!("{old} old 1\n{old} old 2\n{old} old 3\n{recent} recent 1\n{recent} recent 2\n");
     std::fs::write(logs.join("bootnode.log"), text).unwrap();
+    // As the agent left it: owned by the service user it runs as.
+    std::os::unix::fs::chown(
+        logs.join("bootnode.log"),
+        Some(SERVICE_UID),
+        Some(SERVICE_UID),
+    )
+    .unwrap();
 
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();

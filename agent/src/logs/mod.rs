@@ -176,6 +176,70 @@ pub struct Logs {
     stop: watch::Sender<bool>,
     stop_flush: Duration,
     status: StatusSource,
+    publisher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Shipping failing this long makes the host degraded.
+const DEGRADED_AFTER_MS: i64 = 30_000;
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// The status document's `logs` part. Pure.
+pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
+    let shipping = streams.iter().any(|s| s.shipping);
+    let lag: u64 = streams.iter().map(|s| s.lag_bytes).sum();
+    let failing = streams
+        .iter()
+        .filter_map(|s| s.failing_since_ms.map(|t| (now_ms - t, s)))
+        .max_by_key(|(d, _)| *d);
+    let unwritten: u64 = streams.iter().map(|s| s.unwritten_lines).sum();
+    let lost: u64 = streams.iter().map(|s| s.lost_bytes).sum();
+    let rejected: u64 = streams
+        .iter()
+        .map(|s| s.rejected_too_old + s.rejected_too_new + s.rejected_expired)
+        .sum();
+    let mut summary = if !shipping {
+        "files only (not shipped)".to_owned()
+    } else if let Some((d, s)) = failing {
+        format!(
+            "CloudWatch failing for {}s ({}), lag {}",
+            d / 1000,
+            s.last_error.as_deref().unwrap_or("?"),
+            bytes(lag)
+        )
+    } else {
+        match streams.iter().filter_map(|s| s.last_success_ms).max() {
+            Some(t) => format!(
+                "last shipped {}s ago, lag {}",
+                (now_ms - t).max(0) / 1000,
+                bytes(lag)
+            ),
+            None => format!("nothing shipped yet, lag {}", bytes(lag)),
+        }
+    };
+    for (n, what) in [
+        (unwritten, "lines not written (disk)"),
+        (rejected, "events rejected by CloudWatch"),
+    ] {
+        if n > 0 {
+            summary.push_str(&format!(", {n} {what}"));
+        }
+    }
+    if lost > 0 {
+        summary.push_str(&format!(", {} rotated away unshipped", bytes(lost)));
+    }
+    serde_json::json!({
+        "summary": summary,
+        "degraded": failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS),
+        "lag_bytes": lag,
+        "streams": streams,
+    })
 }
 
 impl Logs {
@@ -269,15 +333,30 @@ impl Logs {
                 stop,
                 stop_flush: Duration::from_secs(settings.stop_flush_secs),
                 status: StatusSource(Arc::new(status)),
+                publisher: None,
             },
             sinks,
         ))
     }
 
-    /// The shipping state, readable while the pipeline runs.
-    #[allow(dead_code)] // read by the coming `node-agent status`
-    pub fn status(&self) -> StatusSource {
-        self.status.clone()
+    /// The shipping state as `node-agent status` shows it, refreshed every second:
+    /// `{"summary": "...", "degraded": bool, "streams": [...]}`.
+    pub fn status_json(&mut self) -> watch::Receiver<serde_json::Value> {
+        let src = self.status.clone();
+        let (tx, rx) = watch::channel(status_json(&src.snapshot(), stamp::now_ms()));
+        self.publisher = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if tx
+                    .send(status_json(&src.snapshot(), stamp::now_ms()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+        rx
     }
 
     /// After the children stopped: writes their last lines, closes the agent's log file, and ships what
@@ -293,6 +372,9 @@ impl Logs {
         detach_agent_log();
         if let Some(w) = self.agent_writer.take() {
             let _ = tokio::time::timeout(grace, w).await;
+        }
+        if let Some(p) = self.publisher.take() {
+            p.abort();
         }
         let _ = self.stop.send(true);
         let all = async { while self.shippers.join_next().await.is_some() {} };
@@ -440,6 +522,36 @@ mod tests {
         let lines = lines(&path);
         assert!(lines.iter().all(|l| std::str::from_utf8(l).is_ok()));
         assert_eq!(lines.concat(), text);
+    }
+
+    #[test]
+    fn status_says_how_shipping_goes_and_turns_degraded_after_30_s_of_failures() {
+        let ok = StreamStatus {
+            shipping: true,
+            last_success_ms: Some(8_000),
+            lag_bytes: 2048,
+            ..StreamStatus::default()
+        };
+        let v = status_json(std::slice::from_ref(&ok), 10_000);
+        assert_eq!(v["summary"], "last shipped 2s ago, lag 2.0 KiB");
+        assert_eq!(v["degraded"], false);
+        let failing = StreamStatus {
+            failing_since_ms: Some(0),
+            last_error: Some("ThrottlingException".into()),
+            unwritten_lines: 3,
+            ..ok.clone()
+        };
+        let v = status_json(&[ok.clone(), failing.clone()], 29_999);
+        assert_eq!(v["degraded"], false);
+        let v = status_json(&[ok, failing], 30_000);
+        assert_eq!(v["degraded"], true);
+        assert_eq!(
+            v["summary"],
+            "CloudWatch failing for 30s (ThrottlingException), lag 4.0 KiB, 3 lines not written (disk)"
+        );
+        assert_eq!(v["streams"].as_array().map(Vec::len), Some(2));
+        let off = status_json(&[StreamStatus::default()], 0);
+        assert_eq!(off["summary"], "files only (not shipped)");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct StreamStatus {
     pub rejected_too_new: u64,
     pub rejected_expired: u64,
     pub last_error: Option<String>,
+    /// Unix milliseconds since when calls fail without a success in between.
+    pub failing_since_ms: Option<i64>,
     /// Lines the writer could not write (disk full).
     pub unwritten_lines: u64,
     /// Bytes rotated away before they were shipped.
@@ -434,7 +436,12 @@ impl Stream {
         let mut backoff = Backoff(0);
         loop {
             match self.try_ensure().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    let mut st = self.status();
+                    st.last_error = None;
+                    st.failing_since_ms = None;
+                    return;
+                }
                 Err(e) => {
                     let delay = backoff.next();
                     self.failed(
@@ -516,6 +523,7 @@ impl Stream {
             let mut st = self.status();
             st.retries += 1;
             st.last_error = Some(error.to_owned());
+            st.failing_since_ms.get_or_insert_with(stamp::now_ms);
             st.retries
         };
         // Logged sparsely: while CloudWatch is down these lines land in the agent's own log too.
@@ -607,6 +615,7 @@ impl Stream {
             st.events_sent += count;
             st.batches_sent += 1;
             st.last_error = None;
+            st.failing_since_ms = None;
         }
         self.advance(resume, open).await;
         true

@@ -38,7 +38,17 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-fn free_port() -> u16 {
+/// The unprivileged uid (and gid) the agent drops to in tests: no passwd entry needed.
+pub const SERVICE_UID: u32 = 64123;
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback UDP port")
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -98,6 +108,18 @@ impl Moto {
             ))
             .build();
         aws_sdk_secretsmanager::Client::from_conf(conf)
+    }
+
+    /// Stores a new version of an existing secret and moves AWSCURRENT to it (a rotation).
+    pub async fn rotate_secret(&self, name: &str, value: &str) {
+        self.secrets_client()
+            .await
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("rotating secret {name}: {e:?}"));
     }
 
     pub async fn put_secret(&self, name: &str, value: &[u8]) {
@@ -221,6 +243,11 @@ impl Host {
     pub fn new(imds_endpoint: Option<&str>, moto_endpoint: Option<&str>, extra: &str) -> Host {
         let dir = tempfile::tempdir().expect("temp dir");
         let shm = tempfile::tempdir_in("/dev/shm").expect("temp dir on /dev/shm");
+        // The agent drops to SERVICE_UID: it must be able to reach the trees below.
+        for d in [dir.path(), shm.path()] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod temp dir");
+        }
         let repo = repo();
         let d = dir.path();
         let config = d.join("config.toml");
@@ -256,6 +283,22 @@ max_backoff_secs = 2
 imds_secs = 3
 secrets_secs = 3
 stop_secs = 10
+sealer_lease_secs = 1
+
+[users]
+service = "{uid}:{uid}"
+
+[ports]
+p2p = {p2p}
+http = {http}
+authrpc = {authrpc}
+bootnode = {bootnode}
+ethstats = {ethstats}
+
+[health]
+interval_secs = 1
+warmup_secs = 20
+grace_secs = 2
 "#,
             genesis = repo.join("resources/genesis.json").display(),
             id = BOOTNODE_ID,
@@ -266,6 +309,12 @@ stop_secs = 10
             shm = shm.path().display(),
             // Without moto there is no CloudWatch to ship to.
             ship = moto_endpoint.is_some(),
+            uid = SERVICE_UID,
+            p2p = free_port(),
+            http = free_port(),
+            authrpc = free_port(),
+            bootnode = free_udp_port(),
+            ethstats = free_port(),
         );
         let text = if extra.is_empty() {
             text
@@ -300,6 +349,12 @@ stop_secs = 10
             config,
             env,
         }
+    }
+
+    /// Merges `extra` (TOML) into the config.
+    pub fn configure(&self, extra: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        std::fs::write(&self.config, merge_toml(&text, extra)).expect("write config");
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -379,6 +434,15 @@ impl Agent {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The agent's one supervised child, once it is running.
+    pub fn the_child(&self) -> i32 {
+        let pid = self.pid();
+        wait_for("the agent's child", Duration::from_secs(20), || {
+            let kids = children_of(pid);
+            (kids.len() == 1).then(|| kids[0])
+        })
     }
 
     /// Waits until the agent has logged `ready`, or panics with what it said.
@@ -494,4 +558,148 @@ pub fn error_line(out: &Output) -> String {
         "expected exactly one error line, got:\n{err}"
     );
     lines[0].to_owned()
+}
+
+/// A systemd notify socket: what the agent tells systemd (READY=1, STATUS=, WATCHDOG=1, STOPPING=1).
+pub struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        // The agent sends after dropping root.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod");
+        sock.set_nonblocking(true).expect("nonblocking");
+        NotifySocket {
+            sock,
+            path,
+            _dir: dir,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Every message so far, one per datagram.
+    pub fn messages(&mut self) -> &[String] {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        &self.seen
+    }
+
+    pub fn saw(&mut self, needle: &str) -> bool {
+        self.messages()
+            .iter()
+            .any(|m| m.lines().any(|l| l == needle || l.starts_with(needle)))
+    }
+}
+
+/// A process's /proc status field, e.g. `Uid:` → ["64123", ...].
+pub fn proc_status(pid: i32, field: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Writes an executable wrapper that runs the geth stand-in with `prelude` (shell) before it.
+pub fn geth_wrapper(dir: &Path, prelude: &str) -> PathBuf {
+    let path = dir.join("geth-wrapper");
+    let text = format!(
+        "#!/bin/sh\n{prelude}\nexec {} \"$@\"\n",
+        repo().join("tests/standins/geth").display()
+    );
+    std::fs::write(&path, text).expect("write wrapper");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod wrapper");
+    path
+}
+
+/// Writes the geth stand-in's fault switches into a datadir.
+pub fn geth_faults(datadir: &Path, faults: Value) {
+    std::fs::create_dir_all(datadir).expect("datadir");
+    std::fs::write(datadir.join("standin-faults.json"), faults.to_string()).expect("faults file");
+}
+
+/// `tests/rig/aws_fault_proxy.py` in front of moto: answers chosen calls with AWS errors.
+pub struct FaultProxy {
+    child: Child,
+    pub port: u16,
+    rules: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> FaultProxy {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rules = dir.path().join("rules.json");
+        std::fs::write(&rules, "[]").expect("rules");
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/rig/aws_fault_proxy.py"))
+            .args(["--upstream", upstream, "--rules"])
+            .arg(&rules)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fault proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("proxy port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("fault proxy printed {line:?}"));
+        FaultProxy {
+            child,
+            port,
+            rules,
+            _dir: dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_rules(&self, rules: Value) {
+        let tmp = self.rules.with_extension("tmp");
+        std::fs::write(&tmp, rules.to_string()).expect("rules");
+        std::fs::rename(&tmp, &self.rules).expect("rules");
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `node-agent ARGS` with AWS pointed at `endpoint` and test credentials (for get-secret and friends).
+pub fn agent_with_aws(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-agent"));
+    cmd.args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE");
+    cmd
 }

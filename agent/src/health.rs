@@ -1,0 +1,371 @@
+//! Readiness and health of the children: geth over JSON-RPC on its IPC socket (chain-aware), the bootnode's
+//! UDP port, the ethstats TCP port. Probing does I/O; judging a sample is pure.
+
+use crate::plan::Probe;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What one geth probe saw.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GethSample {
+    pub head: u64,
+    /// Seconds since the head block's timestamp.
+    pub head_age_secs: u64,
+    pub peers: u64,
+    pub syncing: bool,
+    /// For a sealer: whether its address is in `clique_getSigners`.
+    pub authorised: Option<bool>,
+    /// For a sealer: whether geth is sealing (`eth_mining`).
+    pub mining: Option<bool>,
+}
+
+/// The verdict on one sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Not held against the child yet (warm-up), with what is not yet right.
+    Warming(String),
+    Unhealthy(String),
+}
+
+/// Judges a geth sample. Pure: the rules and the time since start come in as values.
+pub fn assess_geth(
+    s: &GethSample,
+    sealer: bool,
+    max_head_age: Duration,
+    since_start: Duration,
+    warmup: Duration,
+) -> Health {
+    if s.authorised == Some(false) {
+        // Never improves by waiting: the key or the genesis is wrong.
+        return Health::Unhealthy("the sealer's address is not in clique_getSigners".into());
+    }
+    let mut problems = Vec::new();
+    if s.mining == Some(false) {
+        problems.push("not sealing (eth_mining is false)".to_string());
+    }
+    if s.head_age_secs > max_head_age.as_secs() {
+        problems.push(format!(
+            "head #{} is {}s old (limit {}s)",
+            s.head,
+            s.head_age_secs,
+            max_head_age.as_secs()
+        ));
+    }
+    // A lone sealer has no peers and that is fine; a node that must sync does need them.
+    if !sealer && s.peers == 0 {
+        problems.push("no peers".into());
+    }
+    if problems.is_empty() {
+        Health::Healthy
+    } else if since_start < warmup {
+        Health::Warming(problems.join(", "))
+    } else {
+        Health::Unhealthy(problems.join(", "))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Io(String),
+    #[error("JSON-RPC {method}: {message}")]
+    Rpc { method: String, message: String },
+}
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One JSON-RPC call over a geth IPC socket.
+pub async fn ipc_call(path: &Path, method: &str, params: Value) -> Result<Value, ProbeError> {
+    let io = |e: std::io::Error| ProbeError::Io(format!("IPC {}: {e}", path.display()));
+    let call = async {
+        let mut sock = tokio::net::UnixStream::connect(path).await.map_err(io)?;
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let mut bytes = serde_json::to_vec(&req).unwrap_or_default();
+        bytes.push(b'\n');
+        sock.write_all(&bytes).await.map_err(io)?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut chunk).await.map_err(io)?;
+            if n == 0 {
+                return Err(ProbeError::Io(format!(
+                    "IPC {}: closed before answering",
+                    path.display()
+                )));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 1 << 20 {
+                return Err(ProbeError::Io(format!(
+                    "IPC {}: answer too large",
+                    path.display()
+                )));
+            }
+            // geth writes one JSON value per answer; parse as soon as it is complete.
+            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+            match it.next() {
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(e)) if e.is_eof() => continue,
+                Some(Err(e)) => {
+                    return Err(ProbeError::Io(format!(
+                        "IPC {}: bad JSON: {e}",
+                        path.display()
+                    )))
+                }
+                None => continue,
+            }
+        }
+    };
+    let answer = tokio::time::timeout(RPC_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            ProbeError::Io(format!(
+                "IPC {}: no answer within {}s",
+                path.display(),
+                RPC_TIMEOUT.as_secs()
+            ))
+        })??;
+    rpc_result(method, answer)
+}
+
+/// The `result` of a JSON-RPC answer, or its error.
+fn rpc_result(method: &str, answer: Value) -> Result<Value, ProbeError> {
+    if let Some(e) = answer.get("error") {
+        let message = e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_owned();
+        return Err(ProbeError::Rpc {
+            method: method.into(),
+            message,
+        });
+    }
+    answer
+        .get("result")
+        .cloned()
+        .ok_or_else(|| ProbeError::Rpc {
+            method: method.into(),
+            message: "answer has no result".into(),
+        })
+}
+
+fn hex_u64(method: &str, v: &Value) -> Result<u64, ProbeError> {
+    v.as_str()
+        .and_then(|s| s.strip_prefix("0x"))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| ProbeError::Rpc {
+            method: method.into(),
+            message: format!("expected a hex quantity, got {v}"),
+        })
+}
+
+/// Reads a full sample from geth.
+pub async fn sample_geth(
+    ipc: &Path,
+    signer: Option<&str>,
+    now_unix: u64,
+) -> Result<GethSample, ProbeError> {
+    let block = ipc_call(ipc, "eth_getBlockByNumber", json!(["latest", false])).await?;
+    let head = hex_u64(
+        "eth_getBlockByNumber",
+        block.get("number").unwrap_or(&Value::Null),
+    )?;
+    let ts = hex_u64(
+        "eth_getBlockByNumber",
+        block.get("timestamp").unwrap_or(&Value::Null),
+    )?;
+    let peers = hex_u64(
+        "net_peerCount",
+        &ipc_call(ipc, "net_peerCount", json!([])).await?,
+    )?;
+    let syncing = !matches!(
+        ipc_call(ipc, "eth_syncing", json!([])).await?,
+        Value::Bool(false)
+    );
+    let mining = match signer {
+        None => None,
+        Some(_) => Some(matches!(
+            ipc_call(ipc, "eth_mining", json!([])).await?,
+            Value::Bool(true)
+        )),
+    };
+    let authorised = match signer {
+        None => None,
+        Some(addr) => {
+            let signers = ipc_call(ipc, "clique_getSigners", json!([])).await?;
+            let list = signers.as_array().ok_or_else(|| ProbeError::Rpc {
+                method: "clique_getSigners".into(),
+                message: format!("expected a list, got {signers}"),
+            })?;
+            Some(
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .any(|s| s.eq_ignore_ascii_case(addr)),
+            )
+        }
+    };
+    Ok(GethSample {
+        head,
+        head_age_secs: now_unix.saturating_sub(ts),
+        peers,
+        syncing,
+        authorised,
+        mining,
+    })
+}
+
+/// Whether a UDP port is bound on this host, from /proc/self/net/udp and udp6 (/proc/net may be hidden in the unit).
+pub fn udp_bound(port: u16) -> bool {
+    ["/proc/self/net/udp", "/proc/self/net/udp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|table| udp_table_has_port(&table, port))
+}
+
+/// Parses a /proc/net/udp table for a local port. Pure.
+pub fn udp_table_has_port(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|line| {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|local| local.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            == Some(port)
+    })
+}
+
+/// Whether something accepts TCP connections on the loopback port.
+pub async fn tcp_accepts(port: u16) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// Whether the child serves yet (readiness). `Ok(())` when it does, otherwise why not.
+pub async fn ready(probe: &Probe) -> Result<(), String> {
+    match probe {
+        Probe::Geth { ipc, .. } => ipc_call(ipc, "eth_blockNumber", json!([]))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Probe::Udp { port } => udp_bound(*port)
+            .then_some(())
+            .ok_or_else(|| format!("UDP port {port} not bound yet")),
+        Probe::Tcp { port } => tcp_accepts(*port)
+            .await
+            .then_some(())
+            .ok_or_else(|| format!("TCP port {port} not accepting yet")),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(head_age_secs: u64, peers: u64, authorised: Option<bool>) -> GethSample {
+        GethSample {
+            head: 10,
+            head_age_secs,
+            peers,
+            syncing: false,
+            authorised,
+            mining: authorised,
+        }
+    }
+
+    const MAX: Duration = Duration::from_secs(30);
+    const WARM: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn a_fresh_head_is_healthy_and_a_stalled_one_is_not() {
+        let long = Duration::from_secs(600);
+        assert_eq!(
+            assess_geth(&sample(5, 0, Some(true)), true, MAX, long, WARM),
+            Health::Healthy
+        );
+        match assess_geth(&sample(31, 0, Some(true)), true, MAX, long, WARM) {
+            Health::Unhealthy(why) => assert_eq!(why, "head #10 is 31s old (limit 30s)"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn warm_up_forgives_stale_heads_and_missing_peers_but_not_a_wrong_signer() {
+        let early = Duration::from_secs(10);
+        assert!(matches!(
+            assess_geth(&sample(999, 0, None), false, MAX, early, WARM),
+            Health::Warming(_)
+        ));
+        assert!(matches!(
+            assess_geth(&sample(1, 1, Some(false)), true, MAX, early, WARM),
+            Health::Unhealthy(_)
+        ));
+    }
+
+    #[test]
+    fn an_rpc_node_without_peers_is_unhealthy_after_warm_up_but_a_lone_sealer_is_fine() {
+        let long = Duration::from_secs(600);
+        assert_eq!(
+            assess_geth(&sample(1, 0, None), false, MAX, long, WARM),
+            Health::Unhealthy("no peers".into())
+        );
+        assert_eq!(
+            assess_geth(&sample(1, 0, Some(true)), true, MAX, long, WARM),
+            Health::Healthy
+        );
+    }
+
+    #[test]
+    fn proc_net_udp_is_parsed_for_the_local_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                     \x20  0: 00000000:765D 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 1234 2\n";
+        assert!(udp_table_has_port(table, 30301));
+        assert!(!udp_table_has_port(table, 30303));
+        assert!(!udp_table_has_port("garbage\n\n: :", 1));
+    }
+
+    #[test]
+    fn rpc_errors_and_bad_quantities_are_errors_not_panics() {
+        let e = rpc_result(
+            "m",
+            json!({"error": {"code": -32601, "message": "no such method"}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "JSON-RPC m: no such method");
+        assert!(rpc_result("m", json!({})).is_err());
+        assert_eq!(hex_u64("m", &json!("0x1f")).unwrap(), 31);
+        for bad in [json!(31), json!("1f"), json!("0xzz"), json!(null)] {
+            assert!(hex_u64("m", &bad).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_json_rpc_answer_is_a_result_or_an_error(s in "\\PC{0,200}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                let _ = rpc_result("m", v.clone());
+                let _ = hex_u64("m", &v);
+            }
+        }
+
+        #[test]
+        fn any_proc_net_udp_text_is_parsed_without_panic(s in "\\PC{0,400}", port in proptest::num::u16::ANY) {
+            let _ = udp_table_has_port(&s, port);
+        }
+    }
+}

@@ -1,0 +1,972 @@
+//! `node-agent install --root DIR`: lays out everything a host needs under DIR (this binary, the systemd
+//! unit, the sysusers.d and tmpfiles.d files, the default configuration unless one exists, the genesis) and
+//! installs the pinned downloads (geth + bootnode, the ethstats server) only after their sha256 matched
+//! `resources/versions.toml`. The Packer bake and the boot test both run it, so what is tested is what is
+//! baked. Order: every check first (pins, checksums, archive contents), then the files, then `--enable`.
+
+use crate::cli::InstallArgs;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The unit, users and directories, embedded from `units/`.
+pub const UNIT: &str = include_str!("../../units/node-agent.service");
+pub const SYSUSERS: &str = include_str!("../../units/sysusers.d/node-agent.conf");
+pub const TMPFILES: &str = include_str!("../../units/tmpfiles.d/node-agent.conf");
+/// The development genesis (dev signer): installed only when `--genesis` is not given and none exists.
+const DEV_GENESIS: &str = include_str!("../../resources/genesis.json");
+
+/// Where everything goes, relative to the root. Units and their companions live in the local vendor
+/// directories (`/usr/local/lib/...`), so `/etc` stays free for an operator's overrides.
+pub mod paths {
+    pub const BINARY: &str = "usr/local/bin/node-agent";
+    pub const UNIT: &str = "usr/local/lib/systemd/system/node-agent.service";
+    pub const SYSUSERS: &str = "usr/local/lib/sysusers.d/node-agent.conf";
+    pub const TMPFILES: &str = "usr/local/lib/tmpfiles.d/node-agent.conf";
+    pub const CONFIG: &str = "etc/node-agent/config.toml";
+    pub const GENESIS: &str = "usr/share/node-agent/genesis.json";
+    pub const GETH: &str = "usr/local/bin/geth";
+    pub const BOOTNODE: &str = "usr/local/bin/bootnode";
+    pub const ETHSTATS_WRAPPER: &str = "usr/local/bin/ethstats-server";
+    pub const ETHSTATS_APP: &str = "opt/ethstats-server";
+    pub const ETHSTATS_SECRET_LINK: &str = "opt/ethstats-server/ws_secret.json";
+    /// Where node-agent writes the ethstats secret at run time (`secrets.dir` default).
+    pub const ETHSTATS_SECRET_TARGET: &str = "/run/node-agent/secrets/ws_secret.json";
+}
+
+/// Starts the pinned ethstats server from its app directory: app.js reads `ws_secret.json` beside itself.
+const ETHSTATS_WRAPPER: &str = "#!/bin/sh
+# Installed by `node-agent install`: runs the pinned ethstats server (resources/versions.toml).
+# app.js reads ws_secret.json beside itself, a link to the file node-agent writes in its private directory.
+cd /opt/ethstats-server || exit 1
+PATH=/usr/local/bin:/usr/bin:/bin
+export PATH
+exec node app.js
+";
+
+/// What to do when the file is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Replace,
+    Keep,
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Text(&'static str),
+    File(PathBuf),
+}
+
+/// One thing to lay out under the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    File {
+        path: &'static str,
+        source: Source,
+        mode: u32,
+        existing: Existing,
+    },
+    /// A whole directory tree copied from an unpacked archive; dirs 0755, files 0644 or 0755.
+    Tree { path: &'static str, from: PathBuf },
+    Symlink {
+        path: &'static str,
+        target: &'static str,
+    },
+}
+
+impl Entry {
+    pub fn path(&self) -> &'static str {
+        match self {
+            Entry::File { path, .. } | Entry::Tree { path, .. } | Entry::Symlink { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+/// One pinned download, as the bake fetches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    /// `geth` or `ethstats`: the table in versions.toml.
+    pub name: &'static str,
+    pub url: String,
+    pub sha256: String,
+    /// The file name to save it as (the URL's last segment).
+    pub file: String,
+}
+
+/// Any failure of `install`, naming the file, key or program it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "resources/versions.toml: {key} is empty, and the bake refuses unpinned downloads: set it from a \
+         trusted copy (see the comment above it) and rebuild node-agent"
+    )]
+    Unpinned { key: String },
+    #[error("resources/versions.toml: {key}: {problem}")]
+    BadPin { key: String, problem: String },
+    #[error(
+        "{path}: sha256 {actual} does not match {key} = {expected} in resources/versions.toml: refusing to \
+         install it (a different or corrupted download)"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{archive}: {problem}")]
+    Archive { archive: PathBuf, problem: String },
+    #[error("{program}: {problem}")]
+    Activate { program: String, problem: String },
+}
+
+impl From<InstallError> for crate::run::AgentError {
+    fn from(e: InstallError) -> Self {
+        crate::run::AgentError::Refused(crate::identity::error_chain(&e))
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+    move |source| InstallError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The pinned downloads from a versions.toml text; fails closed on an empty checksum or commit.
+pub fn downloads(pins: &str) -> Result<Vec<Download>, InstallError> {
+    let table: toml::Table = pins
+        .parse()
+        .map_err(|e: toml::de::Error| InstallError::BadPin {
+            key: "(file)".into(),
+            problem: e.message().to_owned(),
+        })?;
+    let get = |name: &str, key: &str| -> Result<String, InstallError> {
+        table
+            .get(name)
+            .and_then(|t| t.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| InstallError::BadPin {
+                key: format!("{name}.{key}"),
+                problem: "missing (a string is expected)".into(),
+            })
+    };
+    let mut out = Vec::new();
+    for name in ["geth", "ethstats"] {
+        let mut url = get(name, "url")?;
+        if url.contains("{commit}") {
+            let commit = get(name, "commit")?;
+            if commit.is_empty() {
+                return Err(InstallError::Unpinned {
+                    key: format!("{name}.commit"),
+                });
+            }
+            if !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(InstallError::BadPin {
+                    key: format!("{name}.commit"),
+                    problem: format!("{commit:?} is not a commit id (hex digits)"),
+                });
+            }
+            url = url.replace("{commit}", &commit);
+        }
+        let sha256 = get(name, "sha256")?.to_ascii_lowercase();
+        if sha256.is_empty() {
+            return Err(InstallError::Unpinned {
+                key: format!("{name}.sha256"),
+            });
+        }
+        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(InstallError::BadPin {
+                key: format!("{name}.sha256"),
+                problem: format!("{sha256:?} is not 64 hex digits"),
+            });
+        }
+        let file = url
+            .rsplit('/')
+            .next()
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| InstallError::BadPin {
+                key: format!("{name}.url"),
+                problem: format!("{url:?} does not end in a file name"),
+            })?;
+        let file = if name == "ethstats" {
+            // GitHub names commit archives `<commit>.tar.gz`; keep the project in the local name.
+            format!("ethstats-server-{file}")
+        } else {
+            file.to_owned()
+        };
+        out.push(Download {
+            name,
+            url,
+            sha256,
+            file,
+        });
+    }
+    Ok(out)
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, InstallError> {
+    let mut f = fs::File::open(path).map_err(io_err("cannot open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Checks a downloaded archive against its pin.
+pub fn verify(path: &Path, pin: &Download) -> Result<(), InstallError> {
+    let actual = sha256_file(path)?;
+    if actual != pin.sha256 {
+        return Err(InstallError::ChecksumMismatch {
+            path: path.to_owned(),
+            key: format!("{}.sha256", pin.name),
+            expected: pin.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The files every host gets, whatever was downloaded. Pure: decides, does nothing.
+pub fn base_layout(binary: &Path, genesis: Option<&Path>) -> Vec<Entry> {
+    vec![
+        Entry::File {
+            path: paths::BINARY,
+            source: Source::File(binary.to_owned()),
+            mode: 0o755,
+            existing: Existing::Replace,
+        },
+        Entry::File {
+            path: paths::UNIT,
+            source: Source::Text(UNIT),
+            mode: 0o644,
+            existing: Existing::Replace,
+        },
+        Entry::File {
+            path: paths::SYSUSERS,
+            source: Source::Text(SYSUSERS),
+            mode: 0o644,
+            existing: Existing::Replace,
+        },
+        Entry::File {
+            path: paths::TMPFILES,
+            source: Source::Text(TMPFILES),
+            mode: 0o644,
+            existing: Existing::Replace,
+        },
+        // An operator's or user-data's configuration wins over the defaults.
+        Entry::File {
+            path: paths::CONFIG,
+            source: Source::Text(crate::config::EXAMPLE),
+            mode: 0o644,
+            existing: Existing::Keep,
+        },
+        match genesis {
+            Some(g) => Entry::File {
+                path: paths::GENESIS,
+                source: Source::File(g.to_owned()),
+                mode: 0o644,
+                existing: Existing::Replace,
+            },
+            None => Entry::File {
+                path: paths::GENESIS,
+                source: Source::Text(DEV_GENESIS),
+                mode: 0o644,
+                existing: Existing::Keep,
+            },
+        },
+    ]
+}
+
+/// geth and bootnode from an unpacked alltools archive (`geth-alltools-…/geth`).
+pub fn geth_layout(unpacked_top: &Path) -> Vec<Entry> {
+    vec![
+        Entry::File {
+            path: paths::GETH,
+            source: Source::File(unpacked_top.join("geth")),
+            mode: 0o755,
+            existing: Existing::Replace,
+        },
+        Entry::File {
+            path: paths::BOOTNODE,
+            source: Source::File(unpacked_top.join("bootnode")),
+            mode: 0o755,
+            existing: Existing::Replace,
+        },
+    ]
+}
+
+/// The ethstats app from an unpacked source archive, its wrapper, and the link to the secret.
+pub fn ethstats_layout(unpacked_top: &Path) -> Vec<Entry> {
+    vec![
+        Entry::Tree {
+            path: paths::ETHSTATS_APP,
+            from: unpacked_top.to_owned(),
+        },
+        Entry::Symlink {
+            path: paths::ETHSTATS_SECRET_LINK,
+            target: paths::ETHSTATS_SECRET_TARGET,
+        },
+        Entry::File {
+            path: paths::ETHSTATS_WRAPPER,
+            source: Source::Text(ETHSTATS_WRAPPER),
+            mode: 0o755,
+            existing: Existing::Replace,
+        },
+    ]
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Result<Scratch, InstallError> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "node-agent-install-{name}.{}.{n}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Unpacks a verified .tar.gz with the system's tar and returns its single top-level directory.
+fn unpack(archive: &Path, into: &Path) -> Result<PathBuf, InstallError> {
+    let out = Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .args(["--no-same-owner", "--no-same-permissions"])
+        .output()
+        .map_err(|e| InstallError::Archive {
+            archive: archive.to_owned(),
+            problem: format!("cannot run tar: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(InstallError::Archive {
+            archive: archive.to_owned(),
+            problem: format!(
+                "tar failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    let mut tops = Vec::new();
+    for e in fs::read_dir(into).map_err(io_err("cannot list", into))? {
+        let e = e.map_err(io_err("cannot list", into))?;
+        tops.push(e.path());
+    }
+    match tops.as_slice() {
+        [one] if one.is_dir() => Ok(one.clone()),
+        _ => Err(InstallError::Archive {
+            archive: archive.to_owned(),
+            problem: format!(
+                "expected one top-level directory, found {} entries",
+                tops.len()
+            ),
+        }),
+    }
+}
+
+/// Checks that every file an entry copies from exists, before anything is written.
+fn check_sources(archive: &Path, entries: &[Entry]) -> Result<(), InstallError> {
+    for e in entries {
+        let from = match e {
+            Entry::File {
+                source: Source::File(p),
+                ..
+            } => p,
+            Entry::Tree { from, .. } => from,
+            _ => continue,
+        };
+        if !from.exists() {
+            return Err(InstallError::Archive {
+                archive: archive.to_owned(),
+                problem: format!(
+                    "has no {}",
+                    from.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> Result<(), InstallError> {
+    if let Some(parent) = path.parent() {
+        if !parent.is_dir() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `dest` atomically (temp file in the same directory, fsync, mode, rename), so a running binary
+/// can be replaced and a crash never leaves half a file.
+fn write_atomic(dest: &Path, source: &Source, mode: u32) -> Result<(), InstallError> {
+    create_parent(dest)?;
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dest.with_file_name(format!(".{name}.install-{}", std::process::id()));
+    let result = (|| {
+        let mut out = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        match source {
+            Source::Text(t) => out
+                .write_all(t.as_bytes())
+                .map_err(io_err("cannot write", &tmp))?,
+            Source::File(p) => {
+                let mut input = fs::File::open(p).map_err(io_err("cannot open", p))?;
+                io::copy(&mut input, &mut out).map_err(io_err("cannot copy", p))?;
+            }
+        }
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("cannot set the mode of", &tmp))?;
+        out.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        fs::rename(&tmp, dest).map_err(io_err("cannot rename into place", dest))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies a tree with normalised modes: directories 0755, files 0755 when any execute bit was set, else
+/// 0644. Symlinks are copied as links.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), InstallError> {
+    fs::create_dir(to).map_err(io_err("cannot create", to))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755))
+        .map_err(io_err("cannot set the mode of", to))?;
+    for e in fs::read_dir(from).map_err(io_err("cannot list", from))? {
+        let e = e.map_err(io_err("cannot list", from))?;
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let meta = fs::symlink_metadata(&src).map_err(io_err("cannot stat", &src))?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&src).map_err(io_err("cannot read link", &src))?;
+            symlink(&target, &dst).map_err(io_err("cannot create link", &dst))?;
+        } else if meta.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst).map_err(io_err("cannot copy to", &dst))?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+                .map_err(io_err("cannot set the mode of", &dst))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the directory `dest` with a copy of `from`: built beside it, then swapped in.
+fn replace_tree(dest: &Path, from: &Path) -> Result<(), InstallError> {
+    create_parent(dest)?;
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let new = dest.with_file_name(format!(".{name}.new"));
+    let old = dest.with_file_name(format!(".{name}.old"));
+    for leftover in [&new, &old] {
+        if leftover.exists() {
+            fs::remove_dir_all(leftover).map_err(io_err("cannot remove", leftover))?;
+        }
+    }
+    copy_tree(from, &new)?;
+    if dest.exists() {
+        fs::rename(dest, &old).map_err(io_err("cannot move aside", dest))?;
+    }
+    fs::rename(&new, dest).map_err(io_err("cannot rename into place", dest))?;
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(io_err("cannot remove", &old))?;
+    }
+    Ok(())
+}
+
+/// Lays the entries out under `root`; returns one line per entry saying what happened.
+pub fn apply(root: &Path, entries: &[Entry]) -> Result<Vec<String>, InstallError> {
+    let mut report = Vec::new();
+    for e in entries {
+        let dest = root.join(e.path());
+        let shown = Path::new("/").join(e.path());
+        match e {
+            Entry::File {
+                source,
+                mode,
+                existing,
+                ..
+            } => {
+                if *existing == Existing::Keep && dest.exists() {
+                    report.push(format!("kept      {}", shown.display()));
+                    continue;
+                }
+                write_atomic(&dest, source, *mode)?;
+                report.push(format!("installed {} ({mode:04o})", shown.display()));
+            }
+            Entry::Tree { from, .. } => {
+                replace_tree(&dest, from)?;
+                report.push(format!("installed {}/ (tree)", shown.display()));
+            }
+            Entry::Symlink { target, .. } => {
+                create_parent(&dest)?;
+                match fs::symlink_metadata(&dest) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?
+                    }
+                    Ok(m) if m.is_dir() => {
+                        fs::remove_dir_all(&dest).map_err(io_err("cannot replace", &dest))?
+                    }
+                    Ok(_) => fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?,
+                    Err(_) => {}
+                }
+                symlink(target, &dest).map_err(io_err("cannot create link", &dest))?;
+                report.push(format!("linked    {} -> {target}", shown.display()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Result<(), InstallError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| InstallError::Activate {
+            program: program.into(),
+            problem: format!("cannot run it: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(InstallError::Activate {
+            program: program.into(),
+            problem: format!(
+                "{} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the users and directories and enables the unit under `root`, with systemd's own tools (they
+/// all work on a root that is not running).
+fn enable(root: &Path) -> Result<Vec<String>, InstallError> {
+    let r = format!("--root={}", root.display());
+    run_tool("systemd-sysusers", &[&r, "node-agent.conf"])?;
+    run_tool("systemd-tmpfiles", &[&r, "--create", "node-agent.conf"])?;
+    run_tool("systemctl", &[&r, "enable", "node-agent.service"])?;
+    Ok(vec![
+        "created   user and group node-agent (systemd-sysusers)".into(),
+        "created   /var/lib/node-agent, /var/log/node-agent, /run/node-agent (systemd-tmpfiles)"
+            .into(),
+        "enabled   node-agent.service".into(),
+    ])
+}
+
+/// Everything `install` does, with the pins and the binary as values (tests pass their own).
+pub fn install(
+    root: &Path,
+    args: &InstallArgs,
+    pins: &str,
+    binary: &Path,
+) -> Result<Vec<String>, InstallError> {
+    let mut entries = base_layout(binary, args.genesis.as_deref());
+    let mut report = Vec::new();
+    let scratch = Scratch::new("unpack")?;
+    let archives: [(&str, Option<&PathBuf>); 2] = [
+        ("geth", args.geth_archive.as_ref()),
+        ("ethstats", args.ethstats_archive.as_ref()),
+    ];
+    if archives.iter().any(|(_, a)| a.is_some()) {
+        let pins = downloads(pins)?;
+        for (name, archive) in archives {
+            let Some(archive) = archive else { continue };
+            let pin = pins
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| InstallError::BadPin {
+                    key: name.into(),
+                    problem: "missing".into(),
+                })?;
+            verify(archive, pin)?;
+            report.push(format!(
+                "verified  {} (sha256 {})",
+                archive.display(),
+                pin.sha256
+            ));
+            let into = scratch.0.join(name);
+            fs::create_dir(&into).map_err(io_err("cannot create", &into))?;
+            let top = unpack(archive, &into)?;
+            let more = match name {
+                "geth" => geth_layout(&top),
+                _ => ethstats_layout(&top),
+            };
+            check_sources(archive, &more)?;
+            entries.extend(more);
+        }
+    }
+    if let Some(g) = &args.genesis {
+        fs::metadata(g).map_err(io_err("cannot read the genesis", g))?;
+    }
+    report.extend(apply(root, &entries)?);
+    if args.enable {
+        report.extend(enable(root)?);
+    }
+    Ok(report)
+}
+
+/// `node-agent install`.
+pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
+    if args.print_downloads {
+        for d in downloads(crate::version::PINNED)? {
+            println!("{}\t{}\t{}\t{}", d.name, d.url, d.sha256, d.file);
+        }
+        return Ok(());
+    }
+    // clap requires --root unless --print-downloads.
+    let root = args.root.as_deref().unwrap_or(Path::new("/"));
+    let exe = Path::new("/proc/self/exe");
+    let binary = fs::read_link(exe).map_err(io_err("cannot find this program through", exe))?;
+    for line in install(root, args, crate::version::PINNED, &binary)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn args(root: &Path) -> InstallArgs {
+        InstallArgs {
+            root: Some(root.to_owned()),
+            geth_archive: None,
+            ethstats_archive: None,
+            genesis: None,
+            enable: false,
+            print_downloads: false,
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// A fake binary standing in for /proc/self/exe.
+    fn fake_binary(dir: &Path) -> PathBuf {
+        let b = dir.join("node-agent-build");
+        fs::write(&b, b"\x7fELF fake").unwrap();
+        b
+    }
+
+    fn tar_gz(dir: &Path, top: &str, files: &[(&str, &str, u32)]) -> PathBuf {
+        let src = dir.join("src");
+        let _ = fs::remove_dir_all(&src);
+        for (name, body, m) in files {
+            let p = src.join(top).join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, body).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(*m)).unwrap();
+        }
+        let out = dir.join(format!("{top}.tar.gz"));
+        let st = Command::new("tar")
+            .arg("-czf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&src)
+            .arg(top)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    }
+
+    fn pins_for(geth: &Path, ethstats: Option<&Path>) -> String {
+        let e = ethstats
+            .map(|p| sha256_file(p).unwrap())
+            .unwrap_or_default();
+        format!(
+            "[geth]\nversion = \"1.13.15\"\nurl = \"https://example.invalid/geth-alltools.tar.gz\"\n\
+             sha256 = \"{}\"\n[ethstats]\ncommit = \"abc123\"\n\
+             url = \"https://example.invalid/archive/{{commit}}.tar.gz\"\nsha256 = \"{e}\"\n",
+            sha256_file(geth).unwrap()
+        )
+    }
+
+    #[test]
+    fn the_shipped_pins_fail_closed_while_a_checksum_is_empty() {
+        let pins: toml::Table = crate::version::PINNED.parse().unwrap();
+        let geth_sha = pins["geth"]["sha256"].as_str().unwrap();
+        match downloads(crate::version::PINNED) {
+            Err(InstallError::Unpinned { key }) => {
+                assert!(
+                    key.ends_with(".sha256") || key.ends_with(".commit"),
+                    "{key}"
+                )
+            }
+            Ok(d) => assert!(d.iter().all(|d| d.sha256.len() == 64), "{d:?}"),
+            Err(e) => panic!("versions.toml must parse into pins: {e}"),
+        }
+        // Refusal names the key to fill, so the bake's error tells the user what to do.
+        if geth_sha.is_empty() {
+            let e = downloads(crate::version::PINNED).unwrap_err().to_string();
+            assert!(
+                e.contains("geth.sha256") && e.contains("trusted copy"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn downloads_expand_the_commit_and_name_the_local_file() {
+        let pins = "[geth]\nurl = \"https://h/builds/geth-alltools-linux-amd64-1.13.15-c5ba367e.tar.gz\"\n\
+                    sha256 = \"AB\"\n[ethstats]\ncommit = \"0a1b\"\nurl = \"https://h/archive/{commit}.tar.gz\"\n\
+                    sha256 = \"\"\n";
+        // Not 64 hex digits: refused before anything is downloaded.
+        let e = downloads(pins).unwrap_err().to_string();
+        assert!(
+            e.contains("geth.sha256") && e.contains("64 hex digits"),
+            "{e}"
+        );
+        let good = pins
+            .replace("\"AB\"", &format!("\"{}\"", "AB".repeat(32)))
+            .replace(
+                "sha256 = \"\"",
+                &format!("sha256 = \"{}\"", "cd".repeat(32)),
+            );
+        let d = downloads(&good).unwrap();
+        assert_eq!(
+            d[0].file,
+            "geth-alltools-linux-amd64-1.13.15-c5ba367e.tar.gz"
+        );
+        assert_eq!(
+            d[0].sha256,
+            "ab".repeat(32),
+            "checksums are compared lowercase"
+        );
+        assert_eq!(d[1].url, "https://h/archive/0a1b.tar.gz");
+        assert_eq!(d[1].file, "ethstats-server-0a1b.tar.gz");
+        let no_commit = good.replace("commit = \"0a1b\"", "commit = \"\"");
+        assert!(
+            matches!(downloads(&no_commit), Err(InstallError::Unpinned { key }) if key == "ethstats.commit")
+        );
+    }
+
+    #[test]
+    fn install_lays_out_the_host_with_explicit_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        let report = install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        for (p, m) in [
+            (paths::BINARY, 0o755),
+            (paths::UNIT, 0o644),
+            (paths::SYSUSERS, 0o644),
+            (paths::TMPFILES, 0o644),
+            (paths::CONFIG, 0o644),
+            (paths::GENESIS, 0o644),
+        ] {
+            assert_eq!(mode(&root.join(p)), m, "{p}");
+        }
+        assert_eq!(fs::read(root.join(paths::BINARY)).unwrap(), b"\x7fELF fake");
+        assert_eq!(
+            fs::read_to_string(root.join(paths::UNIT)).unwrap(),
+            include_str!("../../units/node-agent.service")
+        );
+        assert_eq!(
+            fs::read_to_string(root.join(paths::CONFIG)).unwrap(),
+            crate::config::EXAMPLE
+        );
+        // Without archives nothing pinned is installed (and empty pins are not even looked at).
+        assert!(!root.join(paths::GETH).exists());
+        assert!(report
+            .iter()
+            .any(|l| l.contains("/usr/local/bin/node-agent (0755)")));
+        // No temp files left beside the installed ones.
+        let bin_dir: Vec<_> = fs::read_dir(root.join("usr/local/bin")).unwrap().collect();
+        assert_eq!(bin_dir.len(), 1);
+    }
+
+    #[test]
+    fn install_twice_is_install_once_and_keeps_an_existing_config() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        fs::write(root.join(paths::CONFIG), "[storage]\nkind = \"local\"\n").unwrap();
+        let report = install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join(paths::CONFIG)).unwrap(),
+            "[storage]\nkind = \"local\"\n"
+        );
+        assert!(report
+            .iter()
+            .any(|l| l.starts_with("kept") && l.contains("config.toml")));
+        assert_eq!(mode(&root.join(paths::BINARY)), 0o755);
+    }
+
+    #[test]
+    fn a_given_genesis_replaces_the_installed_one() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        let g = t.path().join("chain.json");
+        fs::write(&g, "{\"config\":{}}").unwrap();
+        let mut a = args(&root);
+        a.genesis = Some(g);
+        install(&root, &a, crate::version::PINNED, &bin).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join(paths::GENESIS)).unwrap(),
+            "{\"config\":{}}"
+        );
+    }
+
+    #[test]
+    fn pinned_archives_are_verified_then_unpacked_with_fixed_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        let geth = tar_gz(
+            t.path(),
+            "geth-alltools-linux-amd64-1.13.15-c5ba367e",
+            &[
+                ("geth", "geth binary", 0o700),
+                ("bootnode", "bootnode binary", 0o775),
+                ("clef", "not wanted", 0o755),
+            ],
+        );
+        let ethstats = tar_gz(
+            t.path(),
+            "ethstats-server-abc123",
+            &[
+                ("app.js", "// app", 0o600),
+                ("bin/www", "#!/usr/bin/env node", 0o700),
+            ],
+        );
+        let pins = pins_for(&geth, Some(&ethstats));
+        let mut a = args(&root);
+        a.geth_archive = Some(geth);
+        a.ethstats_archive = Some(ethstats);
+        for _ in 0..2 {
+            install(&root, &a, &pins, &bin).unwrap();
+            assert_eq!(
+                fs::read_to_string(root.join(paths::GETH)).unwrap(),
+                "geth binary"
+            );
+            assert_eq!(mode(&root.join(paths::GETH)), 0o755);
+            assert_eq!(mode(&root.join(paths::BOOTNODE)), 0o755);
+            assert!(!root.join("usr/local/bin/clef").exists());
+            let app = root.join(paths::ETHSTATS_APP);
+            assert_eq!(mode(&app), 0o755);
+            assert_eq!(mode(&app.join("app.js")), 0o644);
+            assert_eq!(mode(&app.join("bin/www")), 0o755);
+            assert_eq!(
+                fs::read_link(root.join(paths::ETHSTATS_SECRET_LINK)).unwrap(),
+                Path::new("/run/node-agent/secrets/ws_secret.json")
+            );
+            assert_eq!(mode(&root.join(paths::ETHSTATS_WRAPPER)), 0o755);
+            let leftovers: Vec<_> = fs::read_dir(root.join("opt"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(leftovers, vec![std::ffi::OsString::from("ethstats-server")]);
+        }
+    }
+
+    #[test]
+    fn a_tampered_archive_is_refused_before_anything_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        let geth = tar_gz(
+            t.path(),
+            "geth-x",
+            &[("geth", "a", 0o755), ("bootnode", "b", 0o755)],
+        );
+        let pins = pins_for(&geth, None);
+        // The ethstats pin is empty: a geth-only install still needs every pin filled (fail closed).
+        let mut a = args(&root);
+        a.geth_archive = Some(geth.clone());
+        let e = install(&root, &a, &pins, &bin).unwrap_err();
+        assert!(
+            matches!(&e, InstallError::Unpinned { key } if key == "ethstats.sha256"),
+            "{e}"
+        );
+        let pins = pins.replace(
+            "sha256 = \"\"\n",
+            &format!("sha256 = \"{}\"\n", "0".repeat(64)),
+        );
+        fs::write(&geth, b"not the archive that was pinned").unwrap();
+        let e = install(&root, &a, &pins, &bin).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("does not match geth.sha256"), "{msg}");
+        assert!(
+            !root.exists(),
+            "nothing may be installed when a check fails"
+        );
+    }
+
+    #[test]
+    fn an_archive_without_bootnode_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        let geth = tar_gz(t.path(), "geth-linux-amd64", &[("geth", "a", 0o755)]);
+        let pins = pins_for(&geth, None).replace(
+            "sha256 = \"\"\n",
+            &format!("sha256 = \"{}\"\n", "0".repeat(64)),
+        );
+        let mut a = args(&root);
+        a.geth_archive = Some(geth);
+        let e = install(&root, &a, &pins, &bin).unwrap_err().to_string();
+        assert!(e.contains("has no bootnode"), "{e}");
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn units_name_the_installed_paths() {
+        assert!(UNIT.contains(&format!("ExecStart=/{} run", paths::BINARY)));
+        assert!(UNIT.contains(&format!("ExecStartPre=+/{} prepare", paths::BINARY)));
+        assert!(TMPFILES.contains("/run/node-agent/secrets           0700 node-agent node-agent"));
+        // The service user matches the config default and has a fixed uid (it owns the data on EFS).
+        assert!(SYSUSERS.contains("u node-agent     64100:64100"));
+        assert!(crate::config::EXAMPLE.contains("service = \"node-agent\""));
+        // The ethstats link points into the default secrets directory.
+        assert!(crate::config::EXAMPLE.contains("dir = \"/run/node-agent/secrets\""));
+        assert!(paths::ETHSTATS_SECRET_TARGET.starts_with("/run/node-agent/secrets/"));
+    }
+}

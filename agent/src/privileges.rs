@@ -1,0 +1,204 @@
+//! Dropping root for good: after the root-only boot steps the agent becomes the role's service user, with
+//! no supplementary groups and no capabilities, and so do all its children.
+
+use nix::unistd::{Gid, Uid, User};
+use std::path::Path;
+
+/// A resolved service user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("service user {0:?} does not exist: install the sysusers.d file (systemd-sysusers) or set users.service to an existing user or uid:gid")]
+    NoSuchUser(String),
+    #[error("service user {spec:?} resolves to uid {uid} / gid {gid}: it must not be root")]
+    Root { spec: String, uid: u32, gid: u32 },
+    #[error("cannot look up user {spec:?}: {source}")]
+    Lookup { spec: String, source: nix::Error },
+    #[error("cannot {step} while dropping privileges: {source}")]
+    Drop {
+        step: &'static str,
+        source: nix::Error,
+    },
+    #[error("cannot hand {path} to the service user: {source}")]
+    Chown { path: String, source: nix::Error },
+    #[error("privilege drop did not hold: {0}")]
+    Verify(String),
+}
+
+/// Parses `uid:gid` or looks a name up in the user database.
+pub fn resolve(spec: &str) -> Result<Account, PrivilegeError> {
+    let account = match spec.split_once(':') {
+        Some((u, g)) if !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()) => {
+            let uid: u32 = u
+                .parse()
+                .map_err(|_| PrivilegeError::NoSuchUser(spec.into()))?;
+            let gid: u32 = g
+                .parse()
+                .map_err(|_| PrivilegeError::NoSuchUser(spec.into()))?;
+            Account {
+                uid: Uid::from_raw(uid),
+                gid: Gid::from_raw(gid),
+            }
+        }
+        _ => {
+            let user = User::from_name(spec)
+                .map_err(|source| PrivilegeError::Lookup {
+                    spec: spec.into(),
+                    source,
+                })?
+                .ok_or_else(|| PrivilegeError::NoSuchUser(spec.into()))?;
+            Account {
+                uid: user.uid,
+                gid: user.gid,
+            }
+        }
+    };
+    if account.uid.is_root() || account.gid.as_raw() == 0 {
+        return Err(PrivilegeError::Root {
+            spec: spec.into(),
+            uid: account.uid.as_raw(),
+            gid: account.gid.as_raw(),
+        });
+    }
+    Ok(account)
+}
+
+/// Gives `path` (not recursively) to the account.
+pub fn chown(path: &Path, account: Account) -> Result<(), PrivilegeError> {
+    nix::unistd::chown(path, Some(account.uid), Some(account.gid)).map_err(|source| {
+        PrivilegeError::Chown {
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// Gives `path` and everything below it to the account (for trees the agent itself created).
+pub fn chown_tree(path: &Path, account: Account) -> Result<(), PrivilegeError> {
+    chown(path, account)?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_tree(&entry.path(), account)?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops to `account` in the fixed order setgroups → setgid → setuid, sets no-new-privs, then checks it
+/// cannot be undone and no capability is left.
+pub fn drop_to(account: Account) -> Result<(), PrivilegeError> {
+    let step = |step: &'static str| move |source| PrivilegeError::Drop { step, source };
+    nix::unistd::setgroups(&[]).map_err(step("clear supplementary groups"))?;
+    nix::unistd::setresgid(account.gid, account.gid, account.gid).map_err(step("setgid"))?;
+    nix::unistd::setresuid(account.uid, account.uid, account.uid).map_err(step("setuid"))?;
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers and touches no memory.
+    let rc = unsafe { nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(PrivilegeError::Drop {
+            step: "set no_new_privs",
+            source: nix::Error::last(),
+        });
+    }
+    verify(account)
+}
+
+/// Proves the drop: regaining root fails, and /proc/self/status shows the account and no capabilities.
+fn verify(account: Account) -> Result<(), PrivilegeError> {
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok()
+        || nix::unistd::setgid(Gid::from_raw(0)).is_ok()
+    {
+        return Err(PrivilegeError::Verify(
+            "setuid(0) succeeded after the drop".into(),
+        ));
+    }
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| PrivilegeError::Verify(format!("cannot read /proc/self/status: {e}")))?;
+    check_status(&status, account).map_err(PrivilegeError::Verify)
+}
+
+/// Checks a /proc/PID/status text: every uid and gid field is the account's, no groups, no capability.
+pub fn check_status(status: &str, account: Account) -> Result<(), String> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .ok_or_else(|| format!("no {name} line"))
+    };
+    let uid = account.uid.as_raw().to_string();
+    let gid = account.gid.as_raw().to_string();
+    let uids = field("Uid:")?;
+    let gids = field("Gid:")?;
+    if uids.len() != 4 || uids.iter().any(|u| *u != uid) {
+        return Err(format!("Uid is {uids:?}, expected {uid} four times"));
+    }
+    if gids.len() != 4 || gids.iter().any(|g| *g != gid) {
+        return Err(format!("Gid is {gids:?}, expected {gid} four times"));
+    }
+    if !field("Groups:")?.is_empty() {
+        return Err("supplementary groups remain".into());
+    }
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        let v = field(cap)?;
+        if v.first().map(|x| x.trim_start_matches('0')) != Some("") {
+            return Err(format!("{cap} {v:?} is not empty"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct() -> Account {
+        Account {
+            uid: Uid::from_raw(64001),
+            gid: Gid::from_raw(64002),
+        }
+    }
+
+    const GOOD: &str = "Name:\tgeth\nUid:\t64001\t64001\t64001\t64001\nGid:\t64002\t64002\t64002\t64002\nGroups:\t\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+
+    #[test]
+    fn a_clean_drop_passes_the_status_check() {
+        check_status(GOOD, acct()).unwrap();
+    }
+
+    #[test]
+    fn any_root_id_group_or_capability_left_fails_the_check() {
+        let cases = [
+            GOOD.replace(
+                "Uid:\t64001\t64001\t64001\t64001",
+                "Uid:\t64001\t0\t64001\t64001",
+            ),
+            GOOD.replace(
+                "Gid:\t64002\t64002\t64002\t64002",
+                "Gid:\t64002\t64002\t0\t64002",
+            ),
+            GOOD.replace("Groups:\t\n", "Groups:\t27\n"),
+            GOOD.replace("CapEff:\t0000000000000000", "CapEff:\t0000000000200000"),
+            GOOD.replace("CapAmb:\t0000000000000000", "CapAmb:\t0000000000000001"),
+            GOOD.replace("Gid:", "Xid:"),
+        ];
+        for bad in cases {
+            assert!(check_status(&bad, acct()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numeric_accounts_resolve_and_root_is_refused() {
+        assert_eq!(resolve("64001:64002").unwrap(), acct());
+        assert!(matches!(resolve("0:0"), Err(PrivilegeError::Root { .. })));
+        assert!(matches!(resolve("root"), Err(PrivilegeError::Root { .. })));
+        assert!(matches!(
+            resolve("no-such-user-here"),
+            Err(PrivilegeError::NoSuchUser(_))
+        ));
+    }
+}

@@ -1,0 +1,199 @@
+//! Following secret rotation: poll each secret's AWSCURRENT version (DescribeSecret, no value read); when
+//! versions change, fetch and validate the new values as a set, replace the files atomically, then restart
+//! each child that uses one of them, gracefully and once. A bad new version keeps the old one in place.
+
+use crate::plan::{Plan, SecretKind};
+use crate::secrets::{self, Fetched, SecretSet, Source, Wanted};
+use crate::supervisor::Control;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Which secrets moved, given the versions in use, the versions now current and the versions already
+/// refused. Pure.
+pub fn changed(
+    in_use: &[(SecretKind, String)],
+    current: &[(SecretKind, String)],
+    refused: &[(SecretKind, String)],
+) -> Vec<SecretKind> {
+    current
+        .iter()
+        .filter(|(k, v)| {
+            let used = in_use.iter().find(|(u, _)| u == k).map(|(_, uv)| uv);
+            used != Some(v) && !refused.contains(&(*k, v.clone()))
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// Indexes of the children using any of `kinds`, each once. Pure.
+pub fn affected(plan: &Plan, kinds: &[SecretKind]) -> Vec<usize> {
+    plan.children
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.secrets.iter().any(|s| kinds.contains(s)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The rotation watcher's state.
+pub struct Rotation {
+    /// Where status reads the versions in use and the last refusal.
+    pub report: tokio::sync::watch::Sender<Vec<crate::status::SecretInfo>>,
+    pub source: Source,
+    pub set: SecretSet,
+    pub plan: Plan,
+    pub environment: String,
+    pub signer: String,
+    pub interval: Duration,
+    pub deadline: Duration,
+}
+
+impl Rotation {
+    /// Polls forever (the task is dropped at shutdown).
+    pub async fn watch(mut self, controls: &[UnboundedSender<Control>]) {
+        let mut refused: Vec<(SecretKind, String)> = Vec::new();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.round(&mut refused).await {
+                Ok(Some(kinds)) => {
+                    let names: Vec<&str> = self
+                        .plan
+                        .secrets
+                        .iter()
+                        .filter(|s| kinds.contains(&s.kind))
+                        .map(|s| s.reference.name.as_str())
+                        .collect();
+                    let why = format!("rotated secrets: {}", names.join(", "));
+                    for i in affected(&self.plan, &kinds) {
+                        tracing::info!(child = %self.plan.children[i].name, %why, "restarting to pick up rotated secrets");
+                        let _ = controls[i].send(Control::Restart(why.clone()));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let msg = crate::identity::error_chain(&e);
+                    tracing::error!(error = %msg, "secret rotation: keeping the current secrets");
+                    self.report.send_modify(|infos| {
+                        for i in infos.iter_mut() {
+                            if msg.contains(&i.name) {
+                                i.error = Some(msg.clone());
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// One poll. `Ok(Some(kinds))` when new versions were installed.
+    async fn round(
+        &mut self,
+        refused: &mut Vec<(SecretKind, String)>,
+    ) -> Result<Option<Vec<SecretKind>>, secrets::SecretError> {
+        let mut current = Vec::new();
+        for s in &self.plan.secrets {
+            let v = self
+                .source
+                .current_version(&s.reference, &self.environment, self.deadline)
+                .await?;
+            current.push((s.kind, v));
+        }
+        let kinds = changed(&self.set.versions(), &current, refused);
+        if kinds.is_empty() {
+            return Ok(None);
+        }
+        // Validate the new versions together (a new keystore may come with a new password).
+        let mut candidate = self.set.clone();
+        for s in self.plan.secrets.iter().filter(|s| kinds.contains(&s.kind)) {
+            let version = current
+                .iter()
+                .find(|(k, _)| *k == s.kind)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let wanted = match self.source {
+                Source::Aws(_) => Wanted::Version(&version),
+                Source::Local(_) => Wanted::Stage(secrets::CURRENT),
+            };
+            let checked = async {
+                let fetched = self
+                    .source
+                    .fetch(&s.reference, &self.environment, wanted, self.deadline)
+                    .await?;
+                let value =
+                    secrets::validate(s.kind, &s.reference.name, &fetched.value, &self.signer)?;
+                Ok::<_, secrets::SecretError>(Fetched {
+                    value,
+                    version: version.clone(),
+                })
+            }
+            .await;
+            match checked {
+                Ok(f) => candidate.set(s.kind, f),
+                Err(e) => {
+                    refused.push((s.kind, version));
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = secrets::check_set(
+            &self.plan.secrets,
+            &candidate,
+            &self.signer,
+            &self.plan.secrets_dir,
+        )
+        .await
+        {
+            for k in &kinds {
+                if let Some((_, v)) = current.iter().find(|(c, _)| c == k) {
+                    refused.push((*k, v.clone()));
+                }
+            }
+            return Err(e);
+        }
+        secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate)?;
+        self.set = candidate;
+        let now = crate::health::now_unix();
+        self.report.send_modify(|infos| {
+            for s in self.plan.secrets.iter().filter(|s| kinds.contains(&s.kind)) {
+                let fetched = self.set.get(s.kind);
+                if let (Some(info), Some(f)) = (
+                    infos.iter_mut().find(|i| i.name == s.reference.name),
+                    fetched,
+                ) {
+                    info.version = f.version.clone();
+                    info.fetched_at = now;
+                    info.error = None;
+                }
+            }
+        });
+        let unique: BTreeSet<SecretKind> = kinds.iter().copied().collect();
+        Ok(Some(unique.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SecretKind::*;
+
+    fn v(pairs: &[(SecretKind, &str)]) -> Vec<(SecretKind, String)> {
+        pairs.iter().map(|(k, s)| (*k, s.to_string())).collect()
+    }
+
+    #[test]
+    fn only_moved_and_not_yet_refused_versions_count() {
+        let in_use = v(&[(SealerKeystore, "a"), (SealerPassword, "b")]);
+        assert!(changed(&in_use, &in_use, &[]).is_empty());
+        let now = v(&[(SealerKeystore, "a2"), (SealerPassword, "b2")]);
+        assert_eq!(
+            changed(&in_use, &now, &[]),
+            [SealerKeystore, SealerPassword]
+        );
+        let refused = v(&[(SealerKeystore, "a2")]);
+        assert_eq!(changed(&in_use, &now, &refused), [SealerPassword]);
+    }
+}

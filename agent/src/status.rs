@@ -1,0 +1,584 @@
+//! `node-agent status`: the running agent answers on a local Unix socket (read-only: one request word,
+//! one JSON document back); the command renders it for humans or prints the JSON, and maps it to an exit
+//! code for scripts and load-balancer checks.
+
+use crate::supervisor::{ChildStatus, State};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// The JSON document's schema version; bumped only on incompatible changes.
+pub const SCHEMA: u32 = 1;
+/// The only request the socket understands.
+pub const REQUEST: &str = "status";
+/// The socket's file name in the runtime directory.
+pub const SOCKET: &str = "status.sock";
+
+/// Overall verdict, also the exit code of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overall {
+    Healthy,
+    Degraded,
+    Down,
+}
+
+impl Overall {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Overall::Healthy => 0,
+            Overall::Degraded => 1,
+            Overall::Down => 2,
+        }
+    }
+}
+
+/// Exit code when no agent answers.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// One secret as status shows it: never the value.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub version: String,
+    /// Unix time the version in use was fetched.
+    pub fetched_at: u64,
+    /// The last rotation problem, if the newest version was refused.
+    pub error: Option<String>,
+}
+
+/// What does not change while the agent runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Static {
+    pub agent_version: String,
+    pub pid: u32,
+    pub started_at: u64,
+    pub role: String,
+    pub environment: String,
+    pub instance_id: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub geth_pinned: String,
+    pub user: String,
+    pub storage: Value,
+    pub datadir: PathBuf,
+    /// For the bootnode: its enode URL, derived from its key.
+    pub enode: Option<String>,
+}
+
+/// Where the server reads the live parts.
+#[derive(Clone)]
+pub struct Sources {
+    pub fixed: std::sync::Arc<Static>,
+    pub children: Vec<watch::Receiver<ChildStatus>>,
+    pub secrets: watch::Receiver<Vec<SecretInfo>>,
+    /// Log shipping state, as its module publishes it (JSON, so status needs no knowledge of it).
+    pub logs: watch::Receiver<Value>,
+    /// The storage check's verdict (mount and sentinel), if storage publishes one.
+    pub storage_ok: watch::Receiver<Option<bool>>,
+}
+
+/// Judges the children (and shipping). Pure.
+pub fn overall(children: &[ChildStatus], logs_degraded: bool) -> Overall {
+    let serving = |c: &ChildStatus| matches!(c.state, State::Ready) && c.reason.is_none();
+    if children
+        .iter()
+        .all(|c| !matches!(c.state, State::Ready | State::Unhealthy))
+    {
+        return Overall::Down;
+    }
+    if children.iter().all(serving) && !logs_degraded {
+        Overall::Healthy
+    } else {
+        Overall::Degraded
+    }
+}
+
+/// Builds the document from the sources.
+pub fn document(src: &Sources) -> Value {
+    let children: Vec<ChildStatus> = src.children.iter().map(|c| c.borrow().clone()).collect();
+    let logs = src.logs.borrow().clone();
+    let logs_degraded = logs
+        .get("degraded")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let now = crate::health::now_unix();
+    let fixed = &src.fixed;
+    let free = free_bytes(&fixed.datadir);
+    let mut storage = fixed.storage.clone();
+    storage["free_bytes"] = free.map(Value::from).unwrap_or(Value::Null);
+    storage["check_ok"] = src
+        .storage_ok
+        .borrow()
+        .map(Value::from)
+        .unwrap_or(Value::Null);
+    let secrets: Vec<Value> = src
+        .secrets
+        .borrow()
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name, "version": s.version, "fetched_at": s.fetched_at,
+                "age_secs": now.saturating_sub(s.fetched_at), "error": s.error,
+            })
+        })
+        .collect();
+    let children_json: Vec<Value> = children
+        .iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+            v["uptime_secs"] = c
+                .started_at
+                .filter(|_| c.pid.is_some())
+                .map(|t| Value::from(now.saturating_sub(t)))
+                .unwrap_or(Value::Null);
+            v["user"] = Value::from(fixed.user.clone());
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "schema": SCHEMA,
+        "overall": overall(&children, logs_degraded),
+        "agent": {
+            "version": fixed.agent_version, "pid": fixed.pid, "started_at": fixed.started_at,
+            "uptime_secs": now.saturating_sub(fixed.started_at), "user": fixed.user,
+        },
+        "host": {
+            "role": fixed.role, "environment": fixed.environment, "instance_id": fixed.instance_id,
+            "region": fixed.region, "availability_zone": fixed.availability_zone,
+        },
+        "pinned": {"geth": fixed.geth_pinned},
+        "children": children_json,
+        "bootnode_enode": fixed.enode,
+        "storage": storage,
+        "secrets": secrets,
+        "logs": logs,
+    })
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(path)
+        .ok()
+        .map(|s| s.blocks_available() * s.fragment_size())
+}
+
+/// Serves the socket until the task is dropped. Each connection: one request line (at most 64 bytes,
+/// 2 s), one JSON answer, close. Nothing a client sends changes anything.
+pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let src = src.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, 64));
+            let got =
+                tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
+            let answer = match got {
+                Ok(Ok(_)) if line.trim() == REQUEST => document(&src),
+                _ => {
+                    serde_json::json!({"error": format!("unknown request; send \"{REQUEST}\\n\"")})
+                }
+            };
+            let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
+            bytes.push(b'\n');
+            let _ = write.write_all(&bytes).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("node-agent is not running (no answer on {path}: {source})")]
+    NotRunning {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node-agent on {path} answered with something that is not a status document: {what}")]
+    BadAnswer { path: PathBuf, what: String },
+}
+
+/// Asks the agent for its status document.
+pub async fn query(path: &Path) -> Result<Value, StatusError> {
+    let not_running = |source| StatusError::NotRunning {
+        path: path.to_owned(),
+        source,
+    };
+    let ask = async {
+        let mut s = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(not_running)?;
+        s.write_all(format!("{REQUEST}\n").as_bytes())
+            .await
+            .map_err(not_running)?;
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(
+            &mut tokio::io::AsyncReadExt::take(s, 4 << 20),
+            &mut buf,
+        )
+        .await
+        .map_err(not_running)?;
+        Ok::<_, StatusError>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .map_err(|_| {
+            not_running(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer within 5 s",
+            ))
+        })??;
+    let doc: Value = serde_json::from_slice(&buf).map_err(|e| StatusError::BadAnswer {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })?;
+    if doc.get("schema").and_then(Value::as_u64) != Some(SCHEMA as u64) {
+        return Err(StatusError::BadAnswer {
+            path: path.to_owned(),
+            what: "missing or unknown schema version".into(),
+        });
+    }
+    Ok(doc)
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The compact human layout. Pure.
+pub fn render(doc: &Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let mut out = String::new();
+    let h = &doc["host"];
+    let a = &doc["agent"];
+    let _ = writeln!(
+        out,
+        "{} — {} {} on {} (agent {} up {}, geth pinned {})",
+        s(&doc["overall"]).to_uppercase(),
+        s(&h["environment"]),
+        s(&h["role"]),
+        s(&h["instance_id"]),
+        s(&a["version"]),
+        ago(n(&a["uptime_secs"])),
+        s(&doc["pinned"]["geth"]),
+    );
+    for c in doc["children"].as_array().into_iter().flatten() {
+        let pid = c["pid"]
+            .as_u64()
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(|| "no process".into());
+        let up = c["uptime_secs"]
+            .as_u64()
+            .map(|u| format!(", up {}", ago(u)))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "  {:<9} {:<11} {pid}, user {}{up}, restarts {} (+{} unhealthy)",
+            s(&c["name"]),
+            s(&c["state"]),
+            s(&c["user"]),
+            n(&c["restarts"]),
+            n(&c["unhealthy_restarts"]),
+        );
+        if let Some(e) = c["last_exit"].as_str() {
+            let _ = write!(out, ", last {e}");
+        }
+        out.push('\n');
+        if let Some(r) = c["reason"].as_str() {
+            let _ = writeln!(out, "            why: {r}");
+        }
+        let chain = &c["chain"];
+        if chain.is_object() {
+            let mut line = format!(
+                "            chain: head #{} {} old, {} peers{}",
+                n(&chain["head"]),
+                ago(n(&chain["head_age_secs"])),
+                n(&chain["peers"]),
+                if chain["syncing"].as_bool() == Some(true) {
+                    ", syncing"
+                } else {
+                    ""
+                }
+            );
+            match chain["authorised"].as_bool() {
+                Some(true) => line.push_str(", authorised signer"),
+                Some(false) => line.push_str(", NOT an authorised signer"),
+                None => {}
+            }
+            match chain["mining"].as_bool() {
+                Some(true) => line.push_str(", sealing"),
+                Some(false) => line.push_str(", NOT sealing"),
+                None => {}
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if let Some(e) = doc["bootnode_enode"].as_str() {
+        let _ = writeln!(out, "  enode     {e}");
+    }
+    let st = &doc["storage"];
+    let check = match st["check_ok"].as_bool() {
+        Some(true) => "sentinel ok",
+        Some(false) => "CHECK FAILED",
+        None => "not checked",
+    };
+    let free = st["free_bytes"]
+        .as_u64()
+        .map(bytes)
+        .unwrap_or_else(|| "?".into());
+    let source = st["source"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| s(&st["kind"]));
+    let _ = writeln!(
+        out,
+        "  storage   {source} at {}, {check}, {free} free",
+        s(&st["datadir"])
+    );
+    for sec in doc["secrets"].as_array().into_iter().flatten() {
+        let err = sec["error"]
+            .as_str()
+            .map(|e| format!(" — newest version refused: {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  secret    {} version {} fetched {} ago{err}",
+            s(&sec["name"]),
+            s(&sec["version"]),
+            ago(n(&sec["age_secs"]))
+        );
+    }
+    let logs = &doc["logs"];
+    if let Some(summary) = logs.get("summary").and_then(Value::as_str) {
+        let _ = writeln!(out, "  logs      {summary}");
+    } else {
+        let _ = writeln!(
+            out,
+            "  logs      {}",
+            if logs.is_null() {
+                "-".into()
+            } else {
+                logs.to_string()
+            }
+        );
+    }
+    out
+}
+
+/// What `status` can say when the agent does not answer.
+pub fn offline_report(agent_log: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(o) = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            "node-agent.service",
+            "--property=ActiveState,SubState,Result,ExecMainStatus",
+        ])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&o.stdout);
+        let line: Vec<&str> = text.lines().collect();
+        if o.status.success() && !line.is_empty() {
+            out.push_str(&format!(
+                "  unit      node-agent.service {}\n",
+                line.join(" ")
+            ));
+        }
+    }
+    match std::fs::read_to_string(agent_log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("  last lines of {}:\n", agent_log.display()));
+            for l in &lines[lines.len().saturating_sub(10)..] {
+                out.push_str(&format!("    {l}\n"));
+            }
+        }
+        Err(_) => out.push_str(&format!("  no agent log at {}\n", agent_log.display())),
+    }
+    out
+}
+
+/// `node-agent status`; returns the exit code.
+pub async fn command(args: &crate::cli::StatusArgs) -> u8 {
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
+    // The socket and log locations come from the config when it is readable; status works without it.
+    let file = crate::config::ConfigFile::load(Some(&config_path))
+        .map(|(f, _)| f)
+        .unwrap_or_default();
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| file.storage.runtime_dir.join(SOCKET));
+    let agent_log = file.logs.dir.join("node-agent.log");
+    loop {
+        let code = match query(&socket).await {
+            Ok(doc) => {
+                let code = doc["overall"]
+                    .as_str()
+                    .map(|o| match o {
+                        "healthy" => Overall::Healthy,
+                        "degraded" => Overall::Degraded,
+                        _ => Overall::Down,
+                    })
+                    .unwrap_or(Overall::Down)
+                    .exit_code();
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                } else {
+                    if args.watch {
+                        print!("\x1b[H\x1b[2J");
+                    }
+                    print!("{}", render(&doc));
+                }
+                code
+            }
+            Err(e) => {
+                if args.json {
+                    let doc = serde_json::json!({"schema": SCHEMA, "overall": "not_running", "error": e.to_string()});
+                    println!("{doc}");
+                } else {
+                    if args.watch {
+                        print!("\x1b[H\x1b[2J");
+                    }
+                    println!("NOT RUNNING — {e}");
+                    print!("{}", offline_report(&agent_log));
+                }
+                EXIT_NOT_RUNNING
+            }
+        };
+        if !args.watch {
+            return code;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.interval.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => return code,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(state: State, reason: Option<&str>) -> ChildStatus {
+        let mut c = ChildStatus::new_for("geth");
+        c.state = state;
+        c.reason = reason.map(str::to_owned);
+        c
+    }
+
+    #[test]
+    fn overall_follows_the_children_and_shipping() {
+        assert_eq!(
+            overall(&[child(State::Ready, None)], false),
+            Overall::Healthy
+        );
+        assert_eq!(
+            overall(&[child(State::Ready, None)], true),
+            Overall::Degraded
+        );
+        assert_eq!(
+            overall(&[child(State::Ready, Some("warming up: no peers"))], false),
+            Overall::Degraded
+        );
+        assert_eq!(
+            overall(&[child(State::Unhealthy, Some("head stalled"))], false),
+            Overall::Degraded
+        );
+        for down in [
+            State::CrashLoop,
+            State::BackingOff,
+            State::Starting,
+            State::Stopped,
+        ] {
+            assert_eq!(
+                overall(&[child(down, None)], false),
+                Overall::Down,
+                "{down:?}"
+            );
+        }
+        assert_eq!(
+            [Overall::Healthy, Overall::Degraded, Overall::Down].map(Overall::exit_code),
+            [0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn render_shows_state_chain_and_secrets_without_values() {
+        let doc = serde_json::json!({
+            "schema": 1, "overall": "healthy",
+            "agent": {"version": "0.1.0", "uptime_secs": 4000},
+            "host": {"role": "sealer", "environment": "production", "instance_id": "i-1"},
+            "pinned": {"geth": "1.13.15"},
+            "children": [{"name": "geth", "state": "ready", "pid": 42, "user": "geth", "uptime_secs": 61,
+                "restarts": 1, "unhealthy_restarts": 0, "last_exit": "exited with code 1",
+                "chain": {"head": 120, "head_age_secs": 3, "peers": 0, "syncing": false, "authorised": true, "mining": true}}],
+            "storage": {"kind": "efs", "source": "fs-1:/production/sealer", "datadir": "/var/lib/node-agent/data",
+                "check_ok": true, "free_bytes": 8_000_000_000u64},
+            "secrets": [{"name": "production/sealer/password", "version": "v2", "age_secs": 30}],
+            "logs": {"summary": "last shipped 2s ago, lag 0 B"},
+        });
+        let text = render(&doc);
+        assert!(
+            text.starts_with("HEALTHY — production sealer on i-1 (agent 0.1.0 up 66m"),
+            "{text}"
+        );
+        assert!(text.contains("geth      ready       pid 42, user geth, up 61s, restarts 1 (+0 unhealthy), last exited with code 1"), "{text}");
+        assert!(
+            text.contains("chain: head #120 3s old, 0 peers, authorised signer, sealing"),
+            "{text}"
+        );
+        assert!(text.contains("storage   fs-1:/production/sealer at /var/lib/node-agent/data, sentinel ok, 7.5 GiB free"), "{text}");
+        assert!(
+            text.contains("secret    production/sealer/password version v2 fetched 30s ago"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn render_survives_an_empty_document() {
+        let text = render(&serde_json::json!({}));
+        assert!(text.starts_with("- — "), "{text}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn render_never_panics_on_any_json(s in "\\PC{0,300}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                let _ = render(&v);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `node-agent status` against a running agent with the stand-ins: output and exit code in each state,
+//! the JSON checked against `resources/status.schema.json`.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const LOCAL_RPC: [&str; 5] = ["--local", "--role", "rpc", "--environment", "dev"];
+const LOCAL_SEALER: [&str; 5] = ["--local", "--role", "sealer", "--environment", "dev"];
+
+/// Checks a document against the published schema (Python's jsonschema; CI installs it).
+fn assert_schema(doc: &Value) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), doc.to_string()).unwrap();
+    let out = std::process::Command::new(python())
+        .args(["-c", "import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))"])
+        .arg(file.path())
+        .arg(repo().join("resources/status.schema.json"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "status JSON does not match the schema:\n{}\n{doc:#}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn status_json(host: &Host) -> (i32, Value) {
+    let out = host.output(&["status", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_schema(&doc);
+    (out.status.code().unwrap_or(-1), doc)
+}
+
+/// Polls status until `pred` holds for its JSON.
+fn status_until(host: &Host, what: &str, pred: impl Fn(i32, &Value) -> bool) -> (i32, Value) {
+    wait_for(what, Duration::from_secs(60), || {
+        let (code, doc) = status_json(host);
+        pred(code, &doc).then_some((code, doc))
+    })
+}
+
+#[test]
+fn a_healthy_rpc_node_reports_exit_0_with_chain_and_process_details() {
+    let host = Host::new(None, None, "");
+    let mut agent = host.spawn_run(&LOCAL_RPC);
+    agent.wait_ready();
+    let (code, doc) = status_until(&host, "healthy", |code, doc| {
+        code == 0 && doc["children"][0]["chain"].is_object()
+    });
+    assert_eq!(code, 0);
+    assert_eq!(doc["overall"], "healthy");
+    assert_eq!(doc["host"]["role"], "rpc");
+    let geth = &doc["children"][0];
+    assert_eq!(geth["state"], "ready");
+    assert_eq!(geth["user"], format!("{SERVICE_UID}:{SERVICE_UID}"));
+    assert_eq!(
+        geth["pid"].as_i64().unwrap() as i32,
+        children_of(agent.pid())[0]
+    );
+    assert!(geth["chain"]["peers"].as_u64().unwrap() >= 1);
+    assert_eq!(doc["storage"]["kind"], "local");
+    assert!(doc["storage"]["free_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(doc["secrets"][0]["name"], "dev/ethstats/ws-secret");
+    assert!(
+        !doc.to_string().contains("dev-only-ws-secret"),
+        "status shows a secret value"
+    );
+
+    let out = host.output(&["status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HEALTHY — dev rpc on local-"), "{text}");
+    assert!(text.contains("geth      ready"), "{text}");
+    assert!(
+        text.contains("secret    dev/ethstats/ws-secret version sha256:"),
+        "{text}"
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_stalled_head_is_degraded_with_the_reason() {
+    let host = Host::new(
+        None,
+        None,
+        "[health]\nmax_head_age_secs = 2\nwarmup_secs = 0\ngrace_secs = 600\n",
+    );
+    geth_faults(
+        &host.path("data/dev/sealer"),
+        json!({"period": 0.5, "stall_head_after": 1}),
+    );
+    let mut agent = host.spawn_run(&LOCAL_SEALER);
+    agent.wait_ready();
+    let (code, doc) = status_until(&host, "degraded", |code, _| code == 1);
+    assert_eq!(doc["overall"], "degraded");
+    assert_eq!(doc["children"][0]["state"], "unhealthy");
+    assert!(
+        doc["children"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("s old (limit 2s)"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["children"][0]["chain"]["authorised"], true);
+    assert_eq!(code, 1);
+    let text = String::from_utf8_lossy(&host.output(&["status"]).stdout).into_owned();
+    assert!(text.starts_with("DEGRADED"), "{text}");
+    assert!(text.contains("why: head #"), "{text}");
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_crash_looping_child_is_down() {
+    let host = Host::new(None, None, "[restart]\ncrash_loop_after = 1\n");
+    geth_faults(&host.path("data/dev/rpc"), json!({"crash_after": 0.1}));
+    let mut agent = host.spawn_run(&LOCAL_RPC);
+    let (code, doc) = status_until(&host, "crash loop", |_, doc| {
+        doc["children"][0]["state"] == "crash_loop"
+    });
+    assert_eq!(code, 2);
+    assert_eq!(doc["overall"], "down");
+    assert!(doc["children"][0]["restarts"].as_u64().unwrap() >= 2);
+    assert!(
+        doc["children"][0]["last_exit"]
+            .as_str()
+            .unwrap()
+            .starts_with("exited with code"),
+        "{doc:#}"
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_stopped_agent_is_reported_as_not_running_with_exit_3() {
+    let host = Host::new(None, None, "");
+    let out = host.output(&["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("NOT RUNNING — node-agent is not running (no answer on "),
+        "{text}"
+    );
+    let (code, doc) = status_json(&host);
+    assert_eq!(code, 3);
+    assert_eq!(doc["overall"], "not_running");
+}
+
+#[test]
+fn the_socket_answers_one_request_only_and_changes_nothing() {
+    use std::io::{Read, Write};
+    let host = Host::new(None, None, "");
+    let mut agent = host.spawn_run(&LOCAL_RPC);
+    agent.wait_ready();
+    let path = host.path("run/status.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions())
+            & 0o777;
+    assert_eq!(mode, 0o660);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(b"restart geth\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("unknown request"), "{answer}");
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(&vec![b'x'; 100_000]).ok();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok();
+    assert_eq!(children_of(agent.pid()).len(), 1);
+    assert!(agent.terminate().success());
+}
