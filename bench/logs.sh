@@ -97,7 +97,14 @@ dir = "$WORK/run/secrets"
 dir = "$WORK/logs"
 max_file_bytes = 4294967296
 compress = false
+[users]
+# Started as root, the agent drops to this user; the prepared log file must be its own.
+service = "nobody"
 TOML
+chmod 755 "$WORK"
+if [[ $(id -u) -eq 0 ]]; then
+  chown -R nobody: "$WORK/logs"
+fi
 
 TICK=$(getconf CLK_TCK)
 T0=$(date +%s.%N)
