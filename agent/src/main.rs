@@ -8,6 +8,7 @@ mod logs;
 mod plan;
 mod run;
 mod secrets;
+mod storage;
 mod supervisor;
 mod sys;
 mod version;

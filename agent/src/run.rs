@@ -2,10 +2,10 @@
 //! children under supervision → graceful stop. Each step is one function so later steps plug in here.
 
 use crate::cli::HostArgs;
-use crate::config::{self, ConfigFile, Settings, StorageSettings};
+use crate::config::{self, ConfigFile, Settings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan, Rendered, SecretKind};
-use crate::{secrets, supervisor, sys};
+use crate::{secrets, storage, supervisor, sys};
 use std::path::{Path, PathBuf};
 use tokio::sync::{oneshot, watch};
 
@@ -22,6 +22,8 @@ pub enum AgentError {
     Spawn(#[from] supervisor::SpawnError),
     #[error(transparent)]
     Sys(#[from] sys::SysError),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -78,20 +80,16 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
     move |source| AgentError::Io { what, path, source }
 }
 
-/// The role's data directory, ready to use.
-fn prepare_storage(storage: &StorageSettings) -> Result<(), AgentError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match storage {
-        StorageSettings::Local { datadir } => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(datadir)
-            .map_err(io("cannot create data directory", datadir)),
-        StorageSettings::Efs { file_system_id, path, datadir } => Err(AgentError::Refused(format!(
-            "storage: EFS {file_system_id}:{path} at {}: this build does not mount EFS yet; set storage.kind = \"local\" or mount it yourself and use kind local",
-            datadir.display()
-        ))),
-    }
+/// The role's data directory, ready to use: mounted and verified (EFS) or created (local), its sentinel
+/// checked. Fails closed: no child starts on the wrong data or on the local disk instead of EFS.
+async fn prepare_storage(settings: &Settings, plan: &Plan) -> Result<(), AgentError> {
+    let host = storage::Host {
+        environment: &plan.environment,
+        role: plan.role,
+        instance_id: &plan.identity.instance_id,
+        runtime_dir: &settings.runtime_dir,
+    };
+    Ok(storage::prepare(&plan.storage, &host).await?)
 }
 
 /// The private directory: tmpfs outside local mode (mounted here when we are root and it is not yet).
@@ -204,7 +202,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
-    prepare_storage(&plan.storage)?;
+    prepare_storage(&settings, &plan).await?;
     let result = async {
         materialize_secrets(&settings, &plan).await?;
         first_boot(&plan).await?;

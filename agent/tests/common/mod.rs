@@ -191,6 +191,7 @@ ethstats = "{standins}/ethstats-server"
 kind = "local"
 local_root = "{d}/data"
 runtime_dir = "{d}/run"
+owner = "{uid}:{gid}"
 
 [secrets]
 local_dir = "{fixtures}"
@@ -215,6 +216,9 @@ stop_secs = 10
             d = d.display(),
             fixtures = repo.join("tests/fixtures/secrets").display(),
             shm = shm.path().display(),
+            // No geth service user on a test machine: the data directory belongs to whoever runs the tests.
+            uid = nix::unistd::getuid(),
+            gid = nix::unistd::getgid(),
         );
         let text = if extra.is_empty() {
             text
