@@ -33,7 +33,8 @@ pub const SENTINEL: &str = ".node-agent-storage.json";
 pub const EFS_MOUNT_OPTIONS: &str =
     "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport";
 
-/// Mount flags for the data directory: geth keeps only data there, nothing to execute.
+/// Mount flags for the data directory, as mount(8) options: geth keeps only data there, nothing to
+/// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
 pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
 
 /// Where the file system root is mounted, under the runtime directory, while a subdirectory is created.
@@ -304,6 +305,10 @@ pub fn classify_helper_output(stderr: &str) -> Failure {
     }
 }
 
+/// The longest one mount attempt may take. An EFS mount answers in well under a second; one that hangs
+/// (a mount target that drops packets) is killed and tried again, with a fresh DNS answer.
+pub const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
+
 /// Exponential backoff up to a deadline: 1 s, 2 s, 4 s … at most `max`, the last wait cut to end at the
 /// deadline, so one last attempt happens right at it.
 #[derive(Debug, Clone)]
@@ -320,6 +325,13 @@ impl Retry {
             next: Duration::from_secs(1),
             max: Duration::from_secs(10),
         }
+    }
+
+    /// How long the attempt starting now may take: [`ATTEMPT_LIMIT`], cut to end at the deadline, but
+    /// at least a second so the last attempt can still succeed.
+    pub fn attempt_limit(&self, elapsed: Duration) -> Duration {
+        let left = self.deadline.saturating_sub(elapsed);
+        left.min(ATTEMPT_LIMIT).max(Duration::from_secs(1))
     }
 
     /// How long to wait before the next attempt, given the time spent so far; `None`: give up.
@@ -702,28 +714,37 @@ impl Mounter<'_> {
             .ok_or_else(|| Failure::NotReady(format!("{name} has no IPv4 address yet")))
     }
 
-    /// One attempt to mount `path` of the file system at `at`.
-    async fn mount(&self, path: &str, at: &Path, extra: &str) -> Result<(), Failure> {
+    /// One attempt to mount `path` of the file system at `at` (nosuid, nodev, noexec), given at most
+    /// `limit`.
+    async fn mount(&self, path: &str, at: &Path, limit: Duration) -> Result<(), Failure> {
         let efs = self.efs;
-        let options = format!("{},{extra}", efs.mount_options);
-        let options = options.trim_end_matches(',');
+        let timed_out = || {
+            Failure::NotReady(format!(
+                "no answer from the mount target within {:.0}s",
+                limit.as_secs_f64()
+            ))
+        };
         if efs.efs_utils {
             let ip = efs.dns_name.parse::<Ipv4Addr>().ok();
-            let args = efs_utils_args(&efs.file_system_id, path, at, options, ip);
-            let out = crate::sys::run_mount_command(&args)
-                .map_err(|e| Failure::Fatal(format!("cannot run mount: {e}")))?;
-            return if out.status.success() {
-                Ok(())
-            } else {
-                Err(classify_helper_output(&String::from_utf8_lossy(
+            let options = format!("{},{DATA_MOUNT_FLAGS}", efs.mount_options);
+            let args = efs_utils_args(&efs.file_system_id, path, at, &options, ip);
+            return match crate::sys::run_mount_command(&args, limit) {
+                Err(e) => Err(Failure::Fatal(format!("cannot run mount: {e}"))),
+                Ok(None) => Err(timed_out()),
+                Ok(Some(out)) if out.status.success() => Ok(()),
+                Ok(Some(out)) => Err(classify_helper_output(&String::from_utf8_lossy(
                     &out.stderr,
-                )))
+                ))),
             };
         }
         let ip = self.resolve().await?;
-        let options = kernel_mount_options(options, ip);
-        crate::sys::mount_nfs(&self.target(path), at, &options)
-            .map_err(|e| classify_errno(e.source))
+        let options = kernel_mount_options(&efs.mount_options, ip);
+        match crate::sys::mount_nfs(&self.target(path), at, &options, limit) {
+            Err(e) => Err(Failure::Fatal(e.to_string())),
+            Ok(crate::sys::Attempt::Mounted) => Ok(()),
+            Ok(crate::sys::Attempt::Failed(errno)) => Err(classify_errno(errno)),
+            Ok(crate::sys::Attempt::TimedOut) => Err(timed_out()),
+        }
     }
 
     /// Mounts the root on a private mountpoint, creates `path` in it, unmounts.
@@ -732,6 +753,7 @@ impl Mounter<'_> {
         path: &str,
         runtime_dir: &Path,
         ids: Option<(u32, u32)>,
+        limit: Duration,
     ) -> Result<(), Failure> {
         let fatal = |e: StorageError| Failure::Fatal(crate::identity::error_chain(&e));
         std::fs::DirBuilder::new()
@@ -751,7 +773,7 @@ impl Mounter<'_> {
             }
             _ => {}
         }
-        self.mount("/", &mp, "nosuid,nodev,noexec").await?;
+        self.mount("/", &mp, limit).await?;
         tracing::info!(target = %self.target(path), "creating the role's directory in the file system");
         let created = create_owned_dir(&mp.join(path.trim_start_matches('/')), ids);
         if let Err(e) = crate::sys::umount(&mp) {
@@ -806,7 +828,7 @@ async fn prepare_efs(
             })
         }
         MountState::Absent => {
-            mount_with_retry(efs, &datadir, host, ids).await?;
+            mount_with_retry(efs, &datadir, &expected, host, ids).await?;
             mounted_here = true;
             tracing::info!(target = %target, datadir = %datadir.display(), "mounted");
         }
@@ -842,6 +864,7 @@ async fn prepare_efs(
 async fn mount_with_retry(
     efs: &crate::config::EfsSettings,
     datadir: &Path,
+    expected: &ExpectedSource,
     host: &Host<'_>,
     ids: Option<(u32, u32)>,
 ) -> Result<(), StorageError> {
@@ -851,11 +874,12 @@ async fn mount_with_retry(
     let mut retry = Retry::new(efs.mount_timeout);
     let mut created = false;
     loop {
-        let failure = match m.mount(&efs.path, datadir, DATA_MOUNT_FLAGS).await {
+        let limit = retry.attempt_limit(start.elapsed());
+        let failure = match m.mount(&efs.path, datadir, limit).await {
             Ok(()) => return Ok(()),
             Err(Failure::Missing) if !created => {
                 tracing::info!(target = %target, "the role's directory does not exist yet");
-                match m.create_dir(&efs.path, host.runtime_dir, ids).await {
+                match m.create_dir(&efs.path, host.runtime_dir, ids, limit).await {
                     Ok(()) => {
                         created = true;
                         continue;
@@ -869,6 +893,10 @@ async fn mount_with_retry(
             )),
             Err(f) => f,
         };
+        // An attempt killed at its limit may have mounted in the same instant: never mount twice.
+        if mount_state(&read_mounts()?, datadir, expected) == MountState::Expected {
+            return Ok(());
+        }
         let cause = match failure {
             Failure::NotReady(cause) => cause,
             Failure::Fatal(cause) => {
@@ -932,11 +960,8 @@ garbage line
 
     #[test]
     fn kernel_mount_gets_the_efs_options_and_the_resolved_address() {
-        let o = kernel_mount_options(
-            &format!("{EFS_MOUNT_OPTIONS},{DATA_MOUNT_FLAGS}"),
-            Ipv4Addr::new(10, 0, 1, 25),
-        );
-        assert_eq!(o, "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,nosuid,nodev,noexec,addr=10.0.1.25");
+        let o = kernel_mount_options(EFS_MOUNT_OPTIONS, Ipv4Addr::new(10, 0, 1, 25));
+        assert_eq!(o, "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,addr=10.0.1.25");
         assert_eq!(
             nfs_source("fs-1.efs.x.amazonaws.com", "/staging/rpc"),
             "fs-1.efs.x.amazonaws.com:/staging/rpc"
@@ -1132,6 +1157,16 @@ garbage line
         assert_eq!(r.next_delay(s(25)), Some(s(5)));
         assert_eq!(r.next_delay(s(30)), None);
         assert_eq!(r.next_delay(s(31)), None);
+    }
+
+    #[test]
+    fn a_hanging_attempt_is_cut_at_thirty_seconds_or_the_deadline() {
+        let r = Retry::new(Duration::from_secs(300));
+        let s = Duration::from_secs;
+        assert_eq!(r.attempt_limit(s(0)), s(30));
+        assert_eq!(r.attempt_limit(s(290)), s(10));
+        assert_eq!(r.attempt_limit(s(300)), s(1));
+        assert_eq!(r.attempt_limit(s(400)), s(1));
     }
 
     #[test]
