@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Bootstrap this host and supervise its role until SIGTERM.
     Run(HostArgs),
+    /// Only the root-only boot steps (storage, directories, the secrets tmpfs), then exit: the unit runs
+    /// this as root before `run` starts unprivileged.
+    Prepare(HostArgs),
     /// Print the plan for this host without changing anything; exit 0 when it is valid.
     Check {
         #[command(flatten)]

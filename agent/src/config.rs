@@ -291,10 +291,9 @@ impl Default for TimeoutsFile {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsersFile {
-    /// Runs geth and bootnode: a user name, or `uid:gid`.
-    pub geth: String,
-    /// Runs the ethstats server.
-    pub ethstats: String,
+    /// The agent and its children run as this user after the root-only boot steps: a user name, or
+    /// `uid:gid`. A host runs one role, so one service user per host is all the separation there is.
+    pub service: String,
     /// Group that may read `node-agent status` without sudo (owns the status socket).
     pub operators: String,
 }
@@ -302,8 +301,7 @@ pub struct UsersFile {
 impl Default for UsersFile {
     fn default() -> Self {
         UsersFile {
-            geth: "geth".into(),
-            ethstats: "ethstats".into(),
+            service: "node-agent".into(),
             operators: "node-agent".into(),
         }
     }
@@ -875,14 +873,13 @@ impl Settings {
             }
         }
 
-        let (user_key, user) = match tags.role {
-            Role::Ethstats => ("users.ethstats", file.users.ethstats.as_str()),
-            _ => ("users.geth", file.users.geth.as_str()),
-        };
+        let (user_key, user) = ("users.service", file.users.service.as_str());
         if user.is_empty() || user.starts_with("0:") || user == "root" {
             return Err(invalid(
                 user_key,
-                format!("{user:?}: name a dedicated unprivileged user (e.g. geth), never root"),
+                format!(
+                    "{user:?}: name a dedicated unprivileged user (e.g. node-agent), never root"
+                ),
             ));
         }
         let p = &file.ports;
@@ -1180,5 +1177,38 @@ mod tests {
                 field: "password".into()
             }
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_toml_text_is_a_config_or_a_one_line_error(text in "\\PC{0,300}") {
+            if let Err(e) = ConfigFile::parse(&text, Path::new("c")) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+
+        #[test]
+        fn any_tags_are_accepted_or_refused_with_the_tag_named(
+            role in proptest::option::of("\\PC{0,12}"),
+            env in proptest::option::of("\\PC{0,40}"),
+            fs in proptest::option::of("\\PC{0,30}"),
+        ) {
+            let mut t = BTreeMap::new();
+            for (k, v) in [("Role", role), ("Environment", env), ("EfsFileSystemId", fs)] {
+                if let Some(v) = v { t.insert(k.to_string(), v); }
+            }
+            match HostTags::from_tags(&t) {
+                Ok(h) => proptest::prop_assert!(check_environment(&h.environment).is_ok()),
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("instance tag ")),
+            }
+        }
+
+        #[test]
+        fn templates_and_enodes_never_panic(s in "\\PC{0,80}") {
+            let _ = fill(&s, &[("environment", "e"), ("role", "r")]);
+            let _ = check_enode(&s);
+            let _ = check_host_port(&s);
+            let _ = check_secret_name(&s);
+        }
     }
 }

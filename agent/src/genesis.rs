@@ -228,4 +228,30 @@ mod tests {
         assert_eq!(normalize_address("0x1234"), None);
         assert_eq!(normalize_address(&"ab".repeat(20)), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_a_genesis_or_an_error_never_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Genesis::parse(&bytes);
+        }
+
+        #[test]
+        fn any_extra_data_is_parsed_or_refused(extra in "(0x)?[0-9a-fA-Fz]{0,400}", period in 0u64..10) {
+            let text = format!(r#"{{"config":{{"chainId":1,"clique":{{"period":{period},"epoch":30000}}}},"extraData":"{extra}"}}"#);
+            if let Ok(g) = Genesis::parse(text.as_bytes()) {
+                proptest::prop_assert!(!g.signers.is_empty() && g.period > 0);
+            }
+        }
+
+        #[test]
+        fn hex_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            proptest::prop_assert_eq!(decode_hex(&encode_hex(&bytes)), Some(bytes));
+        }
+
+        #[test]
+        fn decode_hex_never_panics_on_unicode(s in "\\PC{0,40}") {
+            let _ = decode_hex(&s);
+            let _ = normalize_address(&s);
+        }
+    }
 }

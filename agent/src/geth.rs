@@ -159,4 +159,11 @@ mod tests {
         assert_eq!(parse_version("geth version 1.13.15"), None);
         assert_eq!(parse_version("Version:\n"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_version_output_parses_or_not(s in "\\PC{0,200}") {
+            let _ = parse_version(&s);
+        }
+    }
 }

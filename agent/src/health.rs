@@ -217,9 +217,9 @@ pub async fn sample_geth(
     })
 }
 
-/// Whether a UDP port is bound on this host, from /proc/net/udp and udp6.
+/// Whether a UDP port is bound on this host, from /proc/self/net/udp and udp6 (/proc/net may be hidden in the unit).
 pub fn udp_bound(port: u16) -> bool {
-    ["/proc/net/udp", "/proc/net/udp6"]
+    ["/proc/self/net/udp", "/proc/self/net/udp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .any(|table| udp_table_has_port(&table, port))
@@ -351,6 +351,21 @@ mod tests {
         assert_eq!(hex_u64("m", &json!("0x1f")).unwrap(), 31);
         for bad in [json!(31), json!("1f"), json!("0xzz"), json!(null)] {
             assert!(hex_u64("m", &bad).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_json_rpc_answer_is_a_result_or_an_error(s in "\\PC{0,200}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                let _ = rpc_result("m", v.clone());
+                let _ = hex_u64("m", &v);
+            }
+        }
+
+        #[test]
+        fn any_proc_net_udp_text_is_parsed_without_panic(s in "\\PC{0,400}", port in proptest::num::u16::ANY) {
+            let _ = udp_table_has_port(&s, port);
         }
     }
 }

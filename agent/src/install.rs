@@ -588,7 +588,7 @@ fn enable(root: &Path) -> Result<Vec<String>, InstallError> {
     run_tool("systemd-tmpfiles", &[&r, "--create", "node-agent.conf"])?;
     run_tool("systemctl", &[&r, "enable", "node-agent.service"])?;
     Ok(vec![
-        "created   users geth, ethstats, group node-agent (systemd-sysusers)".into(),
+        "created   user and group node-agent (systemd-sysusers)".into(),
         "created   /var/lib/node-agent, /var/log/node-agent, /run/node-agent (systemd-tmpfiles)"
             .into(),
         "enabled   node-agent.service".into(),
@@ -960,8 +960,11 @@ mod tests {
     #[test]
     fn units_name_the_installed_paths() {
         assert!(UNIT.contains(&format!("ExecStart=/{} run", paths::BINARY)));
-        assert!(TMPFILES.contains("/run/node-agent/secrets           0700 root root"));
-        assert!(SYSUSERS.contains("u geth") && SYSUSERS.contains("u ethstats"));
+        assert!(UNIT.contains(&format!("ExecStartPre=+/{} prepare", paths::BINARY)));
+        assert!(TMPFILES.contains("/run/node-agent/secrets           0700 node-agent node-agent"));
+        // The service user matches the config default and has a fixed uid (it owns the data on EFS).
+        assert!(SYSUSERS.contains("u node-agent     64100:64100"));
+        assert!(crate::config::EXAMPLE.contains("service = \"node-agent\""));
         // The ethstats link points into the default secrets directory.
         assert!(crate::config::EXAMPLE.contains("dir = \"/run/node-agent/secrets\""));
         assert!(paths::ETHSTATS_SECRET_TARGET.starts_with("/run/node-agent/secrets/"));

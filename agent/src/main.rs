@@ -63,6 +63,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Run(args) => run::run(&args).await.map_err(|e| identity::error_chain(&e)),
+            cli::Command::Prepare(args) => run::prepare(&args)
+                .await
+                .map_err(|e| identity::error_chain(&e)),
             cli::Command::Check { host, json } => run::check(&host, json)
                 .await
                 .map_err(|e| identity::error_chain(&e)),

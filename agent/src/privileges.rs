@@ -13,7 +13,7 @@ pub struct Account {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("service user {0:?} does not exist: install the sysusers.d file (systemd-sysusers) or set users.geth / users.ethstats to an existing user or uid:gid")]
+    #[error("service user {0:?} does not exist: install the sysusers.d file (systemd-sysusers) or set users.service to an existing user or uid:gid")]
     NoSuchUser(String),
     #[error("service user {spec:?} resolves to uid {uid} / gid {gid}: it must not be root")]
     Root { spec: String, uid: u32, gid: u32 },

@@ -116,21 +116,57 @@ fn prepare_storage(storage: &StorageSettings) -> Result<(), AgentError> {
     }
 }
 
-/// The private directory: tmpfs outside local mode (mounted here when we are root and it is not yet).
+/// The private directory: must be tmpfs outside local mode (`prepare` mounts one).
 fn prepare_secrets_dir(plan: &Plan) -> Result<(), AgentError> {
     let dir = &plan.secrets_dir;
     secrets::prepare_dir(dir)?;
     if plan.local || sys::is_tmpfs(dir)? {
         return Ok(());
     }
-    if nix::unistd::geteuid().is_root() {
-        sys::mount_private_tmpfs(dir)?;
-        return Ok(());
-    }
     Err(AgentError::Refused(format!(
-        "secrets directory {} is not on tmpfs and node-agent is not root to mount one; point secrets.dir at a tmpfs such as /run/node-agent/secrets",
+        "secrets directory {} is not on tmpfs: run `node-agent prepare` as root first (the unit's ExecStartPre does), or point secrets.dir at a tmpfs",
         dir.display()
     )))
+}
+
+/// The steps that need root, in a fixed order: storage (mount, create, verify), the directories the agent
+/// and its children write (handed to the service user), the private tmpfs for the secrets. Idempotent:
+/// run by `node-agent prepare` (the unit's `ExecStartPre=+`) and by `run` when started as root.
+fn root_steps(
+    settings: &Settings,
+    plan: &Plan,
+    account: privileges::Account,
+) -> Result<(), AgentError> {
+    prepare_storage(&plan.storage)?;
+    let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
+    if let StorageSettings::Local { datadir } = &plan.storage {
+        dirs.push(datadir.clone());
+    }
+    for d in &dirs {
+        create_dir(d, 0o750)?;
+        privileges::chown(d, account)?;
+    }
+    let secrets_dir = &plan.secrets_dir;
+    create_dir(secrets_dir, 0o700)?;
+    if !plan.local && !sys::is_tmpfs(secrets_dir)? {
+        sys::mount_private_tmpfs(secrets_dir)?;
+    }
+    privileges::chown_tree(secrets_dir, account)?;
+    Ok(())
+}
+
+/// `node-agent prepare`: the root-only boot steps, then exit.
+pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
+    let (settings, plan) = make_plan(args).await?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(AgentError::Refused(
+            "prepare mounts storage and the secrets tmpfs: run it as root (the unit runs it as ExecStartPre=+)".into(),
+        ));
+    }
+    let account = privileges::resolve(&plan.user)?;
+    root_steps(&settings, &plan, account)?;
+    tracing::info!(user = %plan.user, "prepared storage, directories and the secrets tmpfs");
+    Ok(())
 }
 
 /// Fetches every secret and renders the files built from them.
@@ -183,21 +219,21 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
 
-    // Root-only steps first, then the drop: nothing long-running stays root.
+    // Started as root: the root-only steps, then the drop (nothing long-running stays root). Started as
+    // the service user (the unit, after `prepare`): those steps are done; what they made is checked.
     let account = if nix::unistd::geteuid().is_root() {
-        Some(privileges::resolve(&plan.user)?)
+        let account = privileges::resolve(&plan.user)?;
+        root_steps(&settings, &plan, account)?;
+        Some(account)
     } else {
-        if !plan.local {
-            tracing::warn!(user = %nix::unistd::geteuid(), "not started as root: no privilege drop, mounts or tmpfs possible");
-        }
+        prepare_storage(&plan.storage)?;
         None
     };
-    prepare_storage(&plan.storage)?;
     let result = async {
         let secrets = materialize_secrets(&settings, &plan).await?;
         let status_socket = match account {
             Some(account) => {
-                hand_over(&settings, &plan, account)?;
+                privileges::chown_tree(&plan.secrets_dir, account)?;
                 // Bound while still root, to give it to the operators' group.
                 let socket = bind_status_socket(&settings, Some(account))?;
                 privileges::drop_to(account)?;
@@ -244,26 +280,6 @@ fn storage_json(storage: &StorageSettings) -> serde_json::Value {
             "kind": "local", "source": datadir, "datadir": datadir,
         }),
     }
-}
-
-/// Gives the directories the agent and its children write to the service user.
-fn hand_over(
-    settings: &Settings,
-    plan: &Plan,
-    account: privileges::Account,
-) -> Result<(), AgentError> {
-    let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
-    if let StorageSettings::Local { datadir } = &plan.storage {
-        dirs.push(datadir.clone());
-    }
-    for d in &dirs {
-        create_dir(d, 0o750)?;
-        privileges::chown(d, account)?;
-    }
-    if plan.secrets_dir.exists() {
-        privileges::chown_tree(&plan.secrets_dir, account)?;
-    }
-    Ok(())
 }
 
 /// The status socket: `runtime_dir/status.sock`, mode 0660, group `users.operators` when that group

@@ -839,4 +839,35 @@ mod tests {
             0o700
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_secret_payload_is_validated_or_refused_without_echoing_it(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let v = SecretValue::new(bytes.clone());
+            for kind in [SecretKind::SealerKeystore, SecretKind::SealerPassword, SecretKind::BootnodeNodekey, SecretKind::EthstatsWsSecret] {
+                if let Err(e) = validate(kind, "n", &v, SIGNER) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    if text.len() >= 8 {
+                        proptest::prop_assert!(!e.to_string().contains(text.as_ref()), "error echoes the secret");
+                    }
+                }
+            }
+            let _ = check_kdf("n", &v);
+            let _ = json_field(&v, "password");
+            let _ = node_id(&v);
+        }
+
+        #[test]
+        fn keystore_shaped_json_never_panics(
+            dklen in 0u64..100, n in 0u64..(1 << 20), r in 0u64..20, p in 0u64..10,
+            iv in "[0-9a-f]{0,40}", kdf in "(scrypt|pbkdf2|other)",
+        ) {
+            let ks = serde_json::json!({"address": "ea94d5964b36a107571e051649c2eb52ff0c323f", "crypto": {
+                "kdf": kdf, "kdfparams": {"dklen": dklen, "n": n, "r": r, "p": p, "c": n, "salt": "00"},
+                "cipherparams": {"iv": iv}, "ciphertext": "00", "mac": "00"}});
+            let _ = check_kdf("n", &SecretValue::new(ks.to_string().into_bytes()));
+        }
+    }
 }

@@ -572,4 +572,13 @@ mod tests {
         let text = render(&serde_json::json!({}));
         assert!(text.starts_with("- — "), "{text}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn render_never_panics_on_any_json(s in "\\PC{0,300}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                let _ = render(&v);
+            }
+        }
+    }
 }

@@ -167,18 +167,17 @@ fn install_enable_creates_users_directories_and_the_wants_link() {
     assert!(out.status.success(), "{}", text(&out));
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
     let group = fs::read_to_string(root.join("etc/group")).unwrap();
-    assert!(passwd.lines().any(|l| l.starts_with("geth:")), "{passwd}");
+    // One service user with fixed ids: it owns the chain data on EFS on every host.
     assert!(
-        passwd.lines().any(|l| l.starts_with("ethstats:")),
+        passwd
+            .lines()
+            .any(|l| l.starts_with("node-agent:x:64100:64100:")),
         "{passwd}"
     );
     let operators = group
         .lines()
         .find(|l| l.starts_with("node-agent:"))
         .unwrap_or_else(|| panic!("no node-agent group in {group}"));
-    let mut members: Vec<_> = operators.rsplit(':').next().unwrap().split(',').collect();
-    members.sort();
-    assert_eq!(members, ["ethstats", "geth"], "{operators}");
     for (dir, m) in [
         ("var/lib/node-agent", 0o755),
         ("var/lib/node-agent/data", 0o750),
@@ -190,10 +189,9 @@ fn install_enable_creates_users_directories_and_the_wants_link() {
         assert_eq!(mode(&root.join(dir)), m, "{dir}");
     }
     let gid: u32 = operators.split(':').nth(2).unwrap().parse().unwrap();
-    assert_eq!(
-        fs::metadata(root.join("var/log/node-agent")).unwrap().gid(),
-        gid
-    );
+    assert_eq!(gid, 64100);
+    let log_dir = fs::metadata(root.join("var/log/node-agent")).unwrap();
+    assert_eq!((log_dir.uid(), log_dir.gid()), (64100, 64100));
     assert_eq!(
         fs::read_link(root.join("etc/systemd/system/multi-user.target.wants/node-agent.service"))
             .unwrap(),

@@ -328,3 +328,76 @@ fn a_second_sealer_on_the_same_key_is_refused_naming_the_holder() {
     );
     assert!(agent.terminate().success());
 }
+
+#[test]
+fn prepare_as_root_then_run_unprivileged_as_the_unit_does() {
+    let host = Host::new(None, None, "");
+    let out = host.output(&[
+        "prepare",
+        "--local",
+        "--role",
+        "rpc",
+        "--environment",
+        "dev",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dir in ["logs", "run", "data/dev/rpc"] {
+        let meta = std::fs::metadata(host.path(dir)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            SERVICE_UID,
+            "{dir}"
+        );
+    }
+    // As systemd starts ExecStart= with User=: unprivileged from the first instruction.
+    let ids = format!("{SERVICE_UID}");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        &ids,
+        "--regid",
+        &ids,
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ]);
+    cmd.arg(env!("CARGO_BIN_EXE_node-agent"));
+    cmd.args(["run", "--config"])
+        .arg(&host.config)
+        .args(LOCAL_RPC);
+    let log = host.path("agent.stderr");
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent { child, stderr: log };
+    agent.wait_ready();
+    assert!(
+        !agent.stderr().contains("dropped privileges"),
+        "there was nothing to drop"
+    );
+    let child = the_child(&agent);
+    assert_eq!(proc_status(child, "Uid:"), vec![SERVICE_UID.to_string(); 4]);
+    assert_eq!(proc_status(child, "CapEff:"), ["0000000000000000"]);
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", &ids, "--regid", &ids, "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["prepare", "--config"])
+        .arg(&host.config)
+        .args(LOCAL_RPC)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains("run it as root"),
+        "{}",
+        error_line(&out)
+    );
+}

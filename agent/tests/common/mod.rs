@@ -237,8 +237,7 @@ stop_secs = 10
 sealer_lease_secs = 1
 
 [users]
-geth = "{uid}:{uid}"
-ethstats = "{uid}:{uid}"
+service = "{uid}:{uid}"
 
 [ports]
 p2p = {p2p}
