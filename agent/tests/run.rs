@@ -9,14 +9,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 /// The agent's one supervised child, once it is running.
-fn the_child(agent: &Agent) -> i32 {
-    let pid = agent.pid();
-    wait_for("the agent's child", Duration::from_secs(20), || {
-        let kids = children_of(pid);
-        (kids.len() == 1).then(|| kids[0])
-    })
-}
-
 fn file_mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -52,7 +44,7 @@ async fn sealer_gets_its_secrets_runs_geth_with_them_and_stops_on_sigterm() {
     let r = rig("sealer", true).await;
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
-    let child = the_child(&agent);
+    let child = agent.the_child();
 
     // The real command line, with the secrets only as paths into the private directory.
     let argv = cmdline(child);
@@ -142,7 +134,7 @@ async fn every_role_starts_its_own_program() {
         let r = rig(role, true).await;
         let mut agent = r.host.spawn_run(&[]);
         agent.wait_ready();
-        let child = the_child(&agent);
+        let child = agent.the_child();
         let line = cmdline(child).join(" ");
         assert!(line.contains(needle), "{role}: {line}");
         let status = agent.terminate();
@@ -185,7 +177,7 @@ async fn a_crashing_child_is_restarted() {
     .unwrap();
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
-    let first = the_child(&agent);
+    let first = agent.the_child();
     wait_for("a restarted geth", Duration::from_secs(20), || {
         children_of(agent.pid()).into_iter().find(|p| *p != first)
     });
@@ -202,7 +194,7 @@ fn local_mode_runs_with_no_aws_and_secrets_from_a_directory() {
     let host = Host::new(None, None, "");
     let mut agent = host.spawn_run(&["--local", "--role", "sealer", "--environment", "dev"]);
     agent.wait_ready();
-    let child = the_child(&agent);
+    let child = agent.the_child();
     assert!(cmdline(child).join(" ").contains("--mine"));
     assert_eq!(
         std::fs::read_to_string(host.secrets_dir().join("sealer-password")).unwrap(),

@@ -7,14 +7,6 @@ use serde_json::json;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-fn the_child(agent: &Agent) -> i32 {
-    let pid = agent.pid();
-    wait_for("the agent's child", Duration::from_secs(20), || {
-        let kids = children_of(pid);
-        (kids.len() == 1).then(|| kids[0])
-    })
-}
-
 #[tokio::test]
 async fn get_secret_prints_exactly_the_value_string_binary_or_field() {
     let moto = Moto::start();
@@ -200,7 +192,7 @@ async fn a_rotated_secret_reaches_the_running_node_with_one_graceful_restart_and
     );
     let mut agent = host.spawn_run(&[]);
     agent.wait_ready();
-    let first = the_child(&agent);
+    let first = agent.the_child();
 
     moto.rotate_secret("staging/ethstats/ws-secret", "rotated-ws-secret-2")
         .await;
@@ -279,7 +271,7 @@ async fn a_bad_new_version_is_refused_and_the_old_child_keeps_running() {
     );
     let mut agent = host.spawn_run(&[]);
     agent.wait_ready();
-    let child = the_child(&agent);
+    let child = agent.the_child();
     let key_file = host.secrets_dir().join("bootnode-nodekey");
     let before = std::fs::read(&key_file).unwrap();
 
@@ -341,7 +333,7 @@ fn secrets_changing_together_cause_one_restart() {
 
     let mut agent = host.spawn_run(&["--local", "--role", "sealer", "--environment", "dev"]);
     agent.wait_ready();
-    let first = the_child(&agent);
+    let first = agent.the_child();
     let tmp = host.path("secrets.tmp");
     std::os::unix::fs::symlink(&b, &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();

@@ -9,14 +9,6 @@ use std::time::Duration;
 const LOCAL_SEALER: [&str; 5] = ["--local", "--role", "sealer", "--environment", "dev"];
 const LOCAL_RPC: [&str; 5] = ["--local", "--role", "rpc", "--environment", "dev"];
 
-fn the_child(agent: &Agent) -> i32 {
-    let pid = agent.pid();
-    wait_for("the agent's child", Duration::from_secs(20), || {
-        let kids = children_of(pid);
-        (kids.len() == 1).then(|| kids[0])
-    })
-}
-
 /// `restart_in=…` values the agent logged, in seconds.
 fn restart_delays(stderr: &str) -> Vec<f64> {
     stderr
@@ -39,7 +31,7 @@ fn agent_and_child_run_unprivileged_with_no_capabilities() {
     let host = Host::new(None, None, "");
     let mut agent = host.spawn_run(&LOCAL_SEALER);
     agent.wait_ready();
-    let child = the_child(&agent);
+    let child = agent.the_child();
     let uid = SERVICE_UID.to_string();
     for pid in [agent.pid(), child] {
         for field in ["Uid:", "Gid:"] {
@@ -152,7 +144,7 @@ fn a_stalled_sealer_is_unhealthy_and_restarted() {
     );
     let mut agent = host.spawn_run(&LOCAL_SEALER);
     agent.wait_ready();
-    let first = the_child(&agent);
+    let first = agent.the_child();
     wait_for("an unhealthy restart", Duration::from_secs(60), || {
         agent
             .stderr()
@@ -173,7 +165,7 @@ fn a_child_ignoring_sigterm_is_killed_after_the_stop_timeout() {
     geth_faults(&host.path("data/dev/rpc"), json!({"ignore_sigterm": true}));
     let mut agent = host.spawn_run(&LOCAL_RPC);
     agent.wait_ready();
-    let child = the_child(&agent);
+    let child = agent.the_child();
     assert!(agent.terminate().success(), "{}", agent.stderr());
     assert!(
         agent
@@ -190,7 +182,7 @@ fn a_killed_agent_leaves_no_orphan() {
     let host = Host::new(None, None, "");
     let mut agent = host.spawn_run(&LOCAL_RPC);
     agent.wait_ready();
-    let child = the_child(&agent);
+    let child = agent.the_child();
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     wait_for("the orphan to die", Duration::from_secs(10), || {
@@ -381,7 +373,7 @@ fn prepare_as_root_then_run_unprivileged_as_the_unit_does() {
         !agent.stderr().contains("dropped privileges"),
         "there was nothing to drop"
     );
-    let child = the_child(&agent);
+    let child = agent.the_child();
     assert_eq!(proc_status(child, "Uid:"), vec![SERVICE_UID.to_string(); 4]);
     assert_eq!(proc_status(child, "CapEff:"), ["0000000000000000"]);
     assert!(agent.terminate().success(), "{}", agent.stderr());

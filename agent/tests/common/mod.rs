@@ -385,6 +385,15 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The agent's one supervised child, once it is running.
+    pub fn the_child(&self) -> i32 {
+        let pid = self.pid();
+        wait_for("the agent's child", Duration::from_secs(20), || {
+            let kids = children_of(pid);
+            (kids.len() == 1).then(|| kids[0])
+        })
+    }
+
     /// Waits until the agent has logged `ready`, or panics with what it said.
     pub fn wait_ready(&mut self) {
         let limit = Duration::from_secs(30);
