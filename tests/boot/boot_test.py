@@ -445,12 +445,16 @@ class Rig:
             m.destroy()
         if self.moto:
             self.moto.stop()
-        unmount(self.work / "installed/root")
+        # Whatever a half-made machine left behind (its constructor failed before it was listed).
         for mount, path in self.hierarchies:
+            for cg in (mount / path / CGROUP_GROUP).glob(f"{self.work.name}-*"):
+                kill_cgroup_tree([cg])
             try:
                 os.rmdir(mount / path / CGROUP_GROUP)
             except OSError:
-                pass  # another run still uses it
+                pass  # absent, or another run still uses it
+        for merged in self.work.glob("*/root"):
+            unmount(merged)
         if not self.keep:
             shutil.rmtree(self.work, ignore_errors=True)
         else:
