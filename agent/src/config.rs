@@ -3,6 +3,7 @@
 
 use crate::genesis::{self, Genesis, GenesisError};
 use crate::identity::Identity;
+use crate::storage::{self, Owner};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -138,6 +139,19 @@ pub struct StorageFile {
     pub local_root: PathBuf,
     /// Local, non-persistent state: geth's IPC socket (never on NFS), the status socket.
     pub runtime_dir: PathBuf,
+    /// Who owns the role's directory when node-agent creates it: a user name or `UID:GID`; empty means
+    /// the role's service user (`geth`, or `ethstats` for the ethstats role; the agent's own user with
+    /// `--local`).
+    pub owner: String,
+    /// The NFS server to mount: a DNS name or IPv4 address; empty means the file system's own DNS name,
+    /// `{file_system_id}.efs.{region}.amazonaws.com`.
+    pub efs_dns_name: String,
+    /// NFS mount options (node-agent adds `addr=` and `nosuid,nodev,noexec`).
+    pub efs_mount_options: String,
+    /// Mount with amazon-efs-utils (`mount -t efs -o tls,iam`: TLS in transit, IAM authorization).
+    pub efs_utils: bool,
+    /// How long boot waits for DNS and the mount target before it fails.
+    pub mount_timeout_secs: u64,
 }
 
 impl Default for StorageFile {
@@ -149,6 +163,11 @@ impl Default for StorageFile {
             datadir: "/var/lib/node-agent/data".into(),
             local_root: "/var/lib/node-agent/local".into(),
             runtime_dir: "/run/node-agent".into(),
+            owner: String::new(),
+            efs_dns_name: String::new(),
+            efs_mount_options: storage::EFS_MOUNT_OPTIONS.into(),
+            efs_utils: false,
+            mount_timeout_secs: 300,
         }
     }
 }
@@ -579,21 +598,31 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StorageSettings {
-    Efs {
-        file_system_id: String,
-        /// Directory inside the file system, e.g. `/production/sealer`.
-        path: String,
-        datadir: PathBuf,
-    },
-    Local {
-        datadir: PathBuf,
-    },
+    Efs(EfsSettings),
+    Local { datadir: PathBuf, owner: Owner },
+}
+
+/// The role's directory on EFS, mounted at `datadir`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EfsSettings {
+    pub file_system_id: String,
+    /// Directory inside the file system, e.g. `/production/sealer`.
+    pub path: String,
+    pub datadir: PathBuf,
+    /// The NFS server's name (or address) for this region.
+    pub dns_name: String,
+    pub mount_options: String,
+    pub efs_utils: bool,
+    pub owner: Owner,
+    #[serde(skip)]
+    pub mount_timeout: Duration,
 }
 
 impl StorageSettings {
     pub fn datadir(&self) -> &Path {
         match self {
-            StorageSettings::Efs { datadir, .. } | StorageSettings::Local { datadir } => datadir,
+            StorageSettings::Efs(e) => &e.datadir,
+            StorageSettings::Local { datadir, .. } => datadir,
         }
     }
 }
@@ -768,9 +797,16 @@ impl Settings {
         } else {
             file.storage.kind
         };
+        let st = &file.storage;
+        // The data directory belongs to the service user the agent and its children run as.
+        let default_owner = Owner::parse(&file.users.service, Owner::Agent)
+            .map_err(|p| invalid("users.service", p))?;
+        let owner =
+            Owner::parse(&st.owner, default_owner).map_err(|p| invalid("storage.owner", p))?;
         let storage = match kind {
             StorageKind::Local => StorageSettings::Local {
                 datadir: file.storage.local_root.join(sub.trim_start_matches('/')),
+                owner,
             },
             StorageKind::Efs => {
                 let id = match (&tags.efs_file_system_id, file.storage.efs_file_system_id.as_str()) {
@@ -783,11 +819,37 @@ impl Settings {
                     }
                     (None, c) => check_fs_id(c).map_err(|p| invalid("storage.efs_file_system_id", p))?,
                 };
-                StorageSettings::Efs {
+                let dns_name = if st.efs_dns_name.is_empty() {
+                    storage::efs_dns_name(&id, &identity.region)
+                } else {
+                    storage::check_host(&st.efs_dns_name)
+                        .map_err(|p| invalid("storage.efs_dns_name", p))?;
+                    if st.efs_utils && st.efs_dns_name.parse::<std::net::Ipv4Addr>().is_err() {
+                        return Err(invalid(
+                            "storage.efs_dns_name",
+                            "with storage.efs_utils = true it must be the mount target's IPv4 address (passed as mounttargetip=), or empty".into(),
+                        ));
+                    }
+                    st.efs_dns_name.clone()
+                };
+                storage::check_mount_options(&st.efs_mount_options)
+                    .map_err(|p| invalid("storage.efs_mount_options", p))?;
+                if st.mount_timeout_secs == 0 {
+                    return Err(invalid(
+                        "storage.mount_timeout_secs",
+                        "must be at least 1 second".into(),
+                    ));
+                }
+                StorageSettings::Efs(EfsSettings {
                     file_system_id: id,
                     path: sub,
                     datadir: file.storage.datadir.clone(),
-                }
+                    dns_name,
+                    mount_options: st.efs_mount_options.clone(),
+                    efs_utils: st.efs_utils,
+                    owner,
+                    mount_timeout: Duration::from_secs(st.mount_timeout_secs),
+                })
             }
         };
 
@@ -1056,13 +1118,11 @@ mod tests {
         ]);
         let s = Settings::new(&f, Path::new("c"), &id, false).unwrap();
         match &s.storage {
-            StorageSettings::Efs {
-                file_system_id,
-                path,
-                ..
-            } => {
-                assert_eq!(file_system_id, "fs-22222222");
-                assert_eq!(path, "/staging/sealer");
+            StorageSettings::Efs(e) => {
+                assert_eq!(e.file_system_id, "fs-22222222");
+                assert_eq!(e.path, "/staging/sealer");
+                assert_eq!(e.dns_name, "fs-22222222.efs.eu-central-1.amazonaws.com");
+                assert_eq!(e.owner, Owner::User("node-agent".into()));
             }
             other => panic!("{other:?}"),
         }
@@ -1071,6 +1131,83 @@ mod tests {
             "staging/sealer/keystore"
         );
         assert_eq!(s.signer, "0xea94d5964b36a107571e051649c2eb52ff0c323f");
+    }
+
+    #[test]
+    fn efs_mount_settings_are_validated_naming_their_key() {
+        let id = identity(&[("Role", "rpc"), ("Environment", "staging")]);
+        type Edit = Box<dyn Fn(&mut StorageFile)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "storage.efs_dns_name",
+                Box::new(|s| s.efs_dns_name = "h:2049".into()),
+            ),
+            (
+                "storage.efs_dns_name",
+                Box::new(|s| {
+                    s.efs_utils = true;
+                    s.efs_dns_name = "nfs.internal".into();
+                }),
+            ),
+            (
+                "storage.efs_mount_options",
+                Box::new(|s| s.efs_mount_options = "hard,addr=10.0.0.1".into()),
+            ),
+            (
+                "storage.mount_timeout_secs",
+                Box::new(|s| s.mount_timeout_secs = 0),
+            ),
+            ("storage.owner", Box::new(|s| s.owner = "root user".into())),
+        ];
+        for (key, edit) in cases {
+            let mut f = example();
+            f.storage.efs_file_system_id = "fs-11111111".into();
+            edit(&mut f.storage);
+            let e = Settings::new(&f, Path::new("c"), &id, false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_data_directory_belongs_to_the_service_user() {
+        let mut f = example();
+        f.storage.efs_file_system_id = "fs-11111111".into();
+        let owner = |role: &str, local: bool, f: &ConfigFile| {
+            let id = identity(&[("Role", role), ("Environment", "staging")]);
+            match Settings::new(f, Path::new("c"), &id, local)
+                .unwrap()
+                .storage
+            {
+                StorageSettings::Efs(e) => e.owner,
+                StorageSettings::Local { owner, .. } => owner,
+            }
+        };
+        // By default the data belongs to the service user, whatever the role or mode.
+        assert_eq!(owner("sealer", false, &f), Owner::User("node-agent".into()));
+        assert_eq!(
+            owner("ethstats", false, &f),
+            Owner::User("node-agent".into())
+        );
+        assert_eq!(owner("rpc", true, &f), Owner::User("node-agent".into()));
+        f.storage.owner = "1000:1000".into();
+        assert_eq!(
+            owner("rpc", true, &f),
+            Owner::Ids {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        f.storage.efs_dns_name = "10.0.1.25".into();
+        let id = identity(&[("Role", "rpc"), ("Environment", "staging")]);
+        match Settings::new(&f, Path::new("c"), &id, false)
+            .unwrap()
+            .storage
+        {
+            StorageSettings::Efs(e) => assert_eq!(e.dns_name, "10.0.1.25"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -56,12 +56,18 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
         "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
         "Resource": format!("{group_arn}:log-stream:*"),
     }));
-    if let StorageSettings::Efs { file_system_id, .. } = &plan.storage {
+    if let StorageSettings::Efs(efs) = &plan.storage {
+        let file_system_id = &efs.file_system_id;
         // Needed when the file system policy requires IAM authorisation (mount -o iam); harmless otherwise.
         statements.push(json!({
             "Sid": "MountThisRolesFileSystem",
             "Effect": "Allow",
-            "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+            // With efs-utils' IAM authorization, root creating the role's directory also needs root access.
+            "Action": if efs.efs_utils {
+                json!(["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"])
+            } else {
+                json!(["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"])
+            },
             "Resource": format!("arn:aws:elasticfilesystem:{region}:{account}:file-system/{file_system_id}"),
         }));
     }

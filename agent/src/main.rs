@@ -17,6 +17,7 @@ mod rotation;
 mod run;
 mod secrets;
 mod status;
+mod storage;
 mod supervisor;
 mod sys;
 mod version;

@@ -389,18 +389,21 @@ impl fmt::Display for Plan {
             id.public_ipv4.as_deref().unwrap_or("none")
         )?;
         match &self.storage {
-            StorageSettings::Efs {
-                file_system_id,
-                path,
-                datadir,
-            } => writeln!(
+            StorageSettings::Efs(e) => writeln!(
                 out,
-                "  storage   EFS {file_system_id}:{path} mounted at {} (created when missing)",
+                "  storage   EFS {}:{} mounted at {} from {}{} (created when missing, owner {} 0750)",
+                e.file_system_id,
+                e.path,
+                e.datadir.display(),
+                e.dns_name,
+                if e.efs_utils { " with efs-utils (tls,iam)" } else { "" },
+                e.owner
+            )?,
+            StorageSettings::Local { datadir, owner } => writeln!(
+                out,
+                "  storage   local directory {} (owner {owner})",
                 datadir.display()
             )?,
-            StorageSettings::Local { datadir } => {
-                writeln!(out, "  storage   local directory {}", datadir.display())?
-            }
         }
         writeln!(
             out,

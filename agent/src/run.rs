@@ -6,7 +6,7 @@ use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
-use crate::{geth, lease, privileges, rotation, secrets, status, supervisor, sys};
+use crate::{geth, lease, privileges, rotation, secrets, status, storage, supervisor, sys};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +31,8 @@ pub enum AgentError {
     Geth(#[from] geth::GethError),
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -111,15 +113,16 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
     }
 }
 
-/// The role's data directory, ready to use.
-fn prepare_storage(storage: &StorageSettings) -> Result<(), AgentError> {
-    match storage {
-        StorageSettings::Local { datadir } => create_dir(datadir, 0o750),
-        StorageSettings::Efs { file_system_id, path, datadir } => Err(AgentError::Refused(format!(
-            "storage: EFS {file_system_id}:{path} at {}: this build does not mount EFS yet; set storage.kind = \"local\" or mount it yourself and use kind local",
-            datadir.display()
-        ))),
-    }
+/// The role's data directory, ready to use: mounted and verified (EFS) or created (local), its sentinel
+/// checked. Fails closed: no child starts on the wrong data or on the local disk instead of EFS.
+async fn prepare_storage(settings: &Settings, plan: &Plan) -> Result<(), AgentError> {
+    let host = storage::Host {
+        environment: &plan.environment,
+        role: plan.role,
+        instance_id: &plan.identity.instance_id,
+        runtime_dir: &settings.runtime_dir,
+    };
+    Ok(storage::prepare(&plan.storage, &host).await?)
 }
 
 /// The private directory: must be tmpfs outside local mode (`prepare` mounts one).
@@ -138,14 +141,14 @@ fn prepare_secrets_dir(plan: &Plan) -> Result<(), AgentError> {
 /// The steps that need root, in a fixed order: storage (mount, create, verify), the directories the agent
 /// and its children write (handed to the service user), the private tmpfs for the secrets. Idempotent:
 /// run by `node-agent prepare` (the unit's `ExecStartPre=+`) and by `run` when started as root.
-fn root_steps(
+async fn root_steps(
     settings: &Settings,
     plan: &Plan,
     account: privileges::Account,
 ) -> Result<(), AgentError> {
-    prepare_storage(&plan.storage)?;
+    prepare_storage(settings, plan).await?;
     let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
-    if let StorageSettings::Local { datadir } = &plan.storage {
+    if let StorageSettings::Local { datadir, .. } = &plan.storage {
         dirs.push(datadir.clone());
     }
     for d in &dirs {
@@ -170,7 +173,7 @@ pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
         ));
     }
     let account = privileges::resolve(&plan.user)?;
-    root_steps(&settings, &plan, account)?;
+    root_steps(&settings, &plan, account).await?;
     tracing::info!(user = %plan.user, "prepared storage, directories and the secrets tmpfs");
     Ok(())
 }
@@ -229,10 +232,10 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     // the service user (the unit, after `prepare`): those steps are done; what they made is checked.
     let account = if nix::unistd::geteuid().is_root() {
         let account = privileges::resolve(&plan.user)?;
-        root_steps(&settings, &plan, account)?;
+        root_steps(&settings, &plan, account).await?;
         Some(account)
     } else {
-        prepare_storage(&plan.storage)?;
+        prepare_storage(&settings, &plan).await?;
         None
     };
     let result = async {
@@ -275,14 +278,10 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
 /// Storage as status shows it.
 fn storage_json(storage: &StorageSettings) -> serde_json::Value {
     match storage {
-        StorageSettings::Efs {
-            file_system_id,
-            path,
-            datadir,
-        } => serde_json::json!({
-            "kind": "efs", "source": format!("{file_system_id}:{path}"), "datadir": datadir,
+        StorageSettings::Efs(efs) => serde_json::json!({
+            "kind": "efs", "source": format!("{}:{}", efs.file_system_id, efs.path), "datadir": efs.datadir,
         }),
-        StorageSettings::Local { datadir } => serde_json::json!({
+        StorageSettings::Local { datadir, .. } => serde_json::json!({
             "kind": "local", "source": datadir, "datadir": datadir,
         }),
     }

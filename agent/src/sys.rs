@@ -1,8 +1,13 @@
-//! The one module that changes the system with raw syscalls (mount, statfs).
+//! The one module that changes the system with raw syscalls (mount, umount, statfs) or the mount command.
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {path}: {source}")]
@@ -37,4 +42,138 @@ pub fn mount_private_tmpfs(path: &Path) -> Result<(), SysError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// How a mount attempt made in a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Mounted,
+    Failed(Errno),
+    /// No answer within the limit: the attempt was killed.
+    TimedOut,
+}
+
+/// Mounts an NFSv4 export for data only (nosuid, nodev, noexec) with an NFS option string, which must
+/// carry `addr=` (the kernel resolves no names).
+///
+/// The call is made in a child process, killed after `limit`: for a hard mount whose server does not
+/// answer, the kernel's NFS client retries inside mount(2) for as long as it takes, and only SIGKILL
+/// interrupts it. The mount itself is visible here (same mount namespace).
+pub fn mount_nfs(
+    source: &str,
+    target: &Path,
+    options: &str,
+    limit: Duration,
+) -> Result<Attempt, SysError> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let err = |what: &'static str| {
+        let path = target.to_owned();
+        move |source| SysError { what, path, source }
+    };
+    let c = |b: &[u8]| {
+        CString::new(b).map_err(|_| err("NUL byte in mount arguments for")(Errno::EINVAL))
+    };
+    // Everything the child needs is allocated before the fork.
+    let (src, tgt, fstype, data) = (
+        c(source.as_bytes())?,
+        c(target.as_os_str().as_bytes())?,
+        c(b"nfs4")?,
+        c(options.as_bytes())?,
+    );
+    let flags = (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC).bits();
+    // SAFETY: the child calls only mount(2) and _exit(2), both async-signal-safe, on memory prepared
+    // before the fork; it touches no lock another thread could hold.
+    let pid = match unsafe { fork() }.map_err(err("cannot fork to mount"))? {
+        ForkResult::Child => unsafe {
+            let r = nix::libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            );
+            let code = if r == 0 {
+                0
+            } else {
+                Errno::last_raw().clamp(1, 255)
+            };
+            nix::libc::_exit(code)
+        },
+        ForkResult::Parent { child } => child,
+    };
+    let start = Instant::now();
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG))
+            .map_err(err("cannot wait for the mount of"))?
+        {
+            WaitStatus::Exited(_, 0) => return Ok(Attempt::Mounted),
+            WaitStatus::Exited(_, code) => return Ok(Attempt::Failed(Errno::from_raw(code))),
+            WaitStatus::StillAlive if start.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            WaitStatus::StillAlive => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return Ok(Attempt::TimedOut);
+            }
+            // Killed by someone else, or stopped: treat as no answer.
+            _ => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return Ok(Attempt::TimedOut);
+            }
+        }
+    }
+}
+
+/// Unmounts `target`; when it is busy, detaches it (it goes away once the last user closes it).
+pub fn umount(target: &Path) -> Result<(), SysError> {
+    use nix::mount::{umount2, MntFlags};
+    umount2(target, MntFlags::empty())
+        .or_else(|e| match e {
+            nix::Error::EBUSY => umount2(target, MntFlags::MNT_DETACH),
+            e => Err(e),
+        })
+        .map_err(|source| SysError {
+            what: "cannot unmount",
+            path: target.to_owned(),
+            source,
+        })
+}
+
+/// Runs `mount ARGS` (amazon-efs-utils' `mount -t efs`) in its own process group, stdin closed, killing
+/// the whole group (the helper and the mount.nfs4 it starts) after `limit`. `None`: timed out.
+pub fn run_mount_command(args: &[String], limit: Duration) -> std::io::Result<Option<Output>> {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut child = std::process::Command::new("mount")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() >= limit {
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut stderr)?;
+    }
+    Ok(Some(Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    }))
 }
