@@ -861,7 +861,11 @@ def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
            f"status host {doc['host']}, want role {role} instance {m.instance_id}")
     child = m.child(doc, ROLES[role][0])
     expect(child["state"] == "ready", f"child state {child['state']}")
-    return f"status --json exit 0, overall healthy, {child['name']} ready (pid {child['pid']})", doc
+    storage = doc.get("storage", {})
+    expect(storage.get("kind") == "local" and storage.get("check_ok") is not False,
+           f"status storage {storage}, want kind local and its check not failed")
+    return (f"status --json exit 0, overall healthy, {child['name']} ready (pid {child['pid']}), "
+            f"storage {storage.get('kind')} check_ok {storage.get('check_ok')}"), doc
 
 
 def shipping(doc: dict) -> bool:
@@ -1058,9 +1062,28 @@ def scenario_sealer_faults(rig: Rig, r: Results, m: Machine, doc: dict) -> None:
     r.check("sealer: a second boot of the same rootfs is idempotent", second_boot)
 
 
-def scenario_bad_setup(rig: Rig, r: Results, name: str, tags: dict | None, expect_line: str) -> None:
+def plant_foreign_sentinel(m: Machine) -> None:
+    """The sealer's local datadir already holds data of the staging environment's sealer."""
+    uid, gid = m.rig.passwd("node-agent")
+    parent = m.root / "var/lib/node-agent/local" / ENVIRONMENT
+    datadir = parent / "sealer"
+    datadir.mkdir(parents=True, mode=0o755)
+    os.chmod(parent, 0o755)
+    os.chmod(datadir, 0o750)
+    os.chown(datadir, uid, gid)
+    sentinel = {"file_system_id": None, "environment": "staging", "role": "sealer",
+                "path": "/var/lib/node-agent/local/staging/sealer", "created_by": "i-0staging0000000000",
+                "created_at": int(time.time())}
+    (datadir / ".node-agent-storage.json").write_text(json.dumps(sentinel))
+    os.chown(datadir / ".node-agent-storage.json", uid, gid)
+
+
+def scenario_bad_setup(rig: Rig, r: Results, name: str, tags: dict | None, expect_line: str,
+                       prepare=None) -> None:
     def bad():
         m = rig.machine(name, tags)
+        if prepare:
+            prepare(m)
         m.boot()
 
         def failed():
@@ -1094,7 +1117,10 @@ def main() -> int:
     if os.geteuid() != 0:
         log("boot test: needs root")
         return 1
-    only = set(filter(None, args.only.split(","))) or {"sealer", "rpc", "bootnode", "ethstats", "bad"}
+    scenarios = {"sealer", "rpc", "bootnode", "ethstats", "bad"}
+    only = set(filter(None, args.only.split(","))) or scenarios
+    if only - scenarios:
+        ap.error(f"unknown scenario(s) {sorted(only - scenarios)}; choose from {sorted(scenarios)}")
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1123,13 +1149,17 @@ def main() -> int:
             except CheckFailed:
                 dump(rig.machines[-1])
         if "bad" in only:
-            for name, tags, line in [
-                ("no-role-tag", {"Environment": ENVIRONMENT}, "instance tag Role: missing"),
+            sealer = {"Role": "sealer", "Environment": ENVIRONMENT}
+            for name, tags, line, prepare in [
+                ("no-role-tag", {"Environment": ENVIRONMENT}, "instance tag Role: missing", None),
                 ("missing-secret", {"Role": "sealer", "Environment": "incomplete"},
-                 "secret incomplete/sealer/password (environment incomplete) does not exist in Secrets Manager"),
+                 "secret incomplete/sealer/password (environment incomplete) does not exist in Secrets Manager",
+                 None),
+                ("wrong-sentinel", sealer, "says this data belongs to environment staging, role sealer",
+                 plant_foreign_sentinel),
             ]:
                 try:
-                    scenario_bad_setup(rig, r, name, tags, line)
+                    scenario_bad_setup(rig, r, name, tags, line, prepare)
                 except CheckFailed:
                     dump(rig.machines[-1])
     except (KeyboardInterrupt, TimeoutError) as e:
