@@ -402,7 +402,6 @@ async fn supervise(
         Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
     });
     let (_logs_tx, logs_rx) = watch::channel(serde_json::Value::Null);
-    let (_storage_tx, storage_rx) = watch::channel(None);
     let sources = status::Sources {
         fixed: std::sync::Arc::new(status::Static {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -416,13 +415,13 @@ async fn supervise(
             geth_pinned: crate::version::pinned_geth(),
             user: plan.user.clone(),
             storage: storage_json(&plan.storage),
+            storage_settings: plan.storage.clone(),
             datadir: plan.storage.datadir().to_owned(),
             enode,
         }),
         children: statuses.clone(),
         secrets: secrets_rx,
         logs: logs_rx,
-        storage_ok: storage_rx,
     };
     let status_task = tokio::spawn(status::serve(status_socket, sources));
 

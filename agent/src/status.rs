@@ -64,6 +64,9 @@ pub struct Static {
     pub geth_pinned: String,
     pub user: String,
     pub storage: Value,
+    /// What storage must look like, re-checked on every status query.
+    #[serde(skip)]
+    pub storage_settings: crate::config::StorageSettings,
     pub datadir: PathBuf,
     /// For the bootnode: its enode URL, derived from its key.
     pub enode: Option<String>,
@@ -77,16 +80,16 @@ pub struct Sources {
     pub secrets: watch::Receiver<Vec<SecretInfo>>,
     /// Log shipping state, as its module publishes it (JSON, so status needs no knowledge of it).
     pub logs: watch::Receiver<Value>,
-    /// The storage check's verdict (mount and sentinel), if storage publishes one.
-    pub storage_ok: watch::Receiver<Option<bool>>,
 }
 
-/// Judges the children (and shipping). Pure.
-pub fn overall(children: &[ChildStatus], logs_degraded: bool) -> Overall {
+/// Judges the children, the storage and shipping. Pure.
+pub fn overall(children: &[ChildStatus], storage_ok: bool, logs_degraded: bool) -> Overall {
     let serving = |c: &ChildStatus| matches!(c.state, State::Ready) && c.reason.is_none();
-    if children
-        .iter()
-        .all(|c| !matches!(c.state, State::Ready | State::Unhealthy))
+    // Storage gone from under a running geth is as bad as no geth: it may be writing to the local disk.
+    if !storage_ok
+        || children
+            .iter()
+            .all(|c| !matches!(c.state, State::Ready | State::Unhealthy))
     {
         return Overall::Down;
     }
@@ -110,10 +113,12 @@ pub fn document(src: &Sources) -> Value {
     let free = free_bytes(&fixed.datadir);
     let mut storage = fixed.storage.clone();
     storage["free_bytes"] = free.map(Value::from).unwrap_or(Value::Null);
-    storage["check_ok"] = src
-        .storage_ok
-        .borrow()
-        .map(Value::from)
+    let check = crate::storage::still_in_place(&fixed.storage_settings);
+    storage["check_ok"] = Value::from(check.is_ok());
+    storage["check_error"] = check
+        .as_ref()
+        .err()
+        .map(|e| Value::from(e.as_str()))
         .unwrap_or(Value::Null);
     let secrets: Vec<Value> = src
         .secrets
@@ -141,7 +146,7 @@ pub fn document(src: &Sources) -> Value {
         .collect();
     serde_json::json!({
         "schema": SCHEMA,
-        "overall": overall(&children, logs_degraded),
+        "overall": overall(&children, check.is_ok(), logs_degraded),
         "agent": {
             "version": fixed.agent_version, "pid": fixed.pid, "started_at": fixed.started_at,
             "uptime_secs": now.saturating_sub(fixed.started_at), "user": fixed.user,
@@ -346,10 +351,10 @@ pub fn render(doc: &Value) -> String {
         let _ = writeln!(out, "  enode     {e}");
     }
     let st = &doc["storage"];
-    let check = match st["check_ok"].as_bool() {
-        Some(true) => "sentinel ok",
-        Some(false) => "CHECK FAILED",
-        None => "not checked",
+    let check = match (st["check_ok"].as_bool(), st["check_error"].as_str()) {
+        (Some(true), _) => "mounted, sentinel ok".to_owned(),
+        (_, Some(e)) => format!("CHECK FAILED: {e}"),
+        _ => "not checked".to_owned(),
     };
     let free = st["free_bytes"]
         .as_u64()
@@ -502,19 +507,27 @@ mod tests {
     #[test]
     fn overall_follows_the_children_and_shipping() {
         assert_eq!(
-            overall(&[child(State::Ready, None)], false),
+            overall(&[child(State::Ready, None)], true, false),
             Overall::Healthy
         );
         assert_eq!(
-            overall(&[child(State::Ready, None)], true),
+            overall(&[child(State::Ready, None)], true, true),
             Overall::Degraded
         );
         assert_eq!(
-            overall(&[child(State::Ready, Some("warming up: no peers"))], false),
+            overall(
+                &[child(State::Ready, Some("warming up: no peers"))],
+                true,
+                false
+            ),
             Overall::Degraded
         );
         assert_eq!(
-            overall(&[child(State::Unhealthy, Some("head stalled"))], false),
+            overall(
+                &[child(State::Unhealthy, Some("head stalled"))],
+                true,
+                false
+            ),
             Overall::Degraded
         );
         for down in [
@@ -524,7 +537,7 @@ mod tests {
             State::Stopped,
         ] {
             assert_eq!(
-                overall(&[child(down, None)], false),
+                overall(&[child(down, None)], true, false),
                 Overall::Down,
                 "{down:?}"
             );
@@ -560,7 +573,7 @@ mod tests {
             text.contains("chain: head #120 3s old, 0 peers, authorised signer, sealing"),
             "{text}"
         );
-        assert!(text.contains("storage   fs-1:/production/sealer at /var/lib/node-agent/data, sentinel ok, 7.5 GiB free"), "{text}");
+        assert!(text.contains("storage   fs-1:/production/sealer at /var/lib/node-agent/data, mounted, sentinel ok, 7.5 GiB free"), "{text}");
         assert!(
             text.contains("secret    production/sealer/password version v2 fetched 30s ago"),
             "{text}"

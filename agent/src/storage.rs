@@ -521,6 +521,45 @@ pub struct Host<'a> {
     pub runtime_dir: &'a Path,
 }
 
+/// What an EFS datadir must be a mount of.
+fn expected_source(efs: &crate::config::EfsSettings) -> ExpectedSource {
+    let mut expected = ExpectedSource {
+        hosts: vec![efs.dns_name.clone()],
+        path: efs.path.clone(),
+    };
+    if efs.efs_utils {
+        // efs-utils' TLS tunnel: the kernel talks to a local stunnel/efs-proxy port.
+        expected.hosts.push("127.0.0.1".into());
+    }
+    expected
+}
+
+/// Whether the storage prepared at boot is still in place (for status): the expected mount at the datadir,
+/// and the sentinel there. `Err` says what is wrong.
+pub fn still_in_place(storage: &StorageSettings) -> Result<(), String> {
+    let datadir = storage.datadir();
+    if let StorageSettings::Efs(efs) = storage {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read mountinfo: {e}"))?;
+        match mount_state(&parse_mountinfo(&text), datadir, &expected_source(efs)) {
+            MountState::Expected => {}
+            MountState::Absent => {
+                return Err(format!("nothing is mounted at {}", datadir.display()))
+            }
+            MountState::Other { source, fs_type } => {
+                return Err(format!(
+                    "{source} ({fs_type}) is mounted at {}",
+                    datadir.display()
+                ))
+            }
+        }
+    }
+    match datadir.join(SENTINEL).exists() {
+        true => Ok(()),
+        false => Err(format!("no sentinel in {}", datadir.display())),
+    }
+}
+
 /// Makes the role's data directory ready, or fails; see the module documentation for the order.
 pub async fn prepare(storage: &StorageSettings, host: &Host<'_>) -> Result<(), StorageError> {
     match storage {
@@ -804,14 +843,7 @@ async fn prepare_efs(
     {
         return Err(StorageError::NoEfsUtils);
     }
-    let mut expected = ExpectedSource {
-        hosts: vec![efs.dns_name.clone()],
-        path: efs.path.clone(),
-    };
-    if efs.efs_utils {
-        // efs-utils' TLS tunnel: the kernel talks to a local stunnel/efs-proxy port.
-        expected.hosts.push("127.0.0.1".into());
-    }
+    let expected = expected_source(efs);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)

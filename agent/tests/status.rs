@@ -171,3 +171,25 @@ fn the_socket_answers_one_request_only_and_changes_nothing() {
     assert_eq!(children_of(agent.pid()).len(), 1);
     assert!(agent.terminate().success());
 }
+
+#[test]
+fn storage_gone_from_under_the_node_is_down() {
+    let host = Host::new(None, None, "");
+    let mut agent = host.spawn_run(&LOCAL_RPC);
+    agent.wait_ready();
+    status_until(&host, "healthy", |code, _| code == 0);
+    std::fs::remove_file(host.path("data/dev/rpc/.node-agent-storage.json")).unwrap();
+    let (code, doc) = status_json(&host);
+    assert_eq!(code, 2);
+    assert_eq!(doc["storage"]["check_ok"], false);
+    assert!(
+        doc["storage"]["check_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no sentinel in "),
+        "{doc:#}"
+    );
+    let text = String::from_utf8_lossy(&host.output(&["status"]).stdout).into_owned();
+    assert!(text.contains("CHECK FAILED: no sentinel in"), "{text}");
+    assert!(agent.terminate().success());
+}
