@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -869,27 +870,68 @@ def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
 
 
 def shipping(doc: dict) -> bool:
-    """Whether this build ships logs to CloudWatch (it then publishes its state under status.logs)."""
-    return bool(doc.get("logs"))
+    """Whether this agent ships its logs to CloudWatch (status.logs.streams[].shipping)."""
+    logs = doc.get("logs")
+    return isinstance(logs, dict) and any(st.get("shipping") for st in logs.get("streams", []))
+
+
+# The writer's timestamp in front of each line of a log file; CloudWatch events carry it as their time.
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+
+
+def read_log(m: Machine, child: str) -> list[str]:
+    """The lines of the child's current log file, without the writer's timestamps."""
+    p = m.upper / "var/log/node-agent" / f"{child}.log"
+    try:
+        return [STAMP.sub("", ln) for ln in p.read_text(errors="replace").splitlines() if ln]
+    except OSError:
+        return []
+
+
+def shipped_lines(m: Machine, role: str, child: str) -> list[str]:
+    return [STAMP.sub("", ln.rstrip("\n")) for ln in
+            m.rig.moto.log_lines(f"/node-agent/{ENVIRONMENT}/{role}", f"{m.instance_id}/{child}")]
+
+
+def wait_shipped(m: Machine, role: str, child: str, timeout: float = 30) -> tuple[list[str], list[str]]:
+    """Waits until every line of the child's log file is in CloudWatch; (local lines, shipped lines)."""
+    def caught_up():
+        local, cw = read_log(m, child), shipped_lines(m, role, child)
+        missing = Counter(local) - Counter(cw)
+        return (local, cw) if local and not missing else None
+
+    try:
+        return wait_for(f"{child}'s lines in CloudWatch Logs", timeout, caught_up, 0.5)
+    except CheckFailed:
+        local, cw = read_log(m, child), shipped_lines(m, role, child)
+        missing = list((Counter(local) - Counter(cw)).elements())
+        raise CheckFailed(f"{len(missing)} of {len(local)} lines of {child} not in CloudWatch after "
+                          f"{timeout:.0f}s, e.g. {missing[:3]}") from None
+
+
+def duplicate_runs(local: list[str], cw: list[str]) -> list[list[int]]:
+    """Positions of shipped events that are extra copies of a line (more copies than the file has), grouped
+    into runs of consecutive positions: one run is one batch sent twice."""
+    budget = Counter(local)
+    extra = []
+    for i, line in enumerate(cw):
+        if budget[line] > 0:
+            budget[line] -= 1
+        else:
+            extra.append(i)
+    runs: list[list[int]] = []
+    for i in extra:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def check_cloudwatch(m: Machine, role: str, doc: dict) -> str:
     child = ROLES[role][0]
-    group = f"/node-agent/{ENVIRONMENT}/{role}"
-    stream = f"{m.instance_id}/{child}"
-    local = [ln for ln in read_log(m, child) if ln]
-    lines = wait_for(f"{child}'s lines in CloudWatch Logs {group} {stream}", 30,
-                     lambda: (lambda got: got if len(got) >= min(len(local), 3) and got else None)(
-                         m.rig.moto.log_lines(group, stream)), 0.5)
-    return f"{len(lines)} lines of {child} in {group} / {stream}"
-
-
-def read_log(m: Machine, child: str) -> list[str]:
-    p = m.upper / "var/log/node-agent" / f"{child}.log"
-    try:
-        return p.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
+    local, cw = wait_shipped(m, role, child)
+    return f"all {len(local)} lines of {child}.log in /node-agent/{ENVIRONMENT}/{role} / {m.instance_id}/{child}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1057,7 +1099,16 @@ def scenario_sealer_faults(rig: Rig, r: Results, m: Machine, doc: dict) -> None:
         inits = m.journal_text().count("initialising the chain from the genesis (geth init)")
         expect(inits == 1, f"geth init ran {inits} times over two boots, want once")
         head = m.child(doc2, "geth")["chain"]
-        return f"second boot healthy, head #{head['head'] if head else '?'}, geth init ran once over both boots"
+        detail = f"second boot healthy, head #{head['head'] if head else '?'}, geth init ran once over both boots"
+        if shipping(doc2):
+            # One stream has seen a kill, a restart, a stop and a reboot: every line once, give or take
+            # one batch sent again.
+            local, cw = wait_shipped(m, "sealer", "geth")
+            runs = duplicate_runs(local, cw)
+            expect(len(runs) <= 1, f"{len(runs)} runs of duplicated lines in CloudWatch (more than one batch): "
+                                   f"{[cw[r[0]] for r in runs][:3]}")
+            detail += f"; CloudWatch has all {len(local)} lines of geth.log, {sum(map(len, runs))} duplicated"
+        return detail
 
     r.check("sealer: a second boot of the same rootfs is idempotent", second_boot)
 
