@@ -984,12 +984,40 @@ def boot_role(rig: Rig, r: Results, role: str, name: str | None = None) -> tuple
     r.check(f"{role}: agent and child run as the service user with no capabilities",
             check_runs_unprivileged, m, role, doc)
     r.check(f"{role}: secrets are 0400 on tmpfs and nowhere else", check_secrets, m, role, doc)
+    if role == "ethstats":
+        r.check("ethstats: a node logs in with the WS secret the agent wrote, a wrong one is refused",
+                check_ethstats_login, m)
     if shipping(doc):
         r.check(f"{role}: the child's lines arrive in CloudWatch Logs", check_cloudwatch, m, role, doc)
     else:
         r.skip(f"{role}: the child's lines arrive in CloudWatch Logs",
                "this build does not ship logs (status.logs is empty)")
     return m, doc
+
+
+def check_ethstats_login(m: Machine) -> str:
+    """The server reads ws_secret.json through the install's link into the secrets directory: a node
+    offering the stored secret is accepted (and logged), one offering another is refused."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    def hello(node: str, secret: str) -> int:
+        body = json.dumps({"id": node, "secret": secret, "info": {"name": node}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{m.rig.ports['ethstats']}/standin/hello", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    good = hello("boot-test-node", m.rig.fixture("ethstats/ws-secret").strip())
+    bad = hello("boot-test-intruder", "not-the-secret")
+    expect(good == 200, f"login with the stored WS secret answered {good}, want 200")
+    expect(bad == 403, f"login with a wrong secret answered {bad}, want 403")
+    wait_for("the login in ethstats.log", 10,
+             lambda: any("Connected boot-test-node" in ln for ln in read_log(m, "ethstats")), 0.2)
+    return "stored secret: 200 and 'Connected boot-test-node' in ethstats.log; wrong secret: 403"
 
 
 def scenario_ready_gate(m: Machine) -> str:
