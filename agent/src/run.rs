@@ -93,11 +93,17 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
 fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(io("cannot create directory", parent))?;
+        // One by one with an explicit chmod: the unit's UMask=0027 would otherwise make a parent that
+        // `prepare` (root) creates 0750 root, which the service user cannot traverse.
+        let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
+        for p in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(0o755).create(p) {
+                Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("cannot set the mode of", p))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => return Err(io("cannot create directory", p)(e)),
+            }
+        }
     }
     match std::fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
@@ -299,13 +305,15 @@ fn bind_status_socket(
             None
         }
     };
-    if account.is_some() || group.is_some() {
-        nix::unistd::chown(
-            &path,
-            account.map(|a| a.uid),
-            group.or(account.map(|a| a.gid)),
-        )
-        .map_err(|e| AgentError::Io {
+    let uid = account.map(|a| a.uid);
+    let gid = group.or(account.map(|a| a.gid));
+    // Only when it changes something: under the unit `run` starts as the service user, whose primary
+    // group is the operators' group, and its seccomp filter (~@privileged) refuses chown outright.
+    let meta = std::fs::metadata(&path).map_err(io("cannot stat", &path))?;
+    let changes = uid.is_some_and(|u| u.as_raw() != std::os::unix::fs::MetadataExt::uid(&meta))
+        || gid.is_some_and(|g| g.as_raw() != std::os::unix::fs::MetadataExt::gid(&meta));
+    if changes {
+        nix::unistd::chown(&path, uid, gid).map_err(|e| AgentError::Io {
             what: "cannot chown",
             path: path.clone(),
             source: e.into(),
