@@ -157,11 +157,19 @@ async fn root_steps(
     }
     let secrets_dir = &plan.secrets_dir;
     create_dir(secrets_dir, 0o700)?;
-    if !plan.local && !sys::is_tmpfs(secrets_dir)? {
+    // A tmpfs of its own, not just a directory on /run: nothing else shares its pages, and it can be
+    // kept out of swap. Already mounted there (a restart): reuse it.
+    if !plan.local && !secrets_tmpfs_mounted(secrets_dir) {
         sys::mount_private_tmpfs(secrets_dir)?;
     }
     privileges::chown_tree(secrets_dir, account)?;
     Ok(())
+}
+
+/// Whether a tmpfs is mounted exactly at `dir`.
+fn secrets_tmpfs_mounted(dir: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    storage::mount_at(&storage::parse_mountinfo(&text), dir).is_some_and(|m| m.fs_type == "tmpfs")
 }
 
 /// `node-agent prepare`: the root-only boot steps, then exit.
