@@ -48,12 +48,20 @@ pub fn parse_version(output: &str) -> Option<String> {
 /// Runs `geth version` and applies the guard: a sealer refuses another version, other roles warn.
 pub async fn check_version(check: &VersionCheck) -> Result<(), GethError> {
     let program = check.program.display().to_string();
-    let out = tokio::process::Command::new(&check.program)
+    let run = tokio::process::Command::new(&check.program)
         .arg("version")
         .env_clear()
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    // A binary that does not answer `version` (not geth at all) must not hang the boot.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), run)
         .await
+        .map_err(|_| GethError::Run {
+            program: program.clone(),
+            what: "version",
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s"),
+        })?
         .map_err(|source| GethError::Run {
             program: program.clone(),
             what: "version",

@@ -95,11 +95,17 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
 fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(io("cannot create directory", parent))?;
+        // One by one with an explicit chmod: the unit's UMask=0027 would otherwise make a parent that
+        // `prepare` (root) creates 0750 root, which the service user cannot traverse.
+        let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
+        for p in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(0o755).create(p) {
+                Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("cannot set the mode of", p))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => return Err(io("cannot create directory", p)(e)),
+            }
+        }
     }
     match std::fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
@@ -153,11 +159,19 @@ async fn root_steps(
     }
     let secrets_dir = &plan.secrets_dir;
     create_dir(secrets_dir, 0o700)?;
-    if !plan.local && !sys::is_tmpfs(secrets_dir)? {
+    // A tmpfs of its own, not just a directory on /run: nothing else shares its pages, and it can be
+    // kept out of swap. Already mounted there (a restart): reuse it.
+    if !plan.local && !secrets_tmpfs_mounted(secrets_dir) {
         sys::mount_private_tmpfs(secrets_dir)?;
     }
     privileges::chown_tree(secrets_dir, account)?;
     Ok(())
+}
+
+/// Whether a tmpfs is mounted exactly at `dir`.
+fn secrets_tmpfs_mounted(dir: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    storage::mount_at(&storage::parse_mountinfo(&text), dir).is_some_and(|m| m.fs_type == "tmpfs")
 }
 
 /// `node-agent prepare`: the root-only boot steps, then exit.
@@ -315,13 +329,15 @@ fn bind_status_socket(
             None
         }
     };
-    if account.is_some() || group.is_some() {
-        nix::unistd::chown(
-            &path,
-            account.map(|a| a.uid),
-            group.or(account.map(|a| a.gid)),
-        )
-        .map_err(|e| AgentError::Io {
+    let uid = account.map(|a| a.uid);
+    let gid = group.or(account.map(|a| a.gid));
+    // Only when it changes something: under the unit `run` starts as the service user, whose primary
+    // group is the operators' group, and its seccomp filter (~@privileged) refuses chown outright.
+    let meta = std::fs::metadata(&path).map_err(io("cannot stat", &path))?;
+    let changes = uid.is_some_and(|u| u.as_raw() != std::os::unix::fs::MetadataExt::uid(&meta))
+        || gid.is_some_and(|g| g.as_raw() != std::os::unix::fs::MetadataExt::gid(&meta));
+    if changes {
+        nix::unistd::chown(&path, uid, gid).map_err(|e| AgentError::Io {
             what: "cannot chown",
             path: path.clone(),
             source: e.into(),

@@ -608,11 +608,17 @@ fn resolve_owner(owner: &Owner) -> Result<Option<(u32, u32)>, StorageError> {
 fn create_owned_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<bool, StorageError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(io("cannot create directory", parent))?;
+        // One by one with an explicit chmod: under the unit's UMask=0027 a parent that `prepare` (root)
+        // creates would be 0750 root, and the service user could not reach its own datadir.
+        let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
+        for p in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(0o755).create(p) {
+                Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("cannot set the mode of", p))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => return Err(io("cannot create directory", p)(e)),
+            }
+        }
     }
     match std::fs::DirBuilder::new().mode(0o750).create(dir) {
         Ok(()) => {}
@@ -690,7 +696,7 @@ fn check_or_create_sentinel(datadir: &Path, expected: &Sentinel) -> Result<(), S
 /// temp file + fsync + rename + fsync of the directory, mode 0644.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -704,6 +710,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         .mode(0o644)
         .open(&tmp)
         .map_err(io("cannot create", &tmp))?;
+    // The umask (the unit's is 0027) would leave it 0640 root: `run`, as the service user, must read it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io("cannot set the mode of", &tmp))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(io("cannot write", &tmp))?;

@@ -28,20 +28,27 @@ pub fn is_tmpfs(path: &Path) -> Result<bool, SysError> {
         })
 }
 
-/// Mounts a small private tmpfs at `path` (mode 0700, no devices, no setuid, no exec).
+/// Mounts a small private tmpfs at `path` (mode 0700, no devices, no setuid, no exec, no swap where the
+/// kernel allows it).
 pub fn mount_private_tmpfs(path: &Path) -> Result<(), SysError> {
-    mount(
-        Some("node-agent-secrets"),
-        path,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=0700,size=1m"),
-    )
-    .map_err(|source| SysError {
-        what: "cannot mount tmpfs on",
-        path: path.to_owned(),
-        source,
-    })
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let tmpfs = |options: &str| {
+        mount(
+            Some("node-agent-secrets"),
+            path,
+            Some("tmpfs"),
+            flags,
+            Some(options),
+        )
+    };
+    // noswap (Linux 6.4+) keeps the secrets' pages off any swap device; older kernels refuse the option.
+    tmpfs("mode=0700,size=1m,noswap")
+        .or_else(|_| tmpfs("mode=0700,size=1m"))
+        .map_err(|source| SysError {
+            what: "cannot mount tmpfs on",
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// How a mount attempt made in a child process ended.

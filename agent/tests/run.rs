@@ -71,7 +71,16 @@ async fn sealer_gets_its_secrets_runs_geth_with_them_and_stops_on_sigterm() {
         "a secret value reached argv: {line}"
     );
 
-    // Secrets: directory 0700, files 0400, exactly the values stored in Secrets Manager.
+    // Secrets: a private tmpfs of their own, 0700, files 0400, exactly the values in Secrets Manager.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(secrets.to_str().unwrap())
+                && l.contains(" - tmpfs ")),
+        "no tmpfs mounted at {}",
+        secrets.display()
+    );
     assert_eq!(file_mode(&secrets), 0o700);
     for f in [
         "sealer-password",

@@ -406,6 +406,13 @@ grace_secs = 2
     }
 }
 
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Outside local mode the agent mounts a private tmpfs on the secrets directory.
+        let _ = nix::mount::umount2(&self.secrets_dir(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Appends `extra` lines to the section they name, so tests can override single keys.
 fn merge_toml(base: &str, extra: &str) -> String {
     let mut doc: toml::Table = base.parse().expect("base config");
