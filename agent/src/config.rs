@@ -242,10 +242,25 @@ pub struct LogsFile {
     pub dir: PathBuf,
     pub group_template: String,
     pub stream_template: String,
+    /// CloudWatch retention of the groups; 0 keeps events forever.
     pub retention_days: u32,
     pub max_file_bytes: u64,
     pub keep_files: u32,
+    /// Gzip rotated files once they are shipped.
+    pub compress: bool,
+    /// Ship to CloudWatch Logs (else files only).
+    pub ship: bool,
+    /// A partial batch waits at most this long.
+    pub flush_ms: u64,
+    /// At stop, how long to keep shipping what is left before exiting.
+    pub stop_flush_secs: u64,
 }
+
+/// The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
+pub const RETENTION_DAYS: [u32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 
 impl Default for LogsFile {
     fn default() -> Self {
@@ -256,6 +271,10 @@ impl Default for LogsFile {
             retention_days: 30,
             max_file_bytes: 50 * 1024 * 1024,
             keep_files: 5,
+            compress: true,
+            ship: true,
+            flush_ms: 1000,
+            stop_flush_secs: 10,
         }
     }
 }
@@ -906,6 +925,21 @@ impl Settings {
                 "must be at least 65536".into(),
             ));
         }
+        if l.keep_files == 0 {
+            return Err(invalid("logs.keep_files", "must be at least 1".into()));
+        }
+        if l.retention_days != 0 && !RETENTION_DAYS.contains(&l.retention_days) {
+            return Err(invalid(
+                "logs.retention_days",
+                format!("CloudWatch accepts 0 (never expire) or one of {RETENTION_DAYS:?}"),
+            ));
+        }
+        if !(100..=5000).contains(&l.flush_ms) {
+            return Err(invalid(
+                "logs.flush_ms",
+                "must be between 100 and 5000 (batches are sent at least every 5 s)".into(),
+            ));
+        }
         let r = &file.restart;
         if r.initial_backoff_ms == 0 || r.max_backoff_secs * 1000 < r.initial_backoff_ms {
             return Err(invalid(
@@ -1267,6 +1301,12 @@ mod tests {
                 Box::new(|f| f.secrets.names.sealer_password = SecretRefFile::Name("a b".into())),
             ),
             ("logs.dir", Box::new(|f| f.logs.dir = "relative".into())),
+            ("logs.keep_files", Box::new(|f| f.logs.keep_files = 0)),
+            (
+                "logs.retention_days",
+                Box::new(|f| f.logs.retention_days = 10),
+            ),
+            ("logs.flush_ms", Box::new(|f| f.logs.flush_ms = 6000)),
             ("timeouts.stop_secs", Box::new(|f| f.timeouts.stop_secs = 0)),
         ];
         for (key, mutate) in cases {

@@ -26,21 +26,33 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{fmt, EnvFilter, Layer as _};
     let filter =
         EnvFilter::try_from_env("NODE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
+    let stderr = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        stderr.without_time().boxed()
     } else {
-        builder.init();
-    }
+        stderr.boxed()
+    };
+    // The agent's own log file (shipped like a child's); its writer stamps each line.
+    let file = fmt::layer()
+        .with_writer(logs::AgentLog)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .init();
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@ use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
-use crate::{geth, lease, privileges, rotation, secrets, status, storage, supervisor, sys};
+use crate::{geth, lease, logs, privileges, rotation, secrets, status, storage, supervisor, sys};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +31,8 @@ pub enum AgentError {
     Geth(#[from] geth::GethError),
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    #[error(transparent)]
+    Log(#[from] logs::LogError),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
     #[error(
@@ -246,6 +248,9 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         prepare_storage(&settings, &plan).await?;
         None
     };
+    // Opened once privileges are dropped, so the log files and checkpoints belong to the service user;
+    // the agent's lines from before wait in memory and open its log file.
+    let mut pipeline = None;
     let result = async {
         let secrets = materialize_secrets(&settings, &plan).await?;
         let status_socket = match account {
@@ -263,6 +268,9 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             }
             None => bind_status_socket(&settings, None)?,
         };
+        let (mut logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
+        let logs_status = logs.status_json();
+        pipeline = Some(logs);
         if let Some(check) = &plan.version_check {
             geth::check_version(check).await?;
         }
@@ -276,10 +284,18 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         if let Some(init) = &plan.init {
             geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
         }
-        supervise(&settings, &plan, secrets, status_socket, &mut sigterm).await
+        let logs = (sinks, logs_status);
+        supervise(&settings, &plan, secrets, status_socket, logs, &mut sigterm).await
     }
     .await;
     secrets::wipe_dir(&plan.secrets_dir);
+    if let Some(logs) = pipeline {
+        if let Err(e) = &result {
+            // Into the agent's log file (and CloudWatch) too, not only stderr.
+            tracing::error!("{}", crate::identity::error_chain(e));
+        }
+        logs.shutdown().await;
+    }
     result
 }
 
@@ -359,6 +375,7 @@ async fn supervise(
     plan: &Plan,
     secrets: Option<(secrets::Source, secrets::SecretSet)>,
     status_socket: tokio::net::UnixListener,
+    (sinks, logs_rx): (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<(), AgentError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -366,7 +383,7 @@ async fn supervise(
     let mut statuses = Vec::new();
     let mut controls = Vec::new();
     let rules = supervisor::HealthRules::new(&settings.health);
-    for child in &plan.children {
+    for (child, sink) in plan.children.iter().zip(sinks) {
         let (status_tx, status_rx) = watch::channel(ChildStatus::new_for(&child.name));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         statuses.push(status_rx);
@@ -379,6 +396,7 @@ async fn supervise(
             stop_rx.clone(),
             control_rx,
             status_tx,
+            sink,
         ));
     }
 
@@ -409,7 +427,6 @@ async fn supervise(
             .unwrap_or(&plan.identity.private_ipv4);
         Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
     });
-    let (_logs_tx, logs_rx) = watch::channel(serde_json::Value::Null);
     let sources = status::Sources {
         fixed: std::sync::Arc::new(status::Static {
             agent_version: env!("CARGO_PKG_VERSION").into(),

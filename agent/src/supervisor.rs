@@ -362,6 +362,7 @@ async fn check(
 
 /// Runs one child until `shutdown` turns true: start, pump output, watch readiness and health, restart
 /// with backoff on exit or after failed health checks, restart on request.
+#[allow(clippy::too_many_arguments)] // each is one separate concern of the task; a struct would only rename them
 pub async fn supervise(
     child: ChildPlan,
     policy: RestartFile,
@@ -370,8 +371,8 @@ pub async fn supervise(
     mut shutdown: watch::Receiver<bool>,
     mut control: mpsc::UnboundedReceiver<Control>,
     status: watch::Sender<ChildStatus>,
+    sink: logs::LineSink,
 ) -> Result<(), SpawnError> {
-    let (sink, writer) = logs::open(&child.log.file).await?;
     let mut policy = RestartPolicy::new(&policy);
     loop {
         let mut proc = spawn(&child)?;
@@ -478,7 +479,6 @@ pub async fn supervise(
         s.pid = None;
     });
     drop(sink);
-    let _ = writer.await;
     Ok(())
 }
 

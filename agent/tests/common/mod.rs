@@ -2,7 +2,10 @@
 //! emulator) and the real `node-agent` binary driving the stand-ins under `tests/standins/`.
 #![allow(dead_code)] // each test binary uses a different part of the rig
 
+mod cwproxy;
 mod imds;
+#[allow(unused_imports)] // only the logs tests use the proxy
+pub use cwproxy::*;
 pub use imds::*;
 
 use serde_json::{json, Value};
@@ -130,6 +133,51 @@ impl Moto {
             .unwrap_or_else(|e| panic!("seeding secret {name}: {e:?}"));
     }
 
+    /// A CloudWatch Logs client on moto, for reading what the agent shipped.
+    pub fn logs_client(&self) -> aws_sdk_cloudwatchlogs::Client {
+        let conf = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+            .region(aws_sdk_cloudwatchlogs::config::Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_cloudwatchlogs::Client::from_conf(conf)
+    }
+
+    /// Every message stored in a stream, oldest first (empty when the stream does not exist).
+    pub async fn log_messages(&self, group: &str, stream: &str) -> Vec<String> {
+        let c = self.logs_client();
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = match c
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .limit(10_000)
+                .set_next_token(token.clone())
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(_) => return out,
+            };
+            let events = page.events();
+            if events.is_empty() {
+                return out;
+            }
+            out.extend(
+                events
+                    .iter()
+                    .map(|e| e.message().unwrap_or_default().to_owned()),
+            );
+            token = page.next_forward_token().map(str::to_owned);
+        }
+    }
+
     /// Seeds every dev fixture secret under `environment/`.
     pub async fn seed_fixture_secrets(&self, environment: &str) {
         for (name, path) in fixture_secrets() {
@@ -225,6 +273,7 @@ dir = "{shm}/secrets"
 
 [logs]
 dir = "{d}/logs"
+ship = {ship}
 
 [restart]
 initial_backoff_ms = 200
@@ -258,6 +307,8 @@ grace_secs = 2
             d = d.display(),
             fixtures = repo.join("tests/fixtures/secrets").display(),
             shm = shm.path().display(),
+            // Without moto there is no CloudWatch to ship to.
+            ship = moto_endpoint.is_some(),
             uid = SERVICE_UID,
             p2p = free_port(),
             http = free_port(),

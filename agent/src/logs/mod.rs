@@ -1,0 +1,566 @@
+//! The log pipeline: every child's stdout and stderr, and the agent's own log, line by line into its own
+//! file under the log directory (timestamped, rotated by size), and from those files to CloudWatch Logs.
+//!
+//! `pump` (one per output stream) → `LineSink` → writer thread (one per file: stamp, rotate, compress) →
+//! file → shipper task (one per file: batch, PutLogEvents, checkpoint). The files are the buffer between
+//! the two halves, so a slow or absent CloudWatch never slows a child down.
+
+mod batch;
+mod checkpoint;
+mod ship;
+mod stamp;
+mod writer;
+
+use crate::config::LogsFile;
+use crate::plan::{LogTarget, Plan};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{mpsc, watch};
+
+pub use ship::StreamStatus;
+use writer::Msg;
+pub use writer::Rotation;
+
+/// Longest line kept whole; longer ones are split into pieces of this size (each one CloudWatch event).
+pub const MAX_LINE: usize = batch::MAX_MESSAGE_BYTES;
+/// The agent's own log: its name in the log directory and in the stream template's `{child}`.
+pub const AGENT: &str = "node-agent";
+/// Lines queued per file before a child's output waits (then its pipe, then the child).
+const QUEUE: usize = 4096;
+/// The agent's own lines logged before its log file is open, kept for it.
+const EARLY_LINES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open log file {path}: {source}")]
+pub struct LogError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Where one child's lines go. Cheap to clone: one per output stream.
+#[derive(Clone)]
+pub struct LineSink {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// The length of `b` without an incomplete UTF-8 sequence at its end.
+fn utf8_cut(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(4) {
+        let c = b[b.len() - back];
+        if c & 0xC0 == 0x80 {
+            continue;
+        }
+        let needed = match c {
+            0xF0..=0xF7 => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if needed > back {
+            b.len() - back
+        } else {
+            b.len()
+        };
+    }
+    b.len()
+}
+
+impl LineSink {
+    /// Forwards every line of `reader` until EOF. Splits over-long lines (between characters when the
+    /// text is UTF-8); keeps invalid UTF-8 as is.
+    pub async fn pump(self, reader: impl AsyncRead + Unpin) {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let mut carry = Vec::new();
+        loop {
+            let mut line = std::mem::take(&mut carry);
+            let room = (MAX_LINE - line.len()) as u64;
+            let n = match tokio::io::AsyncReadExt::take(&mut reader, room)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            if n == 0 {
+                if !line.is_empty() {
+                    let _ = self.tx.send(Msg::Line(line)).await;
+                }
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            } else if line.len() == MAX_LINE {
+                carry = line.split_off(utf8_cut(&line));
+            }
+            if self.tx.send(Msg::Line(line)).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Opens (appending) one log file and starts its writer thread. The handle resolves when every sink is
+/// gone and the last line is written.
+fn open_file(
+    path: &Path,
+    rotation: Rotation,
+    shipping: bool,
+) -> Result<(LineSink, tokio::task::JoinHandle<()>, Arc<writer::Shared>), LogError> {
+    let err = |source| LogError {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let shared = Arc::new(writer::Shared::default());
+    shared.lock().shipping = shipping;
+    let w = writer::Writer::open(path, rotation, shared.clone()).map_err(err)?;
+    let (tx, rx) = mpsc::channel::<Msg>(QUEUE);
+    shared.set_tick(tx.downgrade());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || {
+            w.run(rx);
+            let _ = done_tx.send(());
+        })
+        .map_err(err)?;
+    let handle = tokio::spawn(async move {
+        let _ = done_rx.await;
+    });
+    Ok((LineSink { tx }, handle, shared))
+}
+
+/// One log file and, when shipping, its stream.
+struct Target {
+    status: Arc<Mutex<StreamStatus>>,
+    shared: Arc<writer::Shared>,
+}
+
+/// A read-only view of the shipping state, for `node-agent status`.
+#[derive(Clone)]
+pub struct StatusSource(Arc<Vec<Target>>);
+
+impl StatusSource {
+    /// One entry per log file: shipping progress, lag, retries, rejected events, local losses.
+    pub fn snapshot(&self) -> Vec<StreamStatus> {
+        self.0
+            .iter()
+            .map(|t| {
+                let mut st = t.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let s = t.shared.lock();
+                st.unwritten_lines = s.unwritten_lines;
+                st.lost_bytes = s.lost_bytes;
+                st
+            })
+            .collect()
+    }
+}
+
+/// The running log pipeline of the agent.
+pub struct Logs {
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    agent_writer: Option<tokio::task::JoinHandle<()>>,
+    shippers: tokio::task::JoinSet<()>,
+    stop: watch::Sender<bool>,
+    stop_flush: Duration,
+    status: StatusSource,
+    publisher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Shipping failing this long makes the host degraded.
+const DEGRADED_AFTER_MS: i64 = 30_000;
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// The status document's `logs` part. Pure.
+pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
+    let shipping = streams.iter().any(|s| s.shipping);
+    let lag: u64 = streams.iter().map(|s| s.lag_bytes).sum();
+    let failing = streams
+        .iter()
+        .filter_map(|s| s.failing_since_ms.map(|t| (now_ms - t, s)))
+        .max_by_key(|(d, _)| *d);
+    let unwritten: u64 = streams.iter().map(|s| s.unwritten_lines).sum();
+    let lost: u64 = streams.iter().map(|s| s.lost_bytes).sum();
+    let rejected: u64 = streams
+        .iter()
+        .map(|s| s.rejected_too_old + s.rejected_too_new + s.rejected_expired)
+        .sum();
+    let mut summary = if !shipping {
+        "files only (not shipped)".to_owned()
+    } else if let Some((d, s)) = failing {
+        format!(
+            "CloudWatch failing for {}s ({}), lag {}",
+            d / 1000,
+            s.last_error.as_deref().unwrap_or("?"),
+            bytes(lag)
+        )
+    } else {
+        match streams.iter().filter_map(|s| s.last_success_ms).max() {
+            Some(t) => format!(
+                "last shipped {}s ago, lag {}",
+                (now_ms - t).max(0) / 1000,
+                bytes(lag)
+            ),
+            None => format!("nothing shipped yet, lag {}", bytes(lag)),
+        }
+    };
+    for (n, what) in [
+        (unwritten, "lines not written (disk)"),
+        (rejected, "events rejected by CloudWatch"),
+    ] {
+        if n > 0 {
+            summary.push_str(&format!(", {n} {what}"));
+        }
+    }
+    if lost > 0 {
+        summary.push_str(&format!(", {} rotated away unshipped", bytes(lost)));
+    }
+    serde_json::json!({
+        "summary": summary,
+        "degraded": failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS),
+        "lag_bytes": lag,
+        "streams": streams,
+    })
+}
+
+impl Logs {
+    /// Opens every log file of the plan (children and the agent), routes the agent's own log into its
+    /// file, and starts shipping when `logs.ship` is on. Returns one sink per child, in plan order.
+    pub async fn start(
+        settings: &LogsFile,
+        plan: &Plan,
+    ) -> Result<(Logs, Vec<LineSink>), LogError> {
+        let rotation = Rotation {
+            max_file_bytes: settings.max_file_bytes,
+            keep_files: settings.keep_files,
+            compress: settings.compress,
+        };
+        let targets: Vec<(&str, &LogTarget)> = plan
+            .children
+            .iter()
+            .map(|c| (c.name.as_str(), &c.log))
+            .chain(std::iter::once((AGENT, &plan.agent_log)))
+            .collect();
+        // Local mode without AWS_REGION has no CloudWatch to ship to.
+        let ship = settings.ship && !(plan.local && plan.identity.region == "local");
+        if settings.ship && !ship {
+            tracing::info!("local mode without AWS_REGION: logs stay in files, not shipped");
+        }
+        let mut sinks = Vec::new();
+        let mut writers = Vec::new();
+        let mut shared_all = Vec::new();
+        for (_, t) in &targets {
+            let (sink, handle, shared) = open_file(&t.file, rotation.clone(), ship)?;
+            sinks.push(sink);
+            writers.push(handle);
+            shared_all.push(shared);
+        }
+        let agent_sink = sinks.pop();
+        let agent_writer = writers.pop();
+        if let Some(s) = agent_sink {
+            attach_agent_log(s.tx);
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut shippers = tokio::task::JoinSet::new();
+        let client = if ship {
+            Some(ship::Client::new(&plan.identity.region).await)
+        } else {
+            None
+        };
+        let mut status = Vec::new();
+        for ((name, t), shared) in targets.iter().zip(shared_all) {
+            let st = Arc::new(Mutex::new(StreamStatus {
+                child: name.to_string(),
+                file: t.file.clone(),
+                group: t.group.clone(),
+                stream: t.stream.clone(),
+                shipping: ship,
+                ..StreamStatus::default()
+            }));
+            if let Some(client) = &client {
+                let dir = t
+                    .file
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(".checkpoints");
+                std::fs::create_dir_all(&dir).map_err(|source| LogError {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let name = t.file.file_name().map(|n| n.to_string_lossy().into_owned());
+                let stream = ship::Stream {
+                    client: client.clone(),
+                    group: t.group.clone(),
+                    stream: t.stream.clone(),
+                    retention_days: settings.retention_days,
+                    flush: Duration::from_millis(settings.flush_ms),
+                    shared: shared.clone(),
+                    checkpoint: dir.join(format!("{}.json", name.unwrap_or_default())),
+                    status: st.clone(),
+                };
+                shippers.spawn(stream.run(stop_rx.clone()));
+            }
+            status.push(Target { status: st, shared });
+        }
+        if ship {
+            tracing::info!(group = %plan.agent_log.group, streams = status.len(), "shipping logs to CloudWatch Logs");
+        }
+        Ok((
+            Logs {
+                writers,
+                agent_writer,
+                shippers,
+                stop,
+                stop_flush: Duration::from_secs(settings.stop_flush_secs),
+                status: StatusSource(Arc::new(status)),
+                publisher: None,
+            },
+            sinks,
+        ))
+    }
+
+    /// The shipping state as `node-agent status` shows it, refreshed every second:
+    /// `{"summary": "...", "degraded": bool, "streams": [...]}`.
+    pub fn status_json(&mut self) -> watch::Receiver<serde_json::Value> {
+        let src = self.status.clone();
+        let (tx, rx) = watch::channel(status_json(&src.snapshot(), stamp::now_ms()));
+        self.publisher = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if tx
+                    .send(status_json(&src.snapshot(), stamp::now_ms()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+        rx
+    }
+
+    /// After the children stopped: writes their last lines, closes the agent's log file, and ships what
+    /// is left for up to `logs.stop_flush_secs`. What does not make it stays in the files and is shipped
+    /// from the checkpoint at the next start.
+    pub async fn shutdown(mut self) {
+        let grace = Duration::from_secs(5);
+        for w in self.writers.drain(..) {
+            if tokio::time::timeout(grace, w).await.is_err() {
+                tracing::warn!("a log writer did not finish; some lines may be missing");
+            }
+        }
+        detach_agent_log();
+        if let Some(w) = self.agent_writer.take() {
+            let _ = tokio::time::timeout(grace, w).await;
+        }
+        if let Some(p) = self.publisher.take() {
+            p.abort();
+        }
+        let _ = self.stop.send(true);
+        let all = async { while self.shippers.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.stop_flush, all).await.is_err() {
+            self.shippers.abort_all();
+            let lag: u64 = self.status.snapshot().iter().map(|s| s.lag_bytes).sum();
+            tracing::warn!(lag_bytes = lag, "CloudWatch did not take every line before the stop deadline; the rest ships at the next start");
+        }
+    }
+}
+
+/// The agent's own log, teed from `tracing` into its log file (stderr gets it too, for journald).
+struct AgentTee {
+    sink: Option<mpsc::Sender<Msg>>,
+    early: Vec<Vec<u8>>,
+    dropped: u64,
+}
+
+static AGENT_TEE: Mutex<AgentTee> = Mutex::new(AgentTee {
+    sink: None,
+    early: Vec::new(),
+    dropped: 0,
+});
+
+fn agent_tee() -> std::sync::MutexGuard<'static, AgentTee> {
+    AGENT_TEE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn attach_agent_log(tx: mpsc::Sender<Msg>) {
+    let mut t = agent_tee();
+    for line in std::mem::take(&mut t.early) {
+        if tx.try_send(Msg::Line(line)).is_err() {
+            t.dropped += 1;
+        }
+    }
+    t.sink = Some(tx);
+}
+
+fn detach_agent_log() {
+    agent_tee().sink = None;
+}
+
+/// A `tracing_subscriber` writer that sends the agent's log lines to its log file. Never blocks: when the
+/// file's queue is full the line only reaches stderr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentLog;
+
+/// One formatted event on its way to the agent's log file.
+pub struct AgentLogLine(Vec<u8>);
+
+impl std::io::Write for AgentLogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for AgentLogLine {
+    fn drop(&mut self) {
+        let mut t = agent_tee();
+        for line in self.0.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let sent = match &t.sink {
+                Some(tx) => tx.try_send(Msg::Line(line.to_vec())).is_ok(),
+                None if t.early.len() < EARLY_LINES => {
+                    t.early.push(line.to_vec());
+                    true
+                }
+                None => false,
+            };
+            if !sent {
+                t.dropped += 1;
+            }
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AgentLog {
+    type Writer = AgentLogLine;
+
+    fn make_writer(&'a self) -> AgentLogLine {
+        AgentLogLine(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation() -> Rotation {
+        Rotation {
+            max_file_bytes: 1 << 30,
+            keep_files: 2,
+            compress: false,
+        }
+    }
+
+    /// The lines of a log file without their timestamps.
+    fn lines(path: &Path) -> Vec<Vec<u8>> {
+        let text = std::fs::read(path).unwrap();
+        text.split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                assert!(stamp::parse(l).is_some(), "{}", String::from_utf8_lossy(l));
+                l[stamp::PREFIX_LEN..].to_vec()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lines_from_two_streams_arrive_whole_and_long_lines_are_split_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/geth.log");
+        let (sink, task, _) = open_file(&path, rotation(), false).unwrap();
+        let long = vec![b'x'; MAX_LINE + 10];
+        let mut a = b"one\r\ntwo\n".to_vec();
+        a.extend_from_slice(&long);
+        a.push(b'\n');
+        let b: &[u8] = b"\xff\xfeinvalid utf8\nlast without newline";
+        sink.clone().pump(&a[..]).await;
+        sink.pump(b).await;
+        task.await.unwrap();
+        let lines = lines(&path);
+        assert_eq!(lines[0], b"one");
+        assert_eq!(lines[1], b"two");
+        assert_eq!(lines[2].len(), MAX_LINE);
+        assert_eq!(lines[3].len(), 10);
+        assert_eq!(lines[4], b"\xff\xfeinvalid utf8");
+        assert_eq!(lines[5], b"last without newline");
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_never_cut_inside_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("geth.log");
+        let (sink, task, _) = open_file(&path, rotation(), false).unwrap();
+        // "é" is two bytes: MAX_LINE is even, so one byte of offset puts a character across the cut.
+        let mut text = b"a".to_vec();
+        text.extend("é".repeat(MAX_LINE).as_bytes());
+        sink.pump(&text[..]).await;
+        task.await.unwrap();
+        let lines = lines(&path);
+        assert!(lines.iter().all(|l| std::str::from_utf8(l).is_ok()));
+        assert_eq!(lines.concat(), text);
+    }
+
+    #[test]
+    fn status_says_how_shipping_goes_and_turns_degraded_after_30_s_of_failures() {
+        let ok = StreamStatus {
+            shipping: true,
+            last_success_ms: Some(8_000),
+            lag_bytes: 2048,
+            ..StreamStatus::default()
+        };
+        let v = status_json(std::slice::from_ref(&ok), 10_000);
+        assert_eq!(v["summary"], "last shipped 2s ago, lag 2.0 KiB");
+        assert_eq!(v["degraded"], false);
+        let failing = StreamStatus {
+            failing_since_ms: Some(0),
+            last_error: Some("ThrottlingException".into()),
+            unwritten_lines: 3,
+            ..ok.clone()
+        };
+        let v = status_json(&[ok.clone(), failing.clone()], 29_999);
+        assert_eq!(v["degraded"], false);
+        let v = status_json(&[ok, failing], 30_000);
+        assert_eq!(v["degraded"], true);
+        assert_eq!(
+            v["summary"],
+            "CloudWatch failing for 30s (ThrottlingException), lag 4.0 KiB, 3 lines not written (disk)"
+        );
+        assert_eq!(v["streams"].as_array().map(Vec::len), Some(2));
+        let off = status_json(&[StreamStatus::default()], 0);
+        assert_eq!(off["summary"], "files only (not shipped)");
+    }
+
+    #[test]
+    fn incomplete_utf8_sequences_at_the_end_are_found() {
+        assert_eq!(utf8_cut(b"abc"), 3);
+        assert_eq!(utf8_cut("aé".as_bytes()), 3);
+        assert_eq!(utf8_cut(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_cut(&"a€".as_bytes()[..3]), 1);
+        assert_eq!(utf8_cut(&"a😀".as_bytes()[..4]), 1);
+        assert_eq!(utf8_cut(b"a\xff"), 2);
+    }
+}

@@ -1,0 +1,746 @@
+//! Shipping one log file (and its rotated predecessors) to one CloudWatch Logs stream.
+//!
+//! The files are the buffer: the shipper reads them from its durable checkpoint, oldest file first,
+//! following files by identity across rotation, and moves the checkpoint only after CloudWatch accepted a
+//! batch. Every failure is retried with backoff, never dropped; while CloudWatch is unreachable the
+//! files grow and shipping catches up afterwards.
+
+use super::batch::{self, Batch, Batcher, Event};
+use super::checkpoint::{Checkpoint, FileId, Pos};
+use super::stamp;
+use super::writer::{ChainFile, Shared};
+use crate::identity::error_chain;
+use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata;
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How much of a file is read at once.
+const CHUNK: usize = 1 << 20;
+/// Retry delays: doubling from the first to the cap, ±20% jitter.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// What `node-agent status` shows for one stream.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StreamStatus {
+    pub child: String,
+    pub file: PathBuf,
+    pub group: String,
+    pub stream: String,
+    /// Whether lines are shipped at all (`logs.ship`).
+    pub shipping: bool,
+    /// Unix milliseconds of the last batch CloudWatch accepted.
+    pub last_success_ms: Option<i64>,
+    /// Bytes written to the files and not yet accepted by CloudWatch.
+    pub lag_bytes: u64,
+    pub events_sent: u64,
+    pub batches_sent: u64,
+    /// Failed calls that were retried (throttling, 5xx, network, ...).
+    pub retries: u64,
+    pub rejected_too_old: u64,
+    pub rejected_too_new: u64,
+    pub rejected_expired: u64,
+    pub last_error: Option<String>,
+    /// Unix milliseconds since when calls fail without a success in between.
+    pub failing_since_ms: Option<i64>,
+    /// Lines the writer could not write (disk full).
+    pub unwritten_lines: u64,
+    /// Bytes rotated away before they were shipped.
+    pub lost_bytes: u64,
+}
+
+/// The CloudWatch Logs client. Retries are ours (counted, never giving up), so the SDK's are off.
+#[derive(Clone, Debug)]
+pub struct Client(aws_sdk_cloudwatchlogs::Client);
+
+impl Client {
+    pub async fn new(region: &str) -> Client {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .load()
+            .await;
+        Client(aws_sdk_cloudwatchlogs::Client::new(&conf))
+    }
+}
+
+/// Exponential backoff with jitter; `reset` after a success.
+#[derive(Debug)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = BACKOFF_FIRST
+            .saturating_mul(1 << self.0.min(16))
+            .min(BACKOFF_CAP);
+        self.0 += 1;
+        base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+    }
+}
+
+/// Where the events of one file go, and how.
+pub struct Stream {
+    pub client: Client,
+    pub group: String,
+    pub stream: String,
+    pub retention_days: u32,
+    pub flush: Duration,
+    pub shared: Arc<Shared>,
+    pub checkpoint: PathBuf,
+    pub status: Arc<Mutex<StreamStatus>>,
+}
+
+/// An open file being read.
+struct Reader {
+    id: FileId,
+    file: Arc<std::fs::File>,
+    /// `buf[..filled]`: bytes read but not yet turned into events; `buf[0]` is at file offset `start`.
+    /// The rest is room for the next read (zeroed once, not at every read).
+    buf: Vec<u8>,
+    filled: usize,
+    start: u64,
+    last_ts: Option<i64>,
+}
+
+impl Reader {
+    fn new(id: FileId, file: impl Into<Arc<std::fs::File>>, offset: u64) -> Reader {
+        Reader {
+            id,
+            file: file.into(),
+            buf: Vec::new(),
+            filled: 0,
+            start: offset,
+            last_ts: None,
+        }
+    }
+
+    /// Reads the next chunk; 0 at end of file.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        let file = self.file.clone();
+        let old = self.filled;
+        let at = self.start + old as u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.len() < old + CHUNK {
+            buf.resize(old + CHUNK, 0);
+        }
+        let (buf, n) = tokio::task::spawn_blocking(move || {
+            let n = file.read_at(&mut buf[old..old + CHUNK], at);
+            (buf, n)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.buf = buf;
+        let n = n.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "log read failed");
+            0
+        });
+        self.filled += n;
+        Ok(n)
+    }
+
+    /// Turns every complete line read so far into events. With `whole`, the file is finished and a last
+    /// line without newline counts too. A line too long to buffer is cut where a character ends.
+    fn parse(&mut self, batcher: &mut Batcher) -> usize {
+        self.parse_inner(batcher, false)
+    }
+
+    fn parse_final(&mut self, batcher: &mut Batcher) -> usize {
+        self.parse_inner(batcher, true)
+    }
+
+    fn parse_inner(&mut self, batcher: &mut Batcher, whole: bool) -> usize {
+        let mut at = 0;
+        let mut events = 0;
+        let filled = self.filled;
+        while at < filled {
+            let (end, next) = match memchr::memchr(b'\n', &self.buf[at..filled]) {
+                Some(i) => (at + i, at + i + 1),
+                None if whole => (filled, filled),
+                None if filled - at >= 4 * batch::MAX_MESSAGE_BYTES => {
+                    // No newline in sight: ship a large piece now rather than buffer without bound.
+                    let mut cut = at + 2 * batch::MAX_MESSAGE_BYTES;
+                    while cut > at && (self.buf[cut] & 0xC0) == 0x80 {
+                        cut -= 1;
+                    }
+                    (cut, cut)
+                }
+                None => break,
+            };
+            let line_off = self.start + at as u64;
+            let raw = &self.buf[at..end];
+            let (ts, msg, skip) = match stamp::parse(raw) {
+                Some((ts, msg)) => (ts, msg, stamp::PREFIX_LEN),
+                None => (self.last_ts.unwrap_or_else(stamp::now_ms), raw, 0),
+            };
+            self.last_ts = Some(ts);
+            let pieces = batch::split(msg, batch::MAX_MESSAGE_BYTES);
+            let n = pieces.len();
+            for (i, p) in pieces.into_iter().enumerate() {
+                let offset = if i + 1 == n {
+                    self.start + next as u64
+                } else {
+                    line_off + (skip + p.raw_end) as u64
+                };
+                batcher.push(Event {
+                    timestamp: ts,
+                    message: p.text,
+                    resume: Pos {
+                        file: self.id,
+                        offset,
+                    },
+                });
+                events += 1;
+            }
+            at = next;
+        }
+        self.buf.copy_within(at..filled, 0);
+        self.filled -= at;
+        self.start += at as u64;
+        events
+    }
+}
+
+enum Put {
+    Done,
+    /// The group or stream is gone: create it and send again.
+    Missing,
+    Failed(String),
+}
+
+impl Stream {
+    fn status(&self) -> std::sync::MutexGuard<'_, StreamStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ships until `stop` turns true and everything written has been accepted. The caller bounds the time
+    /// it waits for that; dropping this future loses nothing (the checkpoint stays where CloudWatch is).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Some(mut reader) = self.start(&mut stop).await else {
+            return;
+        };
+        self.ensure().await;
+        let mut batcher = Batcher::default();
+        let mut pending_since: Option<Instant> = None;
+        let mut backoff = Backoff(0);
+        // Files read from but not yet covered by the checkpoint: kept open for its fingerprint.
+        let mut open: VecDeque<(FileId, Arc<std::fs::File>)> = VecDeque::new();
+        open.push_back((reader.id, reader.file.clone()));
+        loop {
+            let mut failed = false;
+            while let Some(b) = batcher.next_full() {
+                if !self.send(b, &mut open, &mut backoff).await {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff.next()).await;
+                self.rewind(&mut reader, &mut batcher, &mut open);
+                pending_since = None;
+                continue;
+            }
+            if batcher.is_empty() {
+                pending_since = None;
+            }
+            let n = reader.read_more().await.unwrap_or(0);
+            if n > 0 {
+                if reader.parse(&mut batcher) > 0 && pending_since.is_none() {
+                    pending_since = Some(Instant::now());
+                }
+                continue;
+            }
+            if let Some(next) = self.successor(reader.id) {
+                // The writer renamed our file and writes elsewhere: what it wrote before is in by now.
+                while reader.read_more().await.unwrap_or(0) > 0 {
+                    reader.parse(&mut batcher);
+                }
+                reader.parse_final(&mut batcher);
+                if !batcher.is_empty() && pending_since.is_none() {
+                    pending_since = Some(Instant::now());
+                }
+                let last_ts = reader.last_ts;
+                reader = self.open_successor(next).await;
+                reader.last_ts = last_ts;
+                open.push_back((reader.id, reader.file.clone()));
+                self.shared.lock().reading = Some(reader.id);
+                if batcher.is_empty() {
+                    // Everything before is accepted: the old file can be compressed.
+                    self.advance(
+                        Pos {
+                            file: reader.id,
+                            offset: 0,
+                        },
+                        &mut open,
+                    )
+                    .await;
+                }
+                continue;
+            }
+            let stopping = *stop.borrow();
+            if !batcher.is_empty() {
+                let due = pending_since.is_none_or(|t| t.elapsed() >= self.flush);
+                if stopping || due {
+                    if let Some(b) = batcher.next_any() {
+                        if !self.send(b, &mut open, &mut backoff).await {
+                            tokio::time::sleep(backoff.next()).await;
+                            self.rewind(&mut reader, &mut batcher, &mut open);
+                            pending_since = None;
+                        }
+                    }
+                    continue;
+                }
+            } else if stopping {
+                self.update_lag();
+                return;
+            }
+            self.update_lag();
+            let wait = match pending_since {
+                Some(t) => self.flush.saturating_sub(t.elapsed()),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.shared.notify.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                r = stop.changed(), if !stopping => {
+                    // The agent dropped its handle without a shutdown: nothing waits for us.
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the file and offset to resume from: the checkpoint's file (found by identity and
+    /// fingerprint) or, without one, the oldest file from its start.
+    async fn start(&self, stop: &mut watch::Receiver<bool>) -> Option<Reader> {
+        let cp = match Checkpoint::load(&self.checkpoint) {
+            Ok(cp) => cp,
+            Err(e) => {
+                tracing::warn!(checkpoint = %self.checkpoint.display(), error = %e, "unreadable log checkpoint; shipping from the oldest file");
+                None
+            }
+        };
+        loop {
+            let files = self.shared.lock().files.clone();
+            if let Some(cp) = &cp {
+                for f in &files {
+                    let Ok(file) = std::fs::File::open(&f.path) else {
+                        continue;
+                    };
+                    if cp.matches(f.id, &file) {
+                        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                        let offset = cp.offset.min(size);
+                        self.set_position(f.id, offset);
+                        return Some(Reader::new(f.id, file, offset));
+                    }
+                }
+                tracing::warn!(file = %self.status().file.display(), "the checkpoint's file is gone; shipping from the oldest file");
+            }
+            if let Some(f) = files.first() {
+                if let Ok(reader) = self.open_file(f) {
+                    self.set_position(reader.id, 0);
+                    return Some(reader);
+                }
+            }
+            // Nothing written yet; at stop, nothing ever will be.
+            if *stop.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.shared.notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                r = stop.changed() => if r.is_err() { return None; },
+            }
+        }
+    }
+
+    /// Back to the last accepted position: the unsent batches are read again from the files.
+    fn rewind(
+        &self,
+        reader: &mut Reader,
+        batcher: &mut Batcher,
+        open: &mut VecDeque<(FileId, Arc<std::fs::File>)>,
+    ) {
+        let offset = self.shared.lock().acked_offset;
+        let Some((id, file)) = open.front().cloned() else {
+            return;
+        };
+        open.truncate(1);
+        let last_ts = reader.last_ts;
+        *reader = Reader::new(id, file, offset);
+        reader.last_ts = last_ts;
+        *batcher = Batcher::default();
+        self.shared.lock().reading = Some(id);
+    }
+
+    fn set_position(&self, file: FileId, offset: u64) {
+        let mut s = self.shared.lock();
+        s.reading = Some(file);
+        s.acked = Some(file);
+        s.acked_offset = offset;
+    }
+
+    fn open_file(&self, f: &ChainFile) -> std::io::Result<Reader> {
+        let file = std::fs::File::open(&f.path)?;
+        let id = FileId::of(&file.metadata()?);
+        if id != f.id {
+            return Err(std::io::Error::other("renamed while opening"));
+        }
+        Ok(Reader::new(id, file, 0))
+    }
+
+    /// The file written after `cur`, once `cur` is no longer written; the oldest file when `cur` was
+    /// deleted (those in between were lost to rotation and counted by the writer).
+    fn successor(&self, cur: FileId) -> Option<ChainFile> {
+        let s = self.shared.lock();
+        match s.files.iter().position(|f| f.id == cur) {
+            Some(p) => s.files.get(p + 1).cloned(),
+            None => s.files.first().cloned(),
+        }
+    }
+
+    async fn open_successor(&self, mut next: ChainFile) -> Reader {
+        loop {
+            match self.open_file(&next) {
+                Ok(r) => return r,
+                // A rotation moved it between our look and our open: look again.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let s = self.shared.lock();
+                    if let Some(f) = s.files.iter().find(|f| f.id == next.id) {
+                        next = f.clone();
+                    } else if let Some(f) = s.files.first() {
+                        next = f.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the group (with its retention) and the stream when missing; retried until it works.
+    async fn ensure(&self) {
+        let mut backoff = Backoff(0);
+        loop {
+            match self.try_ensure().await {
+                Ok(()) => {
+                    let mut st = self.status();
+                    st.last_error = None;
+                    st.failing_since_ms = None;
+                    return;
+                }
+                Err(e) => {
+                    let delay = backoff.next();
+                    self.failed(
+                        &e,
+                        backoff.0,
+                        "cannot create the CloudWatch log stream; retrying",
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_ensure(&self) -> Result<(), String> {
+        let c = &self.client.0;
+        if let Err(e) = c
+            .create_log_group()
+            .log_group_name(&self.group)
+            .send()
+            .await
+        {
+            match e.code() {
+                Some("ResourceAlreadyExistsException") => {}
+                // A role that may only write into a group made by Terraform: carry on to the stream.
+                Some("AccessDeniedException") => {
+                    tracing::debug!(group = %self.group, "not allowed to create the log group")
+                }
+                _ => {
+                    return Err(format!(
+                        "CreateLogGroup {}: {}",
+                        self.group,
+                        error_chain(&e)
+                    ))
+                }
+            }
+        }
+        if self.retention_days > 0 {
+            if let Err(e) = c
+                .put_retention_policy()
+                .log_group_name(&self.group)
+                .retention_in_days(self.retention_days as i32)
+                .send()
+                .await
+            {
+                match e.code() {
+                    Some("AccessDeniedException") => {
+                        tracing::warn!(group = %self.group, "not allowed to set the log group's retention")
+                    }
+                    _ => {
+                        return Err(format!(
+                            "PutRetentionPolicy {}: {}",
+                            self.group,
+                            error_chain(&e)
+                        ))
+                    }
+                }
+            }
+        }
+        match c
+            .create_log_stream()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceAlreadyExistsException") => Ok(()),
+            Err(e) => Err(format!(
+                "CreateLogStream {}/{}: {}",
+                self.group,
+                self.stream,
+                error_chain(&e)
+            )),
+        }
+    }
+
+    fn failed(&self, error: &str, attempt: u32, what: &str) {
+        let retries = {
+            let mut st = self.status();
+            st.retries += 1;
+            st.last_error = Some(error.to_owned());
+            st.failing_since_ms.get_or_insert_with(stamp::now_ms);
+            st.retries
+        };
+        // Logged sparsely: while CloudWatch is down these lines land in the agent's own log too.
+        if attempt.is_power_of_two() {
+            tracing::warn!(group = %self.group, stream = %self.stream, attempt, retries, %error, "{what}");
+        }
+    }
+
+    async fn put(&self, events: Vec<InputLogEvent>) -> Put {
+        let n = events.len() as u64;
+        let result = self
+            .client
+            .0
+            .put_log_events()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .set_log_events(Some(events))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                if let Some(r) = out.rejected_log_events_info() {
+                    let too_new = r
+                        .too_new_log_event_start_index()
+                        .map_or(0, |i| n.saturating_sub(i as u64));
+                    let too_old = r.too_old_log_event_end_index().map_or(0, |i| i as u64 + 1);
+                    let expired = r.expired_log_event_end_index().map_or(0, |i| i as u64 + 1);
+                    if too_new + too_old + expired > 0 {
+                        tracing::warn!(group = %self.group, stream = %self.stream, too_new, too_old, expired, "CloudWatch rejected log events outside its time window");
+                    }
+                    let mut st = self.status();
+                    st.rejected_too_new += too_new;
+                    st.rejected_too_old += too_old;
+                    st.rejected_expired += expired;
+                }
+                Put::Done
+            }
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Put::Missing,
+            Err(e) => Put::Failed(error_chain(&e)),
+        }
+    }
+
+    /// Sends one batch; once CloudWatch accepted it, moves the checkpoint past it. `false` when it must
+    /// be sent again (after a backoff, re-read from the files: nothing is kept in memory to resend).
+    async fn send(
+        &self,
+        batch: Batch,
+        open: &mut VecDeque<(FileId, Arc<std::fs::File>)>,
+        backoff: &mut Backoff,
+    ) -> bool {
+        let Some(resume) = batch.resume() else {
+            return true;
+        };
+        let count = batch.events.len() as u64;
+        let events: Vec<InputLogEvent> = batch
+            .events
+            .into_iter()
+            .filter_map(|e| {
+                InputLogEvent::builder()
+                    .timestamp(e.timestamp)
+                    .message(e.message)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        match self.put(events).await {
+            Put::Done => {}
+            Put::Missing => {
+                self.failed(
+                    "the log group or stream does not exist",
+                    backoff.0 + 1,
+                    "recreating the CloudWatch log stream",
+                );
+                self.ensure().await;
+                return false;
+            }
+            Put::Failed(e) => {
+                self.failed(&e, backoff.0 + 1, "PutLogEvents failed; retrying");
+                return false;
+            }
+        }
+        if backoff.0 > 0 {
+            tracing::info!(group = %self.group, stream = %self.stream, attempts = backoff.0 + 1, "PutLogEvents accepted after retries");
+            *backoff = Backoff(0);
+        }
+        {
+            let mut st = self.status();
+            st.last_success_ms = Some(stamp::now_ms());
+            st.events_sent += count;
+            st.batches_sent += 1;
+            st.last_error = None;
+            st.failing_since_ms = None;
+        }
+        self.advance(resume, open).await;
+        true
+    }
+
+    /// Stores the checkpoint durably, then tells the writer which files are done.
+    async fn advance(&self, pos: Pos, open: &mut VecDeque<(FileId, Arc<std::fs::File>)>) {
+        while open.len() > 1 && open.front().is_some_and(|(id, _)| *id != pos.file) {
+            open.pop_front();
+        }
+        let Some((_, file)) = open.iter().find(|(id, _)| *id == pos.file).cloned() else {
+            return;
+        };
+        let path = self.checkpoint.clone();
+        let stored = tokio::task::spawn_blocking(move || Checkpoint::at(pos, &file)?.store(&path))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = stored {
+            tracing::warn!(checkpoint = %self.checkpoint.display(), error = %e, "cannot store the log checkpoint; lines may be sent twice after a restart");
+        }
+        let moved = {
+            let mut s = self.shared.lock();
+            let moved = s.acked != Some(pos.file);
+            s.acked = Some(pos.file);
+            s.acked_offset = pos.offset;
+            moved
+        };
+        if moved {
+            self.shared.tick();
+        }
+        self.update_lag();
+    }
+
+    /// Bytes in the files not yet accepted: the rest of the checkpoint's file and every file after it.
+    fn update_lag(&self) {
+        let (files, acked, offset) = {
+            let s = self.shared.lock();
+            (s.files.clone(), s.acked, s.acked_offset)
+        };
+        let from = acked
+            .and_then(|a| files.iter().position(|f| f.id == a))
+            .unwrap_or(0);
+        let lag = files[from.min(files.len())..]
+            .iter()
+            .map(|f| {
+                let size = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+                if Some(f.id) == acked {
+                    size.saturating_sub(offset)
+                } else {
+                    size
+                }
+            })
+            .sum();
+        self.status().lag_bytes = lag;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader_over(text: &[u8]) -> (Reader, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        std::fs::write(&p, text).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let id = FileId::of(&f.metadata().unwrap());
+        let mut r = Reader::new(id, f, 0);
+        r.buf = text.to_vec();
+        r.filled = text.len();
+        (r, dir)
+    }
+
+    fn events(b: &mut Batcher) -> Vec<Event> {
+        std::iter::from_fn(|| b.next_any())
+            .flat_map(|b| b.events)
+            .collect()
+    }
+
+    #[test]
+    fn lines_become_events_stamped_with_their_write_time_and_resume_after_their_newline() {
+        let text = b"2024-05-01T12:00:00.000Z first\nno prefix\n\n2024-05-01T12:00:01.000Z partial";
+        let (mut r, _d) = reader_over(text);
+        let mut b = Batcher::default();
+        assert_eq!(r.parse(&mut b), 2);
+        let ev = events(&mut b);
+        assert_eq!(ev[0].message, "first");
+        assert_eq!(ev[0].timestamp, 1_714_564_800_000);
+        assert_eq!(ev[0].resume.offset, 31);
+        assert_eq!(ev[1].message, "no prefix");
+        assert_eq!(
+            ev[1].timestamp, 1_714_564_800_000,
+            "a line without a stamp takes the previous one"
+        );
+        assert_eq!(ev[1].resume.offset, 41);
+        // The empty line is skipped; the partial line waits for its newline.
+        assert_eq!(r.start, 42);
+        assert_eq!(r.parse_final(&mut b), 1);
+        let last = events(&mut b);
+        assert_eq!(last[0].message, "partial");
+        assert_eq!(last[0].resume.offset, text.len() as u64);
+    }
+
+    #[test]
+    fn a_long_line_resumes_inside_itself_after_each_piece() {
+        let mut text = b"2024-05-01T12:00:00.000Z ".to_vec();
+        text.extend(std::iter::repeat_n(b'y', batch::MAX_MESSAGE_BYTES * 2 + 5));
+        text.push(b'\n');
+        let (mut r, _d) = reader_over(&text);
+        let mut b = Batcher::default();
+        assert_eq!(r.parse(&mut b), 3);
+        let ev = events(&mut b);
+        let offsets: Vec<u64> = ev.iter().map(|e| e.resume.offset).collect();
+        let m = batch::MAX_MESSAGE_BYTES as u64;
+        assert_eq!(offsets, [25 + m, 25 + 2 * m, text.len() as u64]);
+        assert!(ev.iter().all(|e| e.timestamp == 1_714_564_800_000));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        let mut b = Backoff(0);
+        let d: Vec<Duration> = (0..10).map(|_| b.next()).collect();
+        assert!(d[0] >= Duration::from_millis(160) && d[0] <= Duration::from_millis(240));
+        assert!(d[3] >= Duration::from_millis(1280) && d[3] <= Duration::from_millis(1920));
+        assert!(d[9] <= Duration::from_secs(12) && d[9] >= Duration::from_secs(8));
+    }
+}

@@ -1,0 +1,487 @@
+//! Log files and CloudWatch Logs shipping, end to end: the real agent supervises a child that prints
+//! known lines, writes them to rotated files and ships them to moto through a proxy that checks every
+//! PutLogEvents against CloudWatch's limits and injects throttling, 5xx and outages.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const GROUP: &str = "/node-agent/staging/bootnode";
+const STREAM: &str = "i-0123456789abcdef0/bootnode";
+const AGENT_STREAM: &str = "i-0123456789abcdef0/node-agent";
+const STAMP: usize = 25;
+
+/// A child that prints lines as `emit.json` beside it says (re-read at each start), then idles.
+const EMITTER: &str = r#"#!/usr/bin/env python3
+import json, os, socket, sys, time
+# Ready, as the agent judges a bootnode: bound to its UDP port.
+args = sys.argv[1:]
+if "-addr" in args:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", int(args[args.index("-addr") + 1].rsplit(":", 1)[1])))
+here = os.path.dirname(os.path.abspath(__file__))
+plan = json.load(open(os.path.join(here, "emit.json")))
+out, pid, n = sys.stdout.buffer, os.getpid(), 0
+def line(width):
+    global n
+    text = "run=%d seq=%07d " % (pid, n)
+    n += 1
+    return (text + "." * max(0, width - len(text))).encode() + b"\n"
+for step in plan:
+    if "big" in step:
+        pattern = b"0123456789abcdefghijklmnopqrstuvwxyz"
+        big = (pattern * (step["big"] // len(pattern) + 1))[: step["big"]]
+        out.write(big + b"\n")
+    else:
+        width, total, rate = step.get("width", 100), step["lines"], step.get("per_sec", 0)
+        if rate <= 0:
+            out.write(b"".join(line(width) for _ in range(total)))
+        else:
+            start, sent = time.time(), 0
+            while sent < total:
+                due = min(total, int((time.time() - start) * rate) + 1)
+                out.write(b"".join(line(width) for _ in range(due - sent)))
+                out.flush()
+                sent = due
+                time.sleep(0.01)
+    out.flush()
+while True:
+    time.sleep(3600)
+"#;
+
+struct Rig {
+    moto: Moto,
+    _imds: ImdsEmulator,
+    proxy: CwProxy,
+    host: Host,
+    emitter: tempfile::TempDir,
+}
+
+/// A bootnode host whose "bootnode" is the emitter, shipping through the proxy. `logs` is extra
+/// `[logs]` TOML.
+async fn rig(emit: Value, logs: &str) -> Rig {
+    let moto = Moto::start();
+    moto.seed_fixture_secrets("staging").await;
+    let imds = ImdsEmulator::start(&imds_config(
+        json!({"Role": "bootnode", "Environment": "staging"}),
+    ));
+    let proxy = CwProxy::start(moto.port);
+    let emitter = tempfile::tempdir().expect("emitter dir");
+    let script = emitter.path().join("emit.py");
+    std::fs::write(&script, EMITTER).expect("write emitter");
+    // The agent drops to the service user before it starts the child.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(emitter.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(emitter.path().join("emit.json"), emit.to_string()).unwrap();
+    let extra = format!(
+        "[binaries]\nbootnode = \"{}\"\n[logs]\nflush_ms = 200\n{logs}\n",
+        script.display()
+    );
+    let mut host = Host::new(Some(&imds.endpoint()), Some(&moto.endpoint()), &extra);
+    host.env
+        .push(("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS".into(), proxy.endpoint()));
+    Rig {
+        moto,
+        _imds: imds,
+        proxy,
+        host,
+        emitter,
+    }
+}
+
+impl Rig {
+    fn set_emit(&self, emit: Value) {
+        std::fs::write(self.emitter.path().join("emit.json"), emit.to_string()).unwrap();
+    }
+
+    /// Every line of the child's log files, oldest file first, without the timestamps.
+    fn file_lines(&self) -> Vec<String> {
+        file_lines(&self.host.path("logs"), "bootnode.log")
+    }
+
+    async fn shipped(&self, stream: &str) -> Vec<String> {
+        self.moto.log_messages(GROUP, stream).await
+    }
+
+    /// Waits until moto holds at least `n` events in the child's stream.
+    async fn wait_shipped(&self, n: usize, limit: Duration, agent: &Agent) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let got = self.shipped(STREAM).await;
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} of {n} events shipped after {limit:?}; agent:\n{}",
+                got.len(),
+                tail(&agent.stderr())
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `name.N[.gz]` from the highest N down, then `name`: the order the lines were written.
+fn log_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut old: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            let rest = f.strip_prefix(name)?.strip_prefix('.')?;
+            let n = rest.strip_suffix(".gz").unwrap_or(rest).parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    // Compression writes `.N.gz` before it removes `.N`: while both exist, take one.
+    old.sort_by_key(|(n, p)| {
+        (
+            std::cmp::Reverse(*n),
+            p.extension().is_none_or(|e| e != "gz"),
+        )
+    });
+    old.dedup_by_key(|(n, _)| *n);
+    old.into_iter()
+        .map(|(_, p)| p)
+        .chain(std::iter::once(dir.join(name)))
+        .collect()
+}
+
+/// Every line of the files, oldest first, without the timestamps. Read again when a file was compressed
+/// away while reading (the files must not be rotating: read them when the child is quiet).
+fn file_lines(dir: &Path, name: &str) -> Vec<String> {
+    loop {
+        if let Some(lines) = try_file_lines(dir, name) {
+            return lines;
+        }
+    }
+}
+
+fn try_file_lines(dir: &Path, name: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for p in log_files(dir, name) {
+        let mut text = String::new();
+        let f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(_) if p.file_name().is_some_and(|f| f == name) => continue,
+            Err(_) => return None,
+        };
+        if p.extension().is_some_and(|e| e == "gz") {
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).unwrap();
+        } else {
+            std::io::Read::read_to_string(&mut { f }, &mut text).unwrap();
+        }
+        for l in text.lines() {
+            assert!(
+                l.len() > STAMP && l.as_bytes()[23] == b'Z',
+                "unstamped line {l:?} in {}",
+                p.display()
+            );
+            out.push(l[STAMP..].to_owned());
+        }
+    }
+    Some(out)
+}
+
+fn assert_same_lines(shipped: &[String], written: &[String]) {
+    assert_eq!(
+        shipped.len(),
+        written.len(),
+        "event count differs from line count"
+    );
+    if let Some(i) = (0..shipped.len()).find(|i| shipped[*i] != written[*i]) {
+        panic!(
+            "first difference at line {i}: shipped {:?}, written {:?}",
+            &shipped[i][..shipped[i].len().min(80)],
+            &written[i][..written[i].len().min(80)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_50000_lines_arrives_complete_in_order_within_every_putlogevents_limit() {
+    let r = rig(json!([{"lines": 50_000, "width": 120}]), "").await;
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let shipped = r
+        .wait_shipped(50_000, Duration::from_secs(120), &agent)
+        .await;
+    let written = r.file_lines();
+    assert_eq!(written.len(), 50_000);
+    assert_same_lines(&shipped, &written);
+    let seqs: Vec<usize> = shipped
+        .iter()
+        .map(|m| m[m.find("seq=").unwrap() + 4..][..7].parse().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..50_000).collect::<Vec<_>>());
+
+    r.proxy.assert_limits_kept();
+    let puts = r.proxy.accepted(STREAM);
+    let biggest = puts.iter().map(|p| p.bytes).max().unwrap();
+    assert!(
+        biggest > 1_000_000,
+        "batches are filled close to 1 MiB, biggest {biggest}"
+    );
+    assert!(puts.len() < 20, "{} calls for 50,000 lines", puts.len());
+
+    // The group exists with the configured retention; the agent's own log is a stream beside the child's.
+    let groups = r
+        .moto
+        .logs_client()
+        .describe_log_groups()
+        .log_group_name_prefix(GROUP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(groups.log_groups()[0].retention_in_days(), Some(30));
+    let own = r.shipped(AGENT_STREAM).await;
+    assert!(
+        own.iter().any(|m| m.contains("ready children=bootnode")),
+        "{own:?}"
+    );
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+}
+
+#[tokio::test]
+async fn a_3_mb_line_arrives_split_into_events_that_rejoin_exactly() {
+    let r = rig(json!([{"lines": 1}, {"big": 3_000_000}, {"lines": 1}]), "").await;
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let shipped = r.wait_shipped(14, Duration::from_secs(60), &agent).await;
+    assert!(
+        shipped[0].contains("seq=0000000") && shipped[13].contains("seq=0000001"),
+        "{:?}",
+        &shipped[13][..40]
+    );
+    let big: String = shipped[1..13].concat();
+    let pattern = "0123456789abcdefghijklmnopqrstuvwxyz";
+    let expected: String = pattern.repeat(3_000_000 / pattern.len() + 1)[..3_000_000].to_owned();
+    assert_eq!(big.len(), expected.len());
+    assert!(big == expected, "the pieces do not rejoin into the line");
+    assert_same_lines(&shipped, &r.file_lines());
+    r.proxy.assert_limits_kept();
+    assert!(agent.terminate().success());
+}
+
+#[tokio::test]
+async fn rotation_mid_stream_keeps_every_line_in_order_and_compresses_shipped_files() {
+    let r = rig(
+        json!([{"lines": 30_000, "width": 100, "per_sec": 10_000}]),
+        "max_file_bytes = 65536\nkeep_files = 100\ncompress = true",
+    )
+    .await;
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let shipped = r
+        .wait_shipped(30_000, Duration::from_secs(120), &agent)
+        .await;
+    r.proxy.assert_limits_kept();
+
+    // Every rotated file CloudWatch has fully accepted gets compressed (in the background: wait for it
+    // to settle before reading the files).
+    let logs = r.host.path("logs");
+    let start = Instant::now();
+    loop {
+        let plain = log_files(&logs, "bootnode.log")
+            .iter()
+            .filter(|f| {
+                f.extension().is_none_or(|e| e != "gz") && f.file_name().unwrap() != "bootnode.log"
+            })
+            .count();
+        if plain == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{plain} shipped files left uncompressed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let files = log_files(&logs, "bootnode.log");
+    assert!(
+        files.len() > 40,
+        "{} files: rotation happened many times",
+        files.len()
+    );
+    let active = std::fs::metadata(logs.join("bootnode.log")).unwrap().len();
+    assert!(active <= 65536, "the active file is {active} bytes");
+    assert_same_lines(&shipped, &r.file_lines());
+    assert!(agent.terminate().success());
+}
+
+#[tokio::test]
+async fn repeated_sigkill_during_shipping_loses_no_line_and_resends_at_most_one_batch_per_kill() {
+    let r = rig(
+        json!([{"lines": 1_000_000, "width": 100, "per_sec": 3000}]),
+        "max_file_bytes = 262144\nkeep_files = 100",
+    )
+    .await;
+    // Each batch spends a while "in flight", so kills land between CloudWatch accepting and the
+    // checkpoint being stored.
+    r.proxy.state().delay = Duration::from_millis(40);
+    let kills = 4;
+    for _ in 0..kills {
+        let mut agent = r.host.spawn_run(&[]);
+        agent.wait_ready();
+        std::thread::sleep(Duration::from_millis(1500));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        agent.wait_exit();
+    }
+    // Last run: a few more lines, then everything must arrive.
+    r.set_emit(json!([{"lines": 10}]));
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let written = r.file_lines();
+    assert!(written.len() > 4 * 3000, "{} lines written", written.len());
+    let start = Instant::now();
+    let shipped = loop {
+        let shipped = r.shipped(STREAM).await;
+        let unique: std::collections::HashSet<&String> = shipped.iter().collect();
+        if unique.len() >= r.file_lines().len() {
+            break shipped;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{} of {} lines shipped:\n{}",
+            unique.len(),
+            written.len(),
+            tail(&agent.stderr())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(agent.terminate().success());
+    // Quiet now (the agent flushed at stop): the files and the stream are final.
+    let written = r.file_lines();
+    let shipped = {
+        let again = r.shipped(STREAM).await;
+        assert!(again.len() >= shipped.len());
+        again
+    };
+
+    // Every line present, in order once duplicates are removed.
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<String> = shipped
+        .iter()
+        .filter(|m| seen.insert(m.as_str()))
+        .cloned()
+        .collect();
+    assert_same_lines(&firsts, &written);
+    // Duplicates: at most one batch per kill.
+    let dups = shipped.len() - firsts.len();
+    let biggest = r
+        .proxy
+        .accepted(STREAM)
+        .iter()
+        .map(|p| p.messages.len())
+        .max()
+        .unwrap();
+    eprintln!(
+        "{} lines written, {} events shipped, {dups} duplicates after {kills} kills (batches up to {biggest} events)",
+        written.len(),
+        shipped.len()
+    );
+    assert!(
+        dups <= kills * biggest,
+        "{dups} duplicates after {kills} kills (batches up to {biggest})"
+    );
+    r.proxy.assert_limits_kept();
+}
+
+#[tokio::test]
+async fn while_cloudwatch_is_unreachable_the_files_buffer_and_every_line_arrives_after() {
+    let r = rig(json!([{"lines": 5000, "width": 80}]), "").await;
+    r.proxy.set_fault(Fault::Down);
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(r.file_lines().len(), 5000, "the child's lines are on disk");
+    assert!(r.shipped(STREAM).await.is_empty());
+    assert!(agent.stderr().contains("retrying"), "{}", agent.stderr());
+
+    r.proxy.set_fault(Fault::None);
+    let shipped = r.wait_shipped(5000, Duration::from_secs(60), &agent).await;
+    assert_same_lines(&shipped, &r.file_lines());
+    r.proxy.assert_limits_kept();
+    assert!(agent.terminate().success());
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_until_accepted() {
+    let r = rig(json!([{"lines": 3000, "width": 80, "per_sec": 1000}]), "").await;
+    r.proxy.set_fault(Fault::Throttle(3));
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    wait_for("three throttled calls", Duration::from_secs(30), || {
+        (r.proxy.state().faults_served >= 3).then_some(())
+    });
+    r.proxy.set_fault(Fault::Unavailable(2));
+    let shipped = r.wait_shipped(3000, Duration::from_secs(60), &agent).await;
+    assert_same_lines(&shipped, &r.file_lines());
+    assert_eq!(r.proxy.state().faults_served, 5);
+    assert!(
+        agent
+            .stderr()
+            .contains("PutLogEvents accepted after retries"),
+        "{}",
+        agent.stderr()
+    );
+    r.proxy.assert_limits_kept();
+    assert!(agent.terminate().success());
+}
+
+#[tokio::test]
+async fn events_too_old_for_cloudwatch_are_counted_and_the_rest_arrive() {
+    let r = rig(json!([{"lines": 1}]), "").await;
+    // A file left from before: three lines from 20 days ago, two from now.
+    let logs = r.host.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stamp = |secs: u64| {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S.000Z"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let old = stamp(now - 20 * 86_400);
+    let recent = stamp(now - 60);
+    let text =
+        format!("{old} old 1\n{old} old 2\n{old} old 3\n{recent} recent 1\n{recent} recent 2\n");
+    std::fs::write(logs.join("bootnode.log"), text).unwrap();
+    // As the agent left it: owned by the service user it runs as.
+    std::os::unix::fs::chown(
+        logs.join("bootnode.log"),
+        Some(SERVICE_UID),
+        Some(SERVICE_UID),
+    )
+    .unwrap();
+
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let shipped = r.wait_shipped(3, Duration::from_secs(60), &agent).await;
+    assert_eq!(shipped[..2], ["recent 1", "recent 2"]);
+    assert!(shipped[2].starts_with("run="));
+    let err = agent.stderr();
+    assert!(
+        err.contains("rejected log events") && err.contains("too_old=3"),
+        "{err}"
+    );
+    assert!(agent.terminate().success());
+}
