@@ -230,7 +230,7 @@ async fn a_rotated_secret_reaches_the_running_node_with_one_graceful_restart_and
         "the restart was not graceful"
     );
 
-    // No secret value in any log, nor in any process's argv or environment.
+    // No secret value in any log (local files and CloudWatch), nor in any process's argv or environment.
     let values = [
         "dev-only-password",
         "dev-only-ws-secret",
@@ -240,6 +240,30 @@ async fn a_rotated_secret_reaches_the_running_node_with_one_graceful_restart_and
         ("agent stderr".to_string(), stderr.clone()),
         ("geth log".into(), geth_log),
     ];
+    for entry in std::fs::read_dir(host.path("logs")).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        places.push((
+            entry.path().display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    let group = "/node-agent/staging/sealer";
+    let mut shipped = Vec::new();
+    for _ in 0..60 {
+        shipped = moto
+            .log_messages(group, "i-0123456789abcdef0/node-agent")
+            .await;
+        if !shipped.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !shipped.is_empty(),
+        "the agent's own log never reached CloudWatch"
+    );
+    shipped.extend(moto.log_messages(group, "i-0123456789abcdef0/geth").await);
+    places.push(("CloudWatch events".into(), shipped.join("\n")));
     for pid in [agent.pid(), second] {
         for what in ["cmdline", "environ"] {
             let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
