@@ -352,6 +352,7 @@ pub fn render(doc: &Value) -> String {
     }
     let st = &doc["storage"];
     let check = match (st["check_ok"].as_bool(), st["check_error"].as_str()) {
+        (Some(true), _) if st["kind"] == "local" => "sentinel ok".to_owned(),
         (Some(true), _) => "mounted, sentinel ok".to_owned(),
         (_, Some(e)) => format!("CHECK FAILED: {e}"),
         _ => "not checked".to_owned(),
