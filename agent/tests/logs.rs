@@ -411,10 +411,35 @@ async fn while_cloudwatch_is_unreachable_the_files_buffer_and_every_line_arrives
     assert_eq!(r.file_lines().len(), 5000, "the child's lines are on disk");
     assert!(r.shipped(STREAM).await.is_empty());
     assert!(agent.stderr().contains("retrying"), "{}", agent.stderr());
+    // status shows the backlog: degraded (exit 1) once shipping has failed for a while.
+    let status = |host: &Host| {
+        let out = host.output(&["status", "--json"]);
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), doc)
+    };
+    let doc = wait_for(
+        "status to report the shipping backlog",
+        Duration::from_secs(90),
+        || {
+            let (code, doc) = status(&r.host);
+            (code == Some(1)).then_some(doc)
+        },
+    );
+    assert_eq!(doc["logs"]["degraded"], true, "{doc:#}");
+    let summary = doc["logs"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("CloudWatch failing for"), "{summary}");
+    let text = String::from_utf8_lossy(&r.host.output(&["status"]).stdout).into_owned();
+    assert!(
+        text.starts_with("DEGRADED") && text.contains("logs      CloudWatch failing for"),
+        "{text}"
+    );
 
     r.proxy.set_fault(Fault::None);
     let shipped = r.wait_shipped(5000, Duration::from_secs(60), &agent).await;
     assert_same_lines(&shipped, &r.file_lines());
+    wait_for("status healthy again", Duration::from_secs(60), || {
+        (status(&r.host).0 == Some(0)).then_some(())
+    });
     r.proxy.assert_limits_kept();
     assert!(agent.terminate().success());
 }
