@@ -94,19 +94,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
 /// Creates `dir` with `mode` (parents 0755, so a service user can reach it). Idempotent.
 fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(parent) = dir.parent() {
-        // One by one with an explicit chmod: the unit's UMask=0027 would otherwise make a parent that
-        // `prepare` (root) creates 0750 root, which the service user cannot traverse.
-        let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
-        for p in missing.into_iter().rev() {
-            match std::fs::DirBuilder::new().mode(0o755).create(p) {
-                Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
-                    .map_err(io("cannot set the mode of", p))?,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                Err(e) => return Err(io("cannot create directory", p)(e)),
-            }
-        }
-    }
+    sys::create_parents(dir).map_err(|(p, e)| io("cannot create directory", &p)(e))?;
     match std::fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
             .map_err(io("cannot set the mode of", dir)),

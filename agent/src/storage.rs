@@ -607,19 +607,7 @@ fn resolve_owner(owner: &Owner) -> Result<Option<(u32, u32)>, StorageError> {
 /// existed: an existing directory is never re-owned (its contents would not follow).
 fn create_owned_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<bool, StorageError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = dir.parent() {
-        // One by one with an explicit chmod: under the unit's UMask=0027 a parent that `prepare` (root)
-        // creates would be 0750 root, and the service user could not reach its own datadir.
-        let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
-        for p in missing.into_iter().rev() {
-            match std::fs::DirBuilder::new().mode(0o755).create(p) {
-                Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
-                    .map_err(io("cannot set the mode of", p))?,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                Err(e) => return Err(io("cannot create directory", p)(e)),
-            }
-        }
-    }
+    crate::sys::create_parents(dir).map_err(|(p, e)| io("cannot create directory", &p)(e))?;
     match std::fs::DirBuilder::new().mode(0o750).create(dir) {
         Ok(()) => {}
         // Another host of the same role created it at the same moment: theirs is as good as ours.

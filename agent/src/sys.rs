@@ -184,3 +184,23 @@ pub fn run_mount_command(args: &[String], limit: Duration) -> std::io::Result<Op
         stderr,
     }))
 }
+
+/// Creates the missing parents of `dir` one by one, each 0755 with an explicit chmod: under the unit's
+/// UMask=0027 a parent that `prepare` (root) creates would otherwise be 0750 root, which the service user
+/// cannot traverse. On failure, the path that failed and why.
+pub fn create_parents(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
+    for p in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(p) {
+            Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| (p.to_owned(), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err((p.to_owned(), e)),
+        }
+    }
+    Ok(())
+}
