@@ -1,7 +1,7 @@
 //! Dropping root for good: after the root-only boot steps the agent becomes the role's service user, with
 //! no supplementary groups and no capabilities, and so do all its children.
 
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::{Gid, Uid};
 use std::path::Path;
 
 /// A resolved service user.
@@ -17,8 +17,11 @@ pub enum PrivilegeError {
     NoSuchUser(String),
     #[error("service user {spec:?} resolves to uid {uid} / gid {gid}: it must not be root")]
     Root { spec: String, uid: u32, gid: u32 },
-    #[error("cannot look up user {spec:?}: {source}")]
-    Lookup { spec: String, source: nix::Error },
+    #[error("cannot look up user {spec:?} in /etc/passwd: {source}")]
+    Lookup {
+        spec: String,
+        source: std::io::Error,
+    },
     #[error("cannot {step} while dropping privileges: {source}")]
     Drop {
         step: &'static str,
@@ -46,15 +49,15 @@ pub fn resolve(spec: &str) -> Result<Account, PrivilegeError> {
             }
         }
         _ => {
-            let user = User::from_name(spec)
+            let (uid, gid) = crate::sys::lookup_user(spec)
                 .map_err(|source| PrivilegeError::Lookup {
                     spec: spec.into(),
                     source,
                 })?
                 .ok_or_else(|| PrivilegeError::NoSuchUser(spec.into()))?;
             Account {
-                uid: user.uid,
-                gid: user.gid,
+                uid: Uid::from_raw(uid),
+                gid: Gid::from_raw(gid),
             }
         }
     };

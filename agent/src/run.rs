@@ -310,8 +310,8 @@ fn bind_status_socket(
     create_dir(&settings.runtime_dir, 0o750)?;
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).map_err(io("cannot listen on", &path))?;
-    let group = match nix::unistd::Group::from_name(&settings.operators) {
-        Ok(Some(g)) => Some(g.gid),
+    let group = match sys::lookup_group(&settings.operators) {
+        Ok(Some(gid)) => Some(nix::unistd::Gid::from_raw(gid)),
         _ => {
             tracing::warn!(group = %settings.operators, "operators' group not found: status needs the service user or root");
             None

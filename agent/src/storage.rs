@@ -495,12 +495,6 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("storage: {what} {path}: {source}")]
-    Sys {
-        what: &'static str,
-        path: PathBuf,
-        source: Errno,
-    },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
@@ -591,14 +585,10 @@ fn resolve_owner(owner: &Owner) -> Result<Option<(u32, u32)>, StorageError> {
     match owner {
         Owner::Agent => Ok(None),
         Owner::Ids { uid, gid } => Ok(Some((*uid, *gid))),
-        Owner::User(name) => match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+        Owner::User(name) => match crate::sys::lookup_user(name) {
+            Ok(Some(ids)) => Ok(Some(ids)),
             Ok(None) => Err(StorageError::NoSuchUser { name: name.clone() }),
-            Err(e) => Err(StorageError::Sys {
-                what: "cannot look up user",
-                path: PathBuf::from(name),
-                source: e,
-            }),
+            Err(e) => Err(io("cannot look up user", Path::new("/etc/passwd"))(e)),
         },
     }
 }

@@ -204,3 +204,57 @@ pub fn create_parents(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
     }
     Ok(())
 }
+
+/// Looks a user up in /etc/passwd: its uid and primary gid.
+///
+/// Read directly rather than through getpwnam(3): the static binary cannot load glibc's NSS modules
+/// (nsswitch.conf's `systemd` module would be dlopen()ed into a static process and crash it). The service
+/// users are system users that systemd-sysusers writes into /etc/passwd and /etc/group.
+pub fn lookup_user(name: &str) -> std::io::Result<Option<(u32, u32)>> {
+    Ok(passwd_user(&std::fs::read_to_string("/etc/passwd")?, name))
+}
+
+/// Looks a group up in /etc/group (see `lookup_user` for why not getgrnam(3)).
+pub fn lookup_group(name: &str) -> std::io::Result<Option<u32>> {
+    Ok(group_gid(&std::fs::read_to_string("/etc/group")?, name))
+}
+
+/// `name:x:uid:gid:...` lines. Pure.
+pub fn passwd_user(text: &str, name: &str) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// `name:x:gid:members` lines. Pure.
+pub fn group_gid(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_and_group_lines_are_read_by_name() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnode-agent:x:64100:64100:node-agent:/var/lib/node-agent:/usr/sbin/nologin\n";
+        assert_eq!(passwd_user(passwd, "node-agent"), Some((64100, 64100)));
+        assert_eq!(passwd_user(passwd, "node"), None);
+        assert_eq!(passwd_user("bad:x:notanumber:1\n::\n", "bad"), None);
+        let group = "root:x:0:\nnode-agent:x:64100:alice,bob\n";
+        assert_eq!(group_gid(group, "node-agent"), Some(64100));
+        assert_eq!(group_gid(group, "wheel"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_passwd_text_is_parsed_without_panic(text in "\\PC{0,300}", name in "[a-z:]{0,8}") {
+            let _ = passwd_user(&text, &name);
+            let _ = group_gid(&text, &name);
+        }
+    }
+}
