@@ -86,7 +86,11 @@ def bootstrap(binary, runs):
     results = []
     for _ in range(runs):
         work = tempfile.mkdtemp()
-        marker = os.path.join(work, "child-started")
+        # The child runs as the service user (nobody) when this runs as root: it needs a writable place.
+        drop = os.path.join(work, "drop")
+        os.mkdir(drop)
+        os.chmod(drop, 0o1777)
+        marker = os.path.join(drop, "child-started")
         stub = os.path.join(work, "geth")
         with open(stub, "w") as f:
             f.write(f"""#!/bin/sh
@@ -119,11 +123,13 @@ def steady_rss(binary, port, seconds=20):
     cfg = config(work, os.path.join(REPO, "tests/standins/geth"))
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="eu-central-1",
                AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", NODE_AGENT_LOG="warn")
-    agent = subprocess.Popen([binary, "run", "--local", "--role", "sealer", "--environment", "bench",
-                              "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    err = open(os.path.join(work, "agent.err"), "w+")
+    agent = subprocess.Popen([binary, "run", "--local", "--role", "sealer", "--environment", "dev",
+                              "--config", cfg], stdout=subprocess.DEVNULL, stderr=err, env=env)
     time.sleep(seconds)
     if agent.poll() is not None:
-        sys.exit("node-agent exited during the RSS benchmark")
+        err.seek(0)
+        sys.exit("node-agent exited during the RSS benchmark:\n" + err.read())
     with open(f"/proc/{agent.pid}/status") as f:
         rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
     agent.terminate()
