@@ -6,8 +6,7 @@ use crate::identity::error_chain;
 use crate::plan::{PlannedSecret, Rendered, SecretKind};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use std::fmt;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -431,50 +430,21 @@ pub fn write_file_as(
     mode: u32,
     owner: Option<crate::privileges::Account>,
 ) -> Result<(), SecretError> {
-    use std::os::unix::fs::PermissionsExt;
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let err = |p: &Path| {
-        let p = p.to_owned();
-        move |source| SecretError::Write { path: p, source }
-    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(parent)
-        .map_err(err(parent))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Dot-prefixed so geth's keystore scan never picks up a half-written file.
-    let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err(&tmp))?;
-        f.write_all(value)
-            .and_then(|_| f.sync_all())
-            .map_err(err(&tmp))?;
-        if let Some(a) = owner {
-            std::os::unix::fs::fchown(&f, Some(a.uid.as_raw()), Some(a.gid.as_raw()))
-                .map_err(err(&tmp))?;
-        }
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(err(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(err(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        .map_err(|source| SecretError::Write {
+            path: parent.to_owned(),
+            source,
+        })?;
+    let owner = owner.map(|a| (a.uid.as_raw(), a.gid.as_raw()));
+    crate::sys::write_atomic(path, value, mode, owner)
+        .map_err(|(path, source)| SecretError::Write { path, source })
 }
 
 /// Removes everything in the private directory; called when the agent stops.

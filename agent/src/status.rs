@@ -262,7 +262,8 @@ fn ago(secs: u64) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
+/// A byte count for people: `512 B`, `1.5 KiB`, `12.0 MiB`, `2.0 GiB`.
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -671,34 +671,10 @@ fn check_or_create_sentinel(datadir: &Path, expected: &Sentinel) -> Result<(), S
     }
 }
 
-/// temp file + fsync + rename + fsync of the directory, mode 0644.
+/// The sentinel, written atomically with mode 0644: `run`, as the service user, must read what `prepare`
+/// (root) wrote.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io("cannot create", &tmp))?;
-    // The umask (the unit's is 0027) would leave it 0640 root: `run`, as the service user, must read it.
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(io("cannot set the mode of", &tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io("cannot write", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("cannot sync directory", dir))
+    crate::sys::write_atomic(path, bytes, 0o644, None).map_err(|(p, e)| io("cannot write", &p)(e))
 }
 
 fn read_mounts() -> Result<Vec<MountEntry>, StorageError> {

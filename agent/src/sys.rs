@@ -235,6 +235,59 @@ pub fn group_gid(text: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// Writes `bytes` to `path` atomically: a dot-prefixed temp file in the same directory (so a directory
+/// scan such as geth's keystore never picks up a half-written file), fsync, its final owner (when given)
+/// and mode set explicitly (the unit's umask must not decide), rename, fsync of the directory. On failure
+/// the temp file is removed, and the error names the path that failed.
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let at = |p: &Path| {
+        let p = p.to_owned();
+        move |e| (p, e)
+    };
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(at(&tmp))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(at(&tmp))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(at(&tmp))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(at(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(at(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ mod writer;
 
 use crate::config::LogsFile;
 use crate::plan::{LogTarget, Plan};
+use crate::status::bytes;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -181,14 +182,6 @@ pub struct Logs {
 
 /// Shipping failing this long makes the host degraded.
 const DEGRADED_AFTER_MS: i64 = 30_000;
-
-fn bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
-}
 
 /// The status document's `logs` part. Pure.
 pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
