@@ -385,6 +385,9 @@ pub struct HealthFile {
     pub warmup_secs: u64,
     /// How long a child may stay unhealthy before it is restarted.
     pub grace_secs: u64,
+    /// Seconds between checks that the instance metadata service still answers (and the host's role
+    /// tags still say what they said at boot).
+    pub imds_interval_secs: u64,
 }
 
 impl Default for HealthFile {
@@ -394,6 +397,7 @@ impl Default for HealthFile {
             max_head_age_secs: 0,
             warmup_secs: 120,
             grace_secs: 60,
+            imds_interval_secs: 60,
         }
     }
 }
@@ -959,6 +963,7 @@ impl Settings {
             ("timeouts.secrets_secs", t.secrets_secs),
             ("timeouts.stop_secs", t.stop_secs),
             ("health.interval_secs", file.health.interval_secs),
+            ("health.imds_interval_secs", file.health.imds_interval_secs),
             (
                 "secrets.rotation_interval_secs",
                 file.secrets.rotation_interval_secs,

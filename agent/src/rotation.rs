@@ -36,10 +36,27 @@ pub fn affected(plan: &Plan, kinds: &[SecretKind]) -> Vec<usize> {
         .collect()
 }
 
+/// Why a poll round did not install new versions.
+#[derive(Debug)]
+enum RoundError {
+    /// Secrets Manager did not answer (or refused us): nothing learned, the next round asks again.
+    Unreachable(secrets::SecretError),
+    /// A new version was read and is not usable: it is refused until another version replaces it.
+    Refused(secrets::SecretError),
+}
+
+/// Whether a failure to read a new version says something about the version (refuse it) or only about
+/// reaching it (ask again next round).
+fn refuses_version(e: &secrets::SecretError) -> bool {
+    matches!(e, secrets::SecretError::Invalid { .. })
+}
+
 /// The rotation watcher's state.
 pub struct Rotation {
     /// Where status reads the versions in use and the last refusal.
     pub report: tokio::sync::watch::Sender<Vec<crate::status::SecretInfo>>,
+    /// Where status reads whether Secrets Manager answers.
+    pub services: tokio::sync::watch::Sender<crate::status::Services>,
     pub source: Source,
     pub set: SecretSet,
     pub plan: Plan,
@@ -58,7 +75,25 @@ impl Rotation {
         tick.tick().await;
         loop {
             tick.tick().await;
-            match self.round(&mut refused).await {
+            let result = self.round(&mut refused).await;
+            let now = crate::health::now_unix();
+            self.services.send_modify(|s| {
+                let sm = s.secrets_manager.get_or_insert_with(Default::default);
+                match &result {
+                    Err(RoundError::Unreachable(e)) => {
+                        sm.failed(now, crate::identity::error_chain(e))
+                    }
+                    _ => {
+                        if let Some(secs) = sm.succeeded(now) {
+                            tracing::info!(
+                                after_secs = secs,
+                                "secret rotation: Secrets Manager answers again"
+                            );
+                        }
+                    }
+                }
+            });
+            match result {
                 Ok(Some(kinds)) => {
                     let names: Vec<&str> = self
                         .plan
@@ -74,9 +109,13 @@ impl Rotation {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => {
+                Err(RoundError::Unreachable(e)) => {
                     let msg = crate::identity::error_chain(&e);
-                    tracing::error!(error = %msg, "secret rotation: keeping the current secrets");
+                    tracing::error!(error = %msg, "secret rotation: Secrets Manager unreachable; keeping the current secrets and asking again next round");
+                }
+                Err(RoundError::Refused(e)) => {
+                    let msg = crate::identity::error_chain(&e);
+                    tracing::error!(error = %msg, "secret rotation: new version refused; keeping the current secrets");
                     self.report.send_modify(|infos| {
                         for i in infos.iter_mut() {
                             if msg.contains(&i.name) {
@@ -93,13 +132,14 @@ impl Rotation {
     async fn round(
         &mut self,
         refused: &mut Vec<(SecretKind, String)>,
-    ) -> Result<Option<Vec<SecretKind>>, secrets::SecretError> {
+    ) -> Result<Option<Vec<SecretKind>>, RoundError> {
         let mut current = Vec::new();
         for s in &self.plan.secrets {
             let v = self
                 .source
                 .current_version(&s.reference, &self.environment, self.deadline)
-                .await?;
+                .await
+                .map_err(RoundError::Unreachable)?;
             current.push((s.kind, v));
         }
         let kinds = changed(&self.set.versions(), &current, refused);
@@ -118,25 +158,26 @@ impl Rotation {
                 Source::Aws(_) => Wanted::Version(&version),
                 Source::Local(_) => Wanted::Stage(secrets::CURRENT),
             };
-            let checked = async {
-                let fetched = self
-                    .source
-                    .fetch(&s.reference, &self.environment, wanted, self.deadline)
-                    .await?;
-                let value =
-                    secrets::validate(s.kind, &s.reference.name, &fetched.value, &self.signer)?;
-                Ok::<_, secrets::SecretError>(Fetched {
-                    value,
-                    version: version.clone(),
-                })
-            }
-            .await;
+            let fetched = self
+                .source
+                .fetch(&s.reference, &self.environment, wanted, self.deadline)
+                .await;
+            let checked = fetched.and_then(|fetched| {
+                secrets::validate(s.kind, &s.reference.name, &fetched.value, &self.signer)
+            });
             match checked {
-                Ok(f) => candidate.set(s.kind, f),
-                Err(e) => {
+                Ok(value) => candidate.set(
+                    s.kind,
+                    Fetched {
+                        value,
+                        version: version.clone(),
+                    },
+                ),
+                Err(e) if refuses_version(&e) => {
                     refused.push((s.kind, version));
-                    return Err(e);
+                    return Err(RoundError::Refused(e));
                 }
+                Err(e) => return Err(RoundError::Unreachable(e)),
             }
         }
         if let Err(e) = secrets::check_set(
@@ -152,9 +193,10 @@ impl Rotation {
                     refused.push((*k, v.clone()));
                 }
             }
-            return Err(e);
+            return Err(RoundError::Refused(e));
         }
-        secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate)?;
+        secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate)
+            .map_err(RoundError::Refused)?;
         self.set = candidate;
         let now = crate::health::now_unix();
         self.report.send_modify(|infos| {

@@ -358,6 +358,58 @@ fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
     format!("{} {}: {}", plan.environment, plan.role, parts.join("; "))
 }
 
+/// Every `interval`, asks IMDS for the identity again: status shows an outage (the children keep running;
+/// the SDK keeps using the instance role's cached credentials, valid for hours), and a change of the tags
+/// the agent reads is logged once (it takes effect at the next start).
+async fn watch_imds(boot: Identity, interval: Duration, services: watch::Sender<status::Services>) {
+    // Long enough for a couple of attempts; short enough that status is not stale for a whole interval.
+    let deadline = interval.min(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut drift_logged = false;
+    loop {
+        tick.tick().await;
+        let got = identity::from_imds(deadline).await;
+        let now = crate::health::now_unix();
+        if let Ok(id) = &got {
+            let changed: Vec<String> = [
+                config::tag::ROLE,
+                config::tag::ENVIRONMENT,
+                config::tag::EFS_FILE_SYSTEM_ID,
+            ]
+            .iter()
+            .filter(|k| boot.tags.get(**k) != id.tags.get(**k))
+            .map(|k| {
+                let show =
+                    |t: &Identity| t.tags.get(*k).map_or("(none)".into(), |v| format!("{v:?}"));
+                format!("{k} {} -> {}", show(&boot), show(id))
+            })
+            .collect();
+            if !changed.is_empty() && !drift_logged {
+                drift_logged = true;
+                tracing::warn!(changed = %changed.join(", "), "instance tags changed since start; restart node-agent to apply them");
+            }
+        }
+        services.send_modify(|s| {
+            let r = s.imds.get_or_insert_with(Default::default);
+            match &got {
+                Ok(_) => {
+                    if let Some(secs) = r.succeeded(now) {
+                        tracing::info!(after_secs = secs, "instance metadata answers again");
+                    }
+                }
+                Err(e) => {
+                    if !r.failing() {
+                        tracing::error!(error = %e, "instance metadata unreachable; children keep running");
+                    }
+                    r.failed(now, e.to_string());
+                }
+            }
+        });
+    }
+}
+
 async fn supervise(
     settings: &Settings,
     plan: &Plan,
@@ -405,6 +457,13 @@ async fn supervise(
         None => Vec::new(),
     };
     let (secrets_report, secrets_rx) = watch::channel(secret_infos);
+    let (services, services_rx) = watch::channel(status::Services {
+        secrets_manager: match &secrets {
+            Some((secrets::Source::Aws(_), _)) => Some(status::Reach::default()),
+            _ => None,
+        },
+        imds: (!plan.local).then(status::Reach::default),
+    });
     let enode = secrets.as_ref().and_then(|(_, set)| {
         let key = set.get(plan::SecretKind::BootnodeNodekey)?;
         let id = secrets::node_id(&key.value)?;
@@ -435,6 +494,7 @@ async fn supervise(
         children: statuses.clone(),
         secrets: secrets_rx,
         logs: logs_rx,
+        services: services_rx,
     };
     let status_task = tokio::spawn(status::serve(status_socket, sources));
 
@@ -442,6 +502,7 @@ async fn supervise(
     if let Some((source, set)) = secrets {
         let rotation = rotation::Rotation {
             report: secrets_report,
+            services: services.clone(),
             source,
             set,
             plan: plan.clone(),
@@ -453,6 +514,14 @@ async fn supervise(
         let controls = controls.clone();
         rotation_task = Some(tokio::spawn(async move { rotation.watch(&controls).await }));
     }
+
+    let imds_task = (!plan.local).then(|| {
+        tokio::spawn(watch_imds(
+            plan.identity.clone(),
+            Duration::from_secs(settings.health.imds_interval_secs),
+            services,
+        ))
+    });
 
     let watchdog = sd_notify::watchdog_enabled();
     // A task that has not moved for this long is stuck: stop feeding the watchdog so systemd restarts us.
@@ -494,7 +563,7 @@ async fn supervise(
             }
         }
     }
-    if let Some(t) = rotation_task {
+    for t in [rotation_task, imds_task].into_iter().flatten() {
         t.abort();
     }
     status_task.abort();

@@ -50,6 +50,52 @@ pub struct SecretInfo {
     pub error: Option<String>,
 }
 
+/// A service the agent keeps asking while it runs (Secrets Manager for rotation, IMDS for the identity):
+/// when it last answered, and since when it has not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reach {
+    /// Unix time of the last successful check.
+    pub ok_at: Option<u64>,
+    /// Unix time of the first failed check since the last success.
+    pub failing_since: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl Reach {
+    /// Records a success; returns how long the outage it ends lasted, if there was one.
+    pub fn succeeded(&mut self, now: u64) -> Option<u64> {
+        self.ok_at = Some(now);
+        self.error = None;
+        self.failing_since
+            .take()
+            .map(|since| now.saturating_sub(since))
+    }
+
+    pub fn failed(&mut self, now: u64, error: String) {
+        self.failing_since.get_or_insert(now);
+        self.error = Some(error);
+    }
+
+    pub fn failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+}
+
+/// The services the agent keeps asking; `None` where it does not (local mode, no secrets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Services {
+    pub secrets_manager: Option<Reach>,
+    pub imds: Option<Reach>,
+}
+
+impl Services {
+    pub fn failing(&self) -> bool {
+        [&self.secrets_manager, &self.imds]
+            .iter()
+            .any(|r| r.as_ref().is_some_and(Reach::failing))
+    }
+}
+
 /// What does not change while the agent runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Static {
@@ -80,10 +126,12 @@ pub struct Sources {
     pub secrets: watch::Receiver<Vec<SecretInfo>>,
     /// Log shipping state, as its module publishes it (JSON, so status needs no knowledge of it).
     pub logs: watch::Receiver<Value>,
+    pub services: watch::Receiver<Services>,
 }
 
-/// Judges the children, the storage and shipping. Pure.
-pub fn overall(children: &[ChildStatus], storage_ok: bool, logs_degraded: bool) -> Overall {
+/// Judges the children, the storage, and the services around them (log shipping, Secrets Manager, IMDS:
+/// `services_degraded` when one of them is failing). Pure.
+pub fn overall(children: &[ChildStatus], storage_ok: bool, services_degraded: bool) -> Overall {
     let serving = |c: &ChildStatus| matches!(c.state, State::Ready) && c.reason.is_none();
     // Storage gone from under a running geth is as bad as no geth: it may be writing to the local disk.
     if !storage_ok
@@ -93,7 +141,7 @@ pub fn overall(children: &[ChildStatus], storage_ok: bool, logs_degraded: bool) 
     {
         return Overall::Down;
     }
-    if children.iter().all(serving) && !logs_degraded {
+    if children.iter().all(serving) && !services_degraded {
         Overall::Healthy
     } else {
         Overall::Degraded
@@ -120,6 +168,7 @@ pub fn document(src: &Sources) -> Value {
         .err()
         .map(|e| Value::from(e.as_str()))
         .unwrap_or(Value::Null);
+    let services = src.services.borrow().clone();
     let secrets: Vec<Value> = src
         .secrets
         .borrow()
@@ -146,7 +195,7 @@ pub fn document(src: &Sources) -> Value {
         .collect();
     serde_json::json!({
         "schema": SCHEMA,
-        "overall": overall(&children, check.is_ok(), logs_degraded),
+        "overall": overall(&children, check.is_ok(), logs_degraded || services.failing()),
         "agent": {
             "version": fixed.agent_version, "pid": fixed.pid, "started_at": fixed.started_at,
             "uptime_secs": now.saturating_sub(fixed.started_at), "user": fixed.user,
@@ -161,6 +210,25 @@ pub fn document(src: &Sources) -> Value {
         "storage": storage,
         "secrets": secrets,
         "logs": logs,
+        "services": services_json(&services, now),
+    })
+}
+
+fn services_json(services: &Services, now: u64) -> Value {
+    let one = |r: &Option<Reach>| match r {
+        None => Value::Null,
+        Some(r) => serde_json::json!({
+            "ok": !r.failing(),
+            "ok_at": r.ok_at,
+            "ok_age_secs": r.ok_at.map(|t| now.saturating_sub(t)),
+            "failing_since": r.failing_since,
+            "failing_secs": r.failing_since.map(|t| now.saturating_sub(t)),
+            "error": r.error,
+        }),
+    };
+    serde_json::json!({
+        "secrets_manager": one(&services.secrets_manager),
+        "imds": one(&services.imds),
     })
 }
 
@@ -384,6 +452,25 @@ pub fn render(doc: &Value) -> String {
             ago(n(&sec["age_secs"]))
         );
     }
+    for (label, key, what) in [
+        ("rotation", "secrets_manager", "Secrets Manager"),
+        ("imds", "imds", "instance metadata"),
+    ] {
+        let r = &doc["services"][key];
+        if !r.is_object() {
+            continue;
+        }
+        let state = match (r["ok"].as_bool(), r["ok_age_secs"].as_u64()) {
+            (Some(false), _) => format!(
+                "{what} FAILING for {}: {}",
+                ago(n(&r["failing_secs"])),
+                s(&r["error"])
+            ),
+            (_, Some(age)) => format!("{what} answered {} ago", ago(age)),
+            _ => format!("{what} not asked yet"),
+        };
+        let _ = writeln!(out, "  {label:<9} {state}");
+    }
     let logs = &doc["logs"];
     if let Some(summary) = logs.get("summary").and_then(Value::as_str) {
         let _ = writeln!(out, "  logs      {summary}");
@@ -578,6 +665,48 @@ mod tests {
         assert!(text.contains("storage   fs-1:/production/sealer at /var/lib/node-agent/data, mounted, sentinel ok, 7.5 GiB free"), "{text}");
         assert!(
             text.contains("secret    production/sealer/password version v2 fetched 30s ago"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failing_service_degrades_until_it_answers_again() {
+        let mut services = Services {
+            secrets_manager: Some(Reach::default()),
+            imds: None,
+        };
+        assert!(!services.failing());
+        let sm = services.secrets_manager.as_mut().unwrap();
+        assert_eq!(sm.succeeded(100), None);
+        sm.failed(160, "dispatch failure".into());
+        sm.failed(220, "timeout".into());
+        assert_eq!(
+            (sm.ok_at, sm.failing_since, sm.error.as_deref()),
+            (Some(100), Some(160), Some("timeout")),
+            "the outage began at the first failure; the error is the latest"
+        );
+        assert!(services.failing());
+        let doc = serde_json::json!({"services": services_json(&services, 250)});
+        assert_eq!(doc["services"]["secrets_manager"]["failing_secs"], 90);
+        assert_eq!(doc["services"]["imds"], Value::Null);
+        let text = render(&doc);
+        assert!(
+            text.contains("  rotation  Secrets Manager FAILING for 90s: timeout\n"),
+            "{text}"
+        );
+        assert!(!text.contains("imds"), "{text}");
+
+        assert_eq!(
+            services.secrets_manager.as_mut().unwrap().succeeded(260),
+            Some(100),
+            "the outage lasted from the first failure to the success"
+        );
+        assert!(!services.failing());
+        services.imds = Some(Reach::default());
+        let text = render(&serde_json::json!({"services": services_json(&services, 262)}));
+        assert!(
+            text.contains("  rotation  Secrets Manager answered 2s ago\n")
+                && text.contains("  imds      instance metadata not asked yet\n"),
             "{text}"
         );
     }

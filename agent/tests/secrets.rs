@@ -304,7 +304,7 @@ async fn a_bad_new_version_is_refused_and_the_old_child_keeps_running() {
     wait_for("the refusal", Duration::from_secs(20), || {
         agent
             .stderr()
-            .contains("secret rotation: keeping the current secrets")
+            .contains("secret rotation: new version refused; keeping the current secrets")
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
