@@ -10,6 +10,8 @@ Prints the port it listens on, then serves. FILE is JSON, re-read on every reque
     [{"target": "secretsmanager.GetSecretValue", "status": 400,
       "type": "ThrottlingException", "message": "Rate exceeded", "times": 2}]
 "times" limits how often a rule fires (omit for always); counts are kept per rule index.
+"target": "*" matches every request. {"target": ..., "drop": true} closes the connection without an
+answer instead (the service unreachable).
 """
 import argparse
 import http.client
@@ -51,13 +53,17 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         target = self.headers.get("X-Amz-Target", "")
         for i, rule in enumerate(load_rules(self.server.rules_path)):
-            if rule.get("target") != target:
+            if rule.get("target") not in (target, "*"):
                 continue
             with LOCK:
                 fired = FIRED.get(i, 0)
                 if "times" in rule and fired >= rule["times"]:
                     continue
                 FIRED[i] = fired + 1
+            if rule.get("drop"):
+                self._log(f"{target} dropped")
+                self.close_connection = True
+                return
             payload = json.dumps({"__type": rule["type"], "message": rule.get("message", rule["type"])}).encode()
             self.send_response(int(rule.get("status", 400)))
             self.send_header("Content-Type", "application/x-amz-json-1.1")

@@ -21,23 +21,16 @@ pub struct ImdsEmulator {
 impl ImdsEmulator {
     /// Writes `config` and starts the emulator on it, waiting until it accepts connections.
     pub fn start(config: &Value) -> Self {
+        Self::start_on(config, 0)
+    }
+
+    /// Like [`ImdsEmulator::start`], on `port` (0: a free one).
+    pub fn start_on(config: &Value, port: u16) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the IMDS emulator");
         let config_path = dir.path().join("imds.json");
         let log_path = dir.path().join("requests.log");
         write_json_atomically(&config_path, config);
-        let child = Command::new(python())
-            .arg(emulator_script())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--log")
-            .arg(&log_path)
-            // If this test process dies without running Drop, the emulator sees EOF and exits.
-            .arg("--exit-with-stdin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (set PYTHON?): {e}", python()));
+        let child = spawn_emulator(&config_path, &log_path, port);
         // From here on Drop kills the child, including when reading the port fails.
         let mut emulator = ImdsEmulator {
             child,
@@ -48,6 +41,19 @@ impl ImdsEmulator {
         };
         emulator.port = emulator.read_port();
         emulator
+    }
+
+    /// Kills the emulator: connections to its port are refused until [`ImdsEmulator::resume`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the emulator again on the same port and config.
+    pub fn resume(&mut self) {
+        self.child = spawn_emulator(&self.config_path, &self.log_path, self.port);
+        let port = self.read_port();
+        assert_eq!(port, self.port, "the emulator came back on another port");
     }
 
     pub fn read_port(&mut self) -> u16 {
@@ -109,6 +115,24 @@ impl Drop for ImdsEmulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_emulator(config: &Path, log: &Path, port: u16) -> Child {
+    Command::new(python())
+        .arg(emulator_script())
+        .arg("--config")
+        .arg(config)
+        .arg("--log")
+        .arg(log)
+        .arg("--port")
+        .arg(port.to_string())
+        // If this test process dies without running Drop, the emulator sees EOF and exits.
+        .arg("--exit-with-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {} (set PYTHON?): {e}", python()))
 }
 
 pub fn python() -> String {
