@@ -13,7 +13,10 @@ const STREAM: &str = "i-0123456789abcdef0/bootnode";
 const AGENT_STREAM: &str = "i-0123456789abcdef0/node-agent";
 const STAMP: usize = 25;
 
-/// A child that prints lines as `emit.json` beside it says (re-read at each start), then idles.
+/// A child that prints lines as `emit.json` beside it says (re-read at each start), then idles. Steps:
+/// `lines` (numbered lines of `width` bytes, `per_sec` of them a second, or all at once), `big` (one
+/// line of that many bytes), `raw` (these bytes), `touch` (creates `marks/NAME` once everything before
+/// is written to the pipe), `wait` (until `marks/NAME` exists).
 const EMITTER: &str = r#"#!/usr/bin/env python3
 import json, os, socket, sys, time
 # Ready, as the agent judges a bootnode: bound to its UDP port.
@@ -29,8 +32,17 @@ def line(width):
     text = "run=%d seq=%07d " % (pid, n)
     n += 1
     return (text + "." * max(0, width - len(text))).encode() + b"\n"
+def mark(name):
+    return os.path.join(here, "marks", name)
 for step in plan:
-    if "big" in step:
+    if "touch" in step:
+        open(mark(step["touch"]), "w").close()
+    elif "wait" in step:
+        while not os.path.exists(mark(step["wait"])):
+            time.sleep(0.05)
+    elif "raw" in step:
+        out.write(bytes(step["raw"]))
+    elif "big" in step:
         pattern = b"0123456789abcdefghijklmnopqrstuvwxyz"
         big = (pattern * (step["big"] // len(pattern) + 1))[: step["big"]]
         out.write(big + b"\n")
@@ -76,6 +88,9 @@ async fn rig(emit: Value, logs: &str) -> Rig {
     std::fs::set_permissions(emitter.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(emitter.path().join("emit.json"), emit.to_string()).unwrap();
+    let marks = emitter.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
     let extra = format!(
         "[binaries]\nbootnode = \"{}\"\n[logs]\nflush_ms = 200\n{logs}\n",
         script.display()
@@ -93,6 +108,23 @@ async fn rig(emit: Value, logs: &str) -> Rig {
 }
 
 impl Rig {
+    fn mark(&self, name: &str) -> PathBuf {
+        self.emitter.path().join("marks").join(name)
+    }
+
+    /// Waits until the child has created `marks/NAME`.
+    fn wait_mark(&self, name: &str, limit: Duration, agent: &Agent) {
+        let start = Instant::now();
+        while !self.mark(name).exists() {
+            assert!(
+                start.elapsed() < limit,
+                "the child did not reach {name:?} in {limit:?}; agent:\n{}",
+                tail(&agent.stderr())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn set_emit(&self, emit: Value) {
         std::fs::write(self.emitter.path().join("emit.json"), emit.to_string()).unwrap();
     }
@@ -509,4 +541,154 @@ async fn events_too_old_for_cloudwatch_are_counted_and_the_rest_arrive() {
         "{err}"
     );
     assert!(agent.terminate().success());
+}
+
+/// `status --json` of the rig's agent: (exit code, document).
+fn status(host: &Host) -> (Option<i32>, Value) {
+    let out = host.output(&["status", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), doc)
+}
+
+/// The status of the child's stream (`logs.streams[]`).
+fn child_stream(doc: &Value) -> Value {
+    doc["logs"]["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["child"] == "bootnode"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A small tmpfs mounted for one test; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "mount a tmpfs on {} (the tests run as root): {e}",
+                at.display()
+            )
+        });
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// `run=PID seq=NNNNNNN ....` → NNNNNNN.
+fn seq(line: &str) -> usize {
+    line.find("seq=")
+        .and_then(|i| line.get(i + 4..i + 11))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an emitter line: {:?}", &line[..line.len().min(80)]))
+}
+
+#[tokio::test]
+async fn a_full_log_disk_loses_counted_lines_only_keeps_the_child_running_and_recovers() {
+    const FLOOD: usize = 20_000;
+    let r = rig(
+        json!([
+            {"lines": FLOOD, "width": 200},
+            {"touch": "flooded"},
+            {"wait": "go"},
+            {"lines": 100, "width": 60},
+            {"touch": "done"},
+        ]),
+        "",
+    )
+    .await;
+    // The log directory is a 2 MiB disk, 1.75 MiB of it taken by a file of root's: about 1,000 of the
+    // 20,000 lines (4.5 MB) fit.
+    let logs = r.host.path("logs");
+    let _disk = Tmpfs::mount(&logs, "2m");
+    let filler = logs.join("filler");
+    std::fs::write(&filler, vec![0u8; (2048 - 256) * 1024]).unwrap();
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let child = agent.the_child();
+
+    // The child prints everything: the full disk does not block it.
+    r.wait_mark("flooded", Duration::from_secs(60), &agent);
+    // Every line is in the file or counted as not written; none half-written.
+    let (written, unwritten) = wait_for(
+        "every line written or counted",
+        Duration::from_secs(30),
+        || {
+            let written = r.file_lines();
+            let unwritten = child_stream(&status(&r.host).1)["unwritten_lines"].as_u64()?;
+            (written.len() + unwritten as usize == FLOOD).then_some((written, unwritten))
+        },
+    );
+    eprintln!(
+        "{} lines written, {unwritten} counted as not written",
+        written.len()
+    );
+    // Only what was flushed before the disk filled fits: the first flushes may already be too big.
+    assert!(unwritten > 10_000, "{unwritten} unwritten");
+    let seqs: Vec<usize> = written.iter().map(|l| seq(l)).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "lines out of order");
+    assert!(written.iter().all(|l| l.len() == 200), "a line was cut");
+    // Visible: in status (text and JSON) and in the agent's log on stderr.
+    let (_, doc) = status(&r.host);
+    let summary = doc["logs"]["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(summary.contains("lines not written (disk)"), "{summary}");
+    let text = String::from_utf8_lossy(&r.host.output(&["status"]).stdout).into_owned();
+    assert!(text.contains("lines not written (disk)"), "{text}");
+    assert!(
+        agent
+            .stderr()
+            .contains("cannot write log lines; the child keeps running"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
+    assert_eq!(children_of(agent.pid()), [child], "the child was restarted");
+
+    // Space again: the child's next lines are written and shipped.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::write(r.mark("go"), b"").unwrap();
+    r.wait_mark("done", Duration::from_secs(30), &agent);
+    let all = wait_for(
+        "the lines after the disk was freed",
+        Duration::from_secs(30),
+        || {
+            let lines = r.file_lines();
+            lines
+                .last()
+                .is_some_and(|l| seq(l) == FLOOD + 99)
+                .then_some(lines)
+        },
+    );
+    assert_eq!(&all[..written.len()], &written[..]);
+    let after: Vec<usize> = all[written.len()..].iter().map(|l| seq(l)).collect();
+    assert_eq!(after, (FLOOD..FLOOD + 100).collect::<Vec<_>>());
+    let shipped = r
+        .wait_shipped(all.len(), Duration::from_secs(60), &agent)
+        .await;
+    assert_same_lines(&shipped, &all);
+    let (_, doc) = status(&r.host);
+    assert_eq!(child_stream(&doc)["unwritten_lines"], unwritten, "{doc:#}");
+    assert_eq!(doc["children"][0]["pid"], child, "{doc:#}");
+    assert_eq!(children_of(agent.pid()), [child], "the child was restarted");
+    r.proxy.assert_limits_kept();
+    assert!(agent.terminate().success(), "{}", agent.stderr());
 }
