@@ -189,8 +189,9 @@ fn log_files(dir: &Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every line of the files, oldest first, without the timestamps. Read again when a file was compressed
-/// away while reading (the files must not be rotating: read them when the child is quiet).
+/// Every line of the files, oldest first, without the timestamps, bytes that are not UTF-8 as U+FFFD
+/// (as CloudWatch gets them). Read again when a file was compressed away while reading (the files must
+/// not be rotating: read them when the child is quiet).
 fn file_lines(dir: &Path, name: &str) -> Vec<String> {
     loop {
         if let Some(lines) = try_file_lines(dir, name) {
@@ -202,17 +203,19 @@ fn file_lines(dir: &Path, name: &str) -> Vec<String> {
 fn try_file_lines(dir: &Path, name: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for p in log_files(dir, name) {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         let f = match std::fs::File::open(&p) {
             Ok(f) => f,
             Err(_) if p.file_name().is_some_and(|f| f == name) => continue,
             Err(_) => return None,
         };
         if p.extension().is_some_and(|e| e == "gz") {
-            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).unwrap();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes).unwrap();
         } else {
-            std::io::Read::read_to_string(&mut { f }, &mut text).unwrap();
+            std::io::Read::read_to_end(&mut { f }, &mut bytes).unwrap();
         }
+        // As CloudWatch gets them: bytes that are not UTF-8 as U+FFFD.
+        let text = String::from_utf8_lossy(&bytes);
         for l in text.lines() {
             assert!(
                 l.len() > STAMP && l.as_bytes()[23] == b'Z',
@@ -285,24 +288,45 @@ async fn a_burst_of_50000_lines_arrives_complete_in_order_within_every_putlogeve
 }
 
 #[tokio::test]
-async fn a_3_mb_line_arrives_split_into_events_that_rejoin_exactly() {
-    let r = rig(json!([{"lines": 1}, {"big": 3_000_000}, {"lines": 1}]), "").await;
+async fn a_10_mb_line_and_bytes_that_are_not_utf8_arrive_as_valid_events_that_rejoin_exactly() {
+    let bad = b"bad \xff\xfe utf8, a NUL \x00, a CR \r inside\n";
+    let r = rig(
+        json!([{"lines": 1}, {"big": 10_000_000}, {"raw": bad.to_vec()}, {"lines": 1}]),
+        "",
+    )
+    .await;
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
-    let shipped = r.wait_shipped(14, Duration::from_secs(60), &agent).await;
+    let child = agent.the_child();
+    // 10,000,000 bytes are 38 pieces of 262,118 and one of 39,516: one line and one event each.
+    let shipped = r.wait_shipped(42, Duration::from_secs(120), &agent).await;
+    assert_eq!(shipped.len(), 42);
     assert!(
-        shipped[0].contains("seq=0000000") && shipped[13].contains("seq=0000001"),
+        shipped[0].contains("seq=0000000") && shipped[41].contains("seq=0000001"),
         "{:?}",
-        &shipped[13][..40]
+        &shipped[41][..shipped[41].len().min(40)]
     );
-    let big: String = shipped[1..13].concat();
+    assert!(shipped[1..40].iter().all(|p| p.len() <= 262_118));
+    let big: String = shipped[1..40].concat();
     let pattern = "0123456789abcdefghijklmnopqrstuvwxyz";
-    let expected: String = pattern.repeat(3_000_000 / pattern.len() + 1)[..3_000_000].to_owned();
+    let expected = pattern.repeat(10_000_000 / pattern.len() + 1)[..10_000_000].to_owned();
     assert_eq!(big.len(), expected.len());
     assert!(big == expected, "the pieces do not rejoin into the line");
+    // In the file as it was printed; in CloudWatch, which takes only UTF-8, with U+FFFD for each.
+    assert_eq!(
+        shipped[40],
+        "bad \u{FFFD}\u{FFFD} utf8, a NUL \u{0}, a CR \r inside"
+    );
+    let raw = std::fs::read(r.host.path("logs/bootnode.log")).unwrap();
+    assert!(
+        raw.windows(bad.len() - 1)
+            .any(|w| w == &bad[..bad.len() - 1]),
+        "the file does not hold the bytes as printed"
+    );
     assert_same_lines(&shipped, &r.file_lines());
     r.proxy.assert_limits_kept();
-    assert!(agent.terminate().success());
+    assert_eq!(children_of(agent.pid()), [child], "the child was restarted");
+    assert!(agent.terminate().success(), "{}", agent.stderr());
 }
 
 #[tokio::test]
