@@ -375,34 +375,78 @@ async fn rotation_mid_stream_keeps_every_line_in_order_and_compresses_shipped_fi
     assert!(agent.terminate().success());
 }
 
+/// A small seeded PRNG (splitmix64), so a failing run can be repeated with NODE_AGENT_FAULT_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Rng {
+        let seed = std::env::var("NODE_AGENT_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("NODE_AGENT_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `lo..hi` for picking delays.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
 #[tokio::test]
 async fn repeated_sigkill_during_shipping_loses_no_line_and_resends_at_most_one_batch_per_kill() {
     let r = rig(
         json!([{"lines": 1_000_000, "width": 100, "per_sec": 3000}]),
-        "max_file_bytes = 262144\nkeep_files = 100",
+        "max_file_bytes = 262144\nkeep_files = 200",
     )
     .await;
     // Each batch spends a while "in flight", so kills land between CloudWatch accepting and the
     // checkpoint being stored.
     r.proxy.state().delay = Duration::from_millis(40);
-    let kills = 4;
-    for _ in 0..kills {
+    let mut rng = Rng::from_env();
+    let kills = 20;
+    for k in 0..kills {
         let mut agent = r.host.spawn_run(&[]);
         agent.wait_ready();
-        std::thread::sleep(Duration::from_millis(1500));
+        let child = agent.the_child();
+        std::thread::sleep(Duration::from_millis(rng.range(200, 2500)));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(agent.pid()),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
         agent.wait_exit();
+        // No orphan: the kernel kills the child with the agent (PR_SET_PDEATHSIG).
+        wait_for(
+            &format!("the child {child} to die with the agent (kill {})", k + 1),
+            Duration::from_secs(5),
+            || (!alive(child)).then_some(()),
+        );
     }
     // Last run: a few more lines, then everything must arrive.
     r.set_emit(json!([{"lines": 10}]));
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
     let written = r.file_lines();
-    assert!(written.len() > 4 * 3000, "{} lines written", written.len());
+    assert!(
+        written.len() > kills * 600,
+        "{} lines written",
+        written.len()
+    );
     let start = Instant::now();
     let shipped = loop {
         let shipped = r.shipped(STREAM).await;
@@ -457,25 +501,34 @@ async fn repeated_sigkill_during_shipping_loses_no_line_and_resends_at_most_one_
     r.proxy.assert_limits_kept();
 }
 
+/// Newlines in the child's current log file: its line count while it is being written (`file_lines`
+/// could catch a line half-copied).
+fn lines_on_disk(r: &Rig) -> usize {
+    let bytes = std::fs::read(r.host.path("logs/bootnode.log")).unwrap_or_default();
+    bytes.iter().filter(|b| **b == b'\n').count()
+}
+
 #[tokio::test]
-async fn while_cloudwatch_is_unreachable_the_files_buffer_and_every_line_arrives_after() {
-    let r = rig(json!([{"lines": 5000, "width": 80}]), "").await;
+async fn a_60_s_cloudwatch_outage_keeps_the_child_running_and_every_line_arrives_after() {
+    // The child prints for 70 s, through the outage and beyond its end.
+    const RATE: usize = 100;
+    const TOTAL: usize = RATE * 70;
+    let r = rig(
+        json!([{"lines": TOTAL, "width": 80, "per_sec": RATE}, {"touch": "done"}]),
+        "",
+    )
+    .await;
     r.proxy.set_fault(Fault::Down);
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(r.file_lines().len(), 5000, "the child's lines are on disk");
-    assert!(r.shipped(STREAM).await.is_empty());
-    assert!(agent.stderr().contains("retrying"), "{}", agent.stderr());
-    // status shows the backlog: degraded (exit 1) once shipping has failed for a while.
-    let status = |host: &Host| {
-        let out = host.output(&["status", "--json"]);
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out.status.code(), doc)
-    };
+    let ready = Instant::now();
+    let outage = Duration::from_secs(60);
+    let child = agent.the_child();
+
+    // status shows the backlog: degraded (exit 1) once shipping has failed for 30 s.
     let doc = wait_for(
-        "status to report the shipping backlog",
-        Duration::from_secs(90),
+        "status to report the shipping backlog during the outage",
+        outage.saturating_sub(ready.elapsed()),
         || {
             let (code, doc) = status(&r.host);
             (code == Some(1)).then_some(doc)
@@ -489,13 +542,38 @@ async fn while_cloudwatch_is_unreachable_the_files_buffer_and_every_line_arrives
         text.starts_with("DEGRADED") && text.contains("logs      CloudWatch failing for"),
         "{text}"
     );
+    assert!(agent.stderr().contains("retrying"), "{}", agent.stderr());
+    assert!(r.shipped(STREAM).await.is_empty());
+    let midway = lines_on_disk(&r);
 
+    std::thread::sleep(outage.saturating_sub(ready.elapsed()));
+    // The child printed on through the outage, and its lines went to disk.
+    let at_end = lines_on_disk(&r);
+    assert!(
+        at_end >= midway + 10 * RATE,
+        "{midway} lines on disk halfway, {at_end} at the end of the outage"
+    );
+    assert_eq!(
+        status(&r.host).0,
+        Some(1),
+        "still degraded at the end of the outage"
+    );
     r.proxy.set_fault(Fault::None);
-    let shipped = r.wait_shipped(5000, Duration::from_secs(60), &agent).await;
-    assert_same_lines(&shipped, &r.file_lines());
-    wait_for("status healthy again", Duration::from_secs(60), || {
-        (status(&r.host).0 == Some(0)).then_some(())
+
+    r.wait_mark("done", Duration::from_secs(60), &agent);
+    let shipped = r.wait_shipped(TOTAL, Duration::from_secs(90), &agent).await;
+    let written = r.file_lines();
+    assert_same_lines(&shipped, &written);
+    let seqs: Vec<usize> = shipped.iter().map(|m| seq(m)).collect();
+    assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
+    let doc = wait_for("status healthy again", Duration::from_secs(60), || {
+        let (code, doc) = status(&r.host);
+        (code == Some(0)).then_some(doc)
     });
+    // The same child all along: the agent kept it running, no restart.
+    assert_eq!(doc["children"][0]["pid"], child, "{doc:#}");
+    assert_eq!(doc["children"][0]["restarts"], 0, "{doc:#}");
+    assert_eq!(children_of(agent.pid()), [child]);
     r.proxy.assert_limits_kept();
     assert!(agent.terminate().success());
 }
