@@ -239,9 +239,19 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 /// Serves the socket until the task is dropped. Each connection: one request line (at most 64 bytes,
-/// 2 s), one JSON answer, close. Nothing a client sends changes anything.
+/// 2 s), one JSON answer (2 s to take it), close. Nothing a client sends changes anything. At most 64
+/// connections are served at once; more clients wait in the socket's listen queue, which holds no
+/// descriptor or memory of the agent, so a flood of clients cannot exhaust either, and an idle client
+/// holds its place for 2 s at most.
 pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
+    const MAX_CONNECTIONS: usize = 64;
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A free slot first, then accept: waiting clients stay in the kernel's queue.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -251,8 +261,7 @@ pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, 64));
-            let got =
-                tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
+            let got = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
             let answer = match got {
                 Ok(Ok(_)) if line.trim() == REQUEST => document(&src),
                 _ => {
@@ -261,8 +270,13 @@ pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
             };
             let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
             bytes.push(b'\n');
-            let _ = write.write_all(&bytes).await;
-            let _ = write.shutdown().await;
+            // A client that does not read must not keep its slot either.
+            let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
+                write.write_all(&bytes).await?;
+                write.shutdown().await
+            })
+            .await;
+            drop(slot);
         });
     }
 }

@@ -136,6 +136,12 @@ pub struct MountEntry {
     pub super_options: String,
 }
 
+/// Reads a mountinfo file. Not `read_to_string`: the kernel does not escape bytes that are not UTF-8,
+/// and one such mount point anywhere on the host must not make every mount unverifiable.
+fn read_mountinfo(path: &Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// Parses mountinfo; lines that do not fit the format are skipped.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
@@ -160,9 +166,11 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Three octal digits of one byte: the first is at most 3 (`\777` is not an escape).
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -533,7 +541,7 @@ fn expected_source(efs: &crate::config::EfsSettings) -> ExpectedSource {
 pub fn still_in_place(storage: &StorageSettings) -> Result<(), String> {
     let datadir = storage.datadir();
     if let StorageSettings::Efs(efs) = storage {
-        let text = std::fs::read_to_string("/proc/self/mountinfo")
+        let text = read_mountinfo(Path::new("/proc/self/mountinfo"))
             .map_err(|e| format!("cannot read mountinfo: {e}"))?;
         match mount_state(&parse_mountinfo(&text), datadir, &expected_source(efs)) {
             MountState::Expected => {}
@@ -679,7 +687,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 
 fn read_mounts() -> Result<Vec<MountEntry>, StorageError> {
     let p = Path::new("/proc/self/mountinfo");
-    std::fs::read_to_string(p)
+    read_mountinfo(p)
         .map(|t| parse_mountinfo(&t))
         .map_err(io("cannot read", p))
 }
@@ -1022,6 +1030,131 @@ garbage line
         assert_eq!(m[3].mount_point, Path::new("/mnt/with space"));
         assert_eq!(unescape(r"a\134b\011c"), "a\\b\tc");
         assert_eq!(unescape(r"trailing\04"), r"trailing\04");
+        // Only byte values are escapes: a first digit above 3 is text (it overflowed a byte before).
+        assert_eq!(unescape(r"a\777b\400"), r"a\777b\400");
+        assert_eq!(unescape(r"\377"), "\u{FFFD}");
+    }
+
+    #[test]
+    fn a_mount_point_that_is_not_utf8_does_not_hide_the_others() {
+        // The kernel escapes only space, tab, newline and backslash: other bytes arrive raw.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mountinfo");
+        let mut text = b"30 22 0:40 / /media/caf\xe9 rw - vfat /dev/sdb1 rw\n".to_vec();
+        text.extend_from_slice(MOUNTINFO.as_bytes());
+        std::fs::write(&file, text).unwrap();
+        let m = parse_mountinfo(&read_mountinfo(&file).unwrap());
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].mount_point, Path::new("/media/caf\u{FFFD}"));
+        assert_eq!(
+            mount_state(&m, Path::new("/var/lib/node-agent/data"), &efs_expected()),
+            MountState::Expected
+        );
+    }
+
+    /// How the kernel writes a path or source into mountinfo (`mangle` in fs/proc_namespace.c).
+    fn kernel_escape(s: &str) -> String {
+        s.chars()
+            .map(|c| match c {
+                ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+                c => c.to_string(),
+            })
+            .collect()
+    }
+
+    /// Text as the kernel never escapes it, but with the characters it does escape, and octal lookalikes.
+    fn path_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            "\\PC{1,6}",
+            proptest::sample::select(vec![
+                " ", "\t", "\n", "\\", "\\040", "\\777", " - ", "\r", "é", "-"
+            ])
+            .prop_map(str::to_owned),
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+    }
+
+    fn entry() -> impl proptest::strategy::Strategy<Value = (String, MountEntry)> {
+        use proptest::prelude::*;
+        let optional = proptest::collection::vec(
+            prop_oneof![
+                (1..999u32).prop_map(|n| format!("shared:{n}")),
+                (1..999u32).prop_map(|n| format!("master:{n}")),
+                (1..999u32).prop_map(|n| format!("propagate_from:{n}")),
+                Just("unbindable".to_owned()),
+            ],
+            0..3,
+        );
+        (
+            (any::<u32>(), any::<u32>(), any::<u16>(), any::<u16>()),
+            path_text(),
+            path_text(),
+            "[a-z,=0-9]{1,30}",
+            optional,
+            "[a-z0-9]{1,8}(\\.[a-z]{1,6})?",
+            path_text().prop_filter("kernel shows \"none\" for no source", |s| !s.is_empty()),
+            "[a-zA-Z0-9=,:./_-]{0,60}",
+        )
+            .prop_map(
+                |(
+                    (id, parent, major, minor),
+                    root,
+                    point,
+                    opts,
+                    optional,
+                    fs_type,
+                    source,
+                    sopts,
+                )| {
+                    let mut fields = vec![
+                        id.to_string(),
+                        parent.to_string(),
+                        format!("{major}:{minor}"),
+                        kernel_escape(&format!("/{root}")),
+                        kernel_escape(&format!("/{point}")),
+                        opts,
+                    ];
+                    fields.extend(optional);
+                    let line = format!(
+                        "{} - {fs_type} {} {sopts}",
+                        fields.join(" "),
+                        kernel_escape(&source)
+                    );
+                    let want = MountEntry {
+                        mount_point: PathBuf::from(format!("/{point}")),
+                        fs_type,
+                        source,
+                        super_options: sopts,
+                    };
+                    (line, want)
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_mountinfo_text_is_parsed_without_panic(
+            text in "\\PC{0,400}",
+            tokens in proptest::collection::vec(
+                proptest::sample::select(vec!["\\", "\\777", "\\0", "\\12", "7", " ", " - ", "/", "\n", "-", "é", "\\3"]),
+                0..80,
+            ),
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let _ = parse_mountinfo(&text);
+            let _ = parse_mountinfo(&tokens.concat());
+            let _ = parse_mountinfo(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn well_formed_mountinfo_lines_parse_back_to_their_fields(
+            entries in proptest::collection::vec(entry(), 1..6),
+        ) {
+            let text: String = entries.iter().map(|(line, _)| format!("{line}\n")).collect();
+            let want: Vec<MountEntry> = entries.into_iter().map(|(_, e)| e).collect();
+            proptest::prop_assert_eq!(parse_mountinfo(&text), want);
+        }
     }
 
     #[test]

@@ -13,7 +13,10 @@ const STREAM: &str = "i-0123456789abcdef0/bootnode";
 const AGENT_STREAM: &str = "i-0123456789abcdef0/node-agent";
 const STAMP: usize = 25;
 
-/// A child that prints lines as `emit.json` beside it says (re-read at each start), then idles.
+/// A child that prints lines as `emit.json` beside it says (re-read at each start), then idles. Steps:
+/// `lines` (numbered lines of `width` bytes, `per_sec` of them a second, or all at once), `big` (one
+/// line of that many bytes), `raw` (these bytes), `touch` (creates `marks/NAME` once everything before
+/// is written to the pipe), `wait` (until `marks/NAME` exists).
 const EMITTER: &str = r#"#!/usr/bin/env python3
 import json, os, socket, sys, time
 # Ready, as the agent judges a bootnode: bound to its UDP port.
@@ -29,8 +32,17 @@ def line(width):
     text = "run=%d seq=%07d " % (pid, n)
     n += 1
     return (text + "." * max(0, width - len(text))).encode() + b"\n"
+def mark(name):
+    return os.path.join(here, "marks", name)
 for step in plan:
-    if "big" in step:
+    if "touch" in step:
+        open(mark(step["touch"]), "w").close()
+    elif "wait" in step:
+        while not os.path.exists(mark(step["wait"])):
+            time.sleep(0.05)
+    elif "raw" in step:
+        out.write(bytes(step["raw"]))
+    elif "big" in step:
         pattern = b"0123456789abcdefghijklmnopqrstuvwxyz"
         big = (pattern * (step["big"] // len(pattern) + 1))[: step["big"]]
         out.write(big + b"\n")
@@ -76,6 +88,9 @@ async fn rig(emit: Value, logs: &str) -> Rig {
     std::fs::set_permissions(emitter.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(emitter.path().join("emit.json"), emit.to_string()).unwrap();
+    let marks = emitter.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
     let extra = format!(
         "[binaries]\nbootnode = \"{}\"\n[logs]\nflush_ms = 200\n{logs}\n",
         script.display()
@@ -93,6 +108,23 @@ async fn rig(emit: Value, logs: &str) -> Rig {
 }
 
 impl Rig {
+    fn mark(&self, name: &str) -> PathBuf {
+        self.emitter.path().join("marks").join(name)
+    }
+
+    /// Waits until the child has created `marks/NAME`.
+    fn wait_mark(&self, name: &str, limit: Duration, agent: &Agent) {
+        let start = Instant::now();
+        while !self.mark(name).exists() {
+            assert!(
+                start.elapsed() < limit,
+                "the child did not reach {name:?} in {limit:?}; agent:\n{}",
+                tail(&agent.stderr())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn set_emit(&self, emit: Value) {
         std::fs::write(self.emitter.path().join("emit.json"), emit.to_string()).unwrap();
     }
@@ -157,8 +189,9 @@ fn log_files(dir: &Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every line of the files, oldest first, without the timestamps. Read again when a file was compressed
-/// away while reading (the files must not be rotating: read them when the child is quiet).
+/// Every line of the files, oldest first, without the timestamps, bytes that are not UTF-8 as U+FFFD
+/// (as CloudWatch gets them). Read again when a file was compressed away while reading (the files must
+/// not be rotating: read them when the child is quiet).
 fn file_lines(dir: &Path, name: &str) -> Vec<String> {
     loop {
         if let Some(lines) = try_file_lines(dir, name) {
@@ -170,17 +203,19 @@ fn file_lines(dir: &Path, name: &str) -> Vec<String> {
 fn try_file_lines(dir: &Path, name: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for p in log_files(dir, name) {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         let f = match std::fs::File::open(&p) {
             Ok(f) => f,
             Err(_) if p.file_name().is_some_and(|f| f == name) => continue,
             Err(_) => return None,
         };
         if p.extension().is_some_and(|e| e == "gz") {
-            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).unwrap();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(f), &mut bytes).unwrap();
         } else {
-            std::io::Read::read_to_string(&mut { f }, &mut text).unwrap();
+            std::io::Read::read_to_end(&mut { f }, &mut bytes).unwrap();
         }
+        // As CloudWatch gets them: bytes that are not UTF-8 as U+FFFD.
+        let text = String::from_utf8_lossy(&bytes);
         for l in text.lines() {
             assert!(
                 l.len() > STAMP && l.as_bytes()[23] == b'Z',
@@ -253,24 +288,45 @@ async fn a_burst_of_50000_lines_arrives_complete_in_order_within_every_putlogeve
 }
 
 #[tokio::test]
-async fn a_3_mb_line_arrives_split_into_events_that_rejoin_exactly() {
-    let r = rig(json!([{"lines": 1}, {"big": 3_000_000}, {"lines": 1}]), "").await;
+async fn a_10_mb_line_and_bytes_that_are_not_utf8_arrive_as_valid_events_that_rejoin_exactly() {
+    let bad = b"bad \xff\xfe utf8, a NUL \x00, a CR \r inside\n";
+    let r = rig(
+        json!([{"lines": 1}, {"big": 10_000_000}, {"raw": bad.to_vec()}, {"lines": 1}]),
+        "",
+    )
+    .await;
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
-    let shipped = r.wait_shipped(14, Duration::from_secs(60), &agent).await;
+    let child = agent.the_child();
+    // 10,000,000 bytes are 38 pieces of 262,118 and one of 39,516: one line and one event each.
+    let shipped = r.wait_shipped(42, Duration::from_secs(120), &agent).await;
+    assert_eq!(shipped.len(), 42);
     assert!(
-        shipped[0].contains("seq=0000000") && shipped[13].contains("seq=0000001"),
+        shipped[0].contains("seq=0000000") && shipped[41].contains("seq=0000001"),
         "{:?}",
-        &shipped[13][..40]
+        &shipped[41][..shipped[41].len().min(40)]
     );
-    let big: String = shipped[1..13].concat();
+    assert!(shipped[1..40].iter().all(|p| p.len() <= 262_118));
+    let big: String = shipped[1..40].concat();
     let pattern = "0123456789abcdefghijklmnopqrstuvwxyz";
-    let expected: String = pattern.repeat(3_000_000 / pattern.len() + 1)[..3_000_000].to_owned();
+    let expected = pattern.repeat(10_000_000 / pattern.len() + 1)[..10_000_000].to_owned();
     assert_eq!(big.len(), expected.len());
     assert!(big == expected, "the pieces do not rejoin into the line");
+    // In the file as it was printed; in CloudWatch, which takes only UTF-8, with U+FFFD for each.
+    assert_eq!(
+        shipped[40],
+        "bad \u{FFFD}\u{FFFD} utf8, a NUL \u{0}, a CR \r inside"
+    );
+    let raw = std::fs::read(r.host.path("logs/bootnode.log")).unwrap();
+    assert!(
+        raw.windows(bad.len() - 1)
+            .any(|w| w == &bad[..bad.len() - 1]),
+        "the file does not hold the bytes as printed"
+    );
     assert_same_lines(&shipped, &r.file_lines());
     r.proxy.assert_limits_kept();
-    assert!(agent.terminate().success());
+    assert_eq!(children_of(agent.pid()), [child], "the child was restarted");
+    assert!(agent.terminate().success(), "{}", agent.stderr());
 }
 
 #[tokio::test]
@@ -319,34 +375,78 @@ async fn rotation_mid_stream_keeps_every_line_in_order_and_compresses_shipped_fi
     assert!(agent.terminate().success());
 }
 
+/// A small seeded PRNG (splitmix64), so a failing run can be repeated with NODE_AGENT_FAULT_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Rng {
+        let seed = std::env::var("NODE_AGENT_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("NODE_AGENT_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `lo..hi` for picking delays.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
 #[tokio::test]
 async fn repeated_sigkill_during_shipping_loses_no_line_and_resends_at_most_one_batch_per_kill() {
     let r = rig(
         json!([{"lines": 1_000_000, "width": 100, "per_sec": 3000}]),
-        "max_file_bytes = 262144\nkeep_files = 100",
+        "max_file_bytes = 262144\nkeep_files = 200",
     )
     .await;
     // Each batch spends a while "in flight", so kills land between CloudWatch accepting and the
     // checkpoint being stored.
     r.proxy.state().delay = Duration::from_millis(40);
-    let kills = 4;
-    for _ in 0..kills {
+    let mut rng = Rng::from_env();
+    let kills = 20;
+    for k in 0..kills {
         let mut agent = r.host.spawn_run(&[]);
         agent.wait_ready();
-        std::thread::sleep(Duration::from_millis(1500));
+        let child = agent.the_child();
+        std::thread::sleep(Duration::from_millis(rng.range(200, 2500)));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(agent.pid()),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
         agent.wait_exit();
+        // No orphan: the kernel kills the child with the agent (PR_SET_PDEATHSIG).
+        wait_for(
+            &format!("the child {child} to die with the agent (kill {})", k + 1),
+            Duration::from_secs(5),
+            || (!alive(child)).then_some(()),
+        );
     }
     // Last run: a few more lines, then everything must arrive.
     r.set_emit(json!([{"lines": 10}]));
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
     let written = r.file_lines();
-    assert!(written.len() > 4 * 3000, "{} lines written", written.len());
+    assert!(
+        written.len() > kills * 600,
+        "{} lines written",
+        written.len()
+    );
     let start = Instant::now();
     let shipped = loop {
         let shipped = r.shipped(STREAM).await;
@@ -401,25 +501,34 @@ async fn repeated_sigkill_during_shipping_loses_no_line_and_resends_at_most_one_
     r.proxy.assert_limits_kept();
 }
 
+/// Newlines in the child's current log file: its line count while it is being written (`file_lines`
+/// could catch a line half-copied).
+fn lines_on_disk(r: &Rig) -> usize {
+    let bytes = std::fs::read(r.host.path("logs/bootnode.log")).unwrap_or_default();
+    bytes.iter().filter(|b| **b == b'\n').count()
+}
+
 #[tokio::test]
-async fn while_cloudwatch_is_unreachable_the_files_buffer_and_every_line_arrives_after() {
-    let r = rig(json!([{"lines": 5000, "width": 80}]), "").await;
+async fn a_60_s_cloudwatch_outage_keeps_the_child_running_and_every_line_arrives_after() {
+    // The child prints for 70 s, through the outage and beyond its end.
+    const RATE: usize = 100;
+    const TOTAL: usize = RATE * 70;
+    let r = rig(
+        json!([{"lines": TOTAL, "width": 80, "per_sec": RATE}, {"touch": "done"}]),
+        "",
+    )
+    .await;
     r.proxy.set_fault(Fault::Down);
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(r.file_lines().len(), 5000, "the child's lines are on disk");
-    assert!(r.shipped(STREAM).await.is_empty());
-    assert!(agent.stderr().contains("retrying"), "{}", agent.stderr());
-    // status shows the backlog: degraded (exit 1) once shipping has failed for a while.
-    let status = |host: &Host| {
-        let out = host.output(&["status", "--json"]);
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out.status.code(), doc)
-    };
+    let ready = Instant::now();
+    let outage = Duration::from_secs(60);
+    let child = agent.the_child();
+
+    // status shows the backlog: degraded (exit 1) once shipping has failed for 30 s.
     let doc = wait_for(
-        "status to report the shipping backlog",
-        Duration::from_secs(90),
+        "status to report the shipping backlog during the outage",
+        outage.saturating_sub(ready.elapsed()),
         || {
             let (code, doc) = status(&r.host);
             (code == Some(1)).then_some(doc)
@@ -433,13 +542,38 @@ async fn while_cloudwatch_is_unreachable_the_files_buffer_and_every_line_arrives
         text.starts_with("DEGRADED") && text.contains("logs      CloudWatch failing for"),
         "{text}"
     );
+    assert!(agent.stderr().contains("retrying"), "{}", agent.stderr());
+    assert!(r.shipped(STREAM).await.is_empty());
+    let midway = lines_on_disk(&r);
 
+    std::thread::sleep(outage.saturating_sub(ready.elapsed()));
+    // The child printed on through the outage, and its lines went to disk.
+    let at_end = lines_on_disk(&r);
+    assert!(
+        at_end >= midway + 10 * RATE,
+        "{midway} lines on disk halfway, {at_end} at the end of the outage"
+    );
+    assert_eq!(
+        status(&r.host).0,
+        Some(1),
+        "still degraded at the end of the outage"
+    );
     r.proxy.set_fault(Fault::None);
-    let shipped = r.wait_shipped(5000, Duration::from_secs(60), &agent).await;
-    assert_same_lines(&shipped, &r.file_lines());
-    wait_for("status healthy again", Duration::from_secs(60), || {
-        (status(&r.host).0 == Some(0)).then_some(())
+
+    r.wait_mark("done", Duration::from_secs(60), &agent);
+    let shipped = r.wait_shipped(TOTAL, Duration::from_secs(90), &agent).await;
+    let written = r.file_lines();
+    assert_same_lines(&shipped, &written);
+    let seqs: Vec<usize> = shipped.iter().map(|m| seq(m)).collect();
+    assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
+    let doc = wait_for("status healthy again", Duration::from_secs(60), || {
+        let (code, doc) = status(&r.host);
+        (code == Some(0)).then_some(doc)
     });
+    // The same child all along: the agent kept it running, no restart.
+    assert_eq!(doc["children"][0]["pid"], child, "{doc:#}");
+    assert_eq!(doc["children"][0]["restarts"], 0, "{doc:#}");
+    assert_eq!(children_of(agent.pid()), [child]);
     r.proxy.assert_limits_kept();
     assert!(agent.terminate().success());
 }
@@ -509,4 +643,154 @@ async fn events_too_old_for_cloudwatch_are_counted_and_the_rest_arrive() {
         "{err}"
     );
     assert!(agent.terminate().success());
+}
+
+/// `status --json` of the rig's agent: (exit code, document).
+fn status(host: &Host) -> (Option<i32>, Value) {
+    let out = host.output(&["status", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), doc)
+}
+
+/// The status of the child's stream (`logs.streams[]`).
+fn child_stream(doc: &Value) -> Value {
+    doc["logs"]["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["child"] == "bootnode"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A small tmpfs mounted for one test; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "mount a tmpfs on {} (the tests run as root): {e}",
+                at.display()
+            )
+        });
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// `run=PID seq=NNNNNNN ....` → NNNNNNN.
+fn seq(line: &str) -> usize {
+    line.find("seq=")
+        .and_then(|i| line.get(i + 4..i + 11))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an emitter line: {:?}", &line[..line.len().min(80)]))
+}
+
+#[tokio::test]
+async fn a_full_log_disk_loses_counted_lines_only_keeps_the_child_running_and_recovers() {
+    const FLOOD: usize = 20_000;
+    let r = rig(
+        json!([
+            {"lines": FLOOD, "width": 200},
+            {"touch": "flooded"},
+            {"wait": "go"},
+            {"lines": 100, "width": 60},
+            {"touch": "done"},
+        ]),
+        "",
+    )
+    .await;
+    // The log directory is a 2 MiB disk, 1.75 MiB of it taken by a file of root's: about 1,000 of the
+    // 20,000 lines (4.5 MB) fit.
+    let logs = r.host.path("logs");
+    let _disk = Tmpfs::mount(&logs, "2m");
+    let filler = logs.join("filler");
+    std::fs::write(&filler, vec![0u8; (2048 - 256) * 1024]).unwrap();
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let child = agent.the_child();
+
+    // The child prints everything: the full disk does not block it.
+    r.wait_mark("flooded", Duration::from_secs(60), &agent);
+    // Every line is in the file or counted as not written; none half-written.
+    let (written, unwritten) = wait_for(
+        "every line written or counted",
+        Duration::from_secs(30),
+        || {
+            let written = r.file_lines();
+            let unwritten = child_stream(&status(&r.host).1)["unwritten_lines"].as_u64()?;
+            (written.len() + unwritten as usize == FLOOD).then_some((written, unwritten))
+        },
+    );
+    eprintln!(
+        "{} lines written, {unwritten} counted as not written",
+        written.len()
+    );
+    // Only what was flushed before the disk filled fits: the first flushes may already be too big.
+    assert!(unwritten > 10_000, "{unwritten} unwritten");
+    let seqs: Vec<usize> = written.iter().map(|l| seq(l)).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "lines out of order");
+    assert!(written.iter().all(|l| l.len() == 200), "a line was cut");
+    // Visible: in status (text and JSON) and in the agent's log on stderr.
+    let (_, doc) = status(&r.host);
+    let summary = doc["logs"]["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(summary.contains("lines not written (disk)"), "{summary}");
+    let text = String::from_utf8_lossy(&r.host.output(&["status"]).stdout).into_owned();
+    assert!(text.contains("lines not written (disk)"), "{text}");
+    assert!(
+        agent
+            .stderr()
+            .contains("cannot write log lines; the child keeps running"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
+    assert_eq!(children_of(agent.pid()), [child], "the child was restarted");
+
+    // Space again: the child's next lines are written and shipped.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::write(r.mark("go"), b"").unwrap();
+    r.wait_mark("done", Duration::from_secs(30), &agent);
+    let all = wait_for(
+        "the lines after the disk was freed",
+        Duration::from_secs(30),
+        || {
+            let lines = r.file_lines();
+            lines
+                .last()
+                .is_some_and(|l| seq(l) == FLOOD + 99)
+                .then_some(lines)
+        },
+    );
+    assert_eq!(&all[..written.len()], &written[..]);
+    let after: Vec<usize> = all[written.len()..].iter().map(|l| seq(l)).collect();
+    assert_eq!(after, (FLOOD..FLOOD + 100).collect::<Vec<_>>());
+    let shipped = r
+        .wait_shipped(all.len(), Duration::from_secs(60), &agent)
+        .await;
+    assert_same_lines(&shipped, &all);
+    let (_, doc) = status(&r.host);
+    assert_eq!(child_stream(&doc)["unwritten_lines"], unwritten, "{doc:#}");
+    assert_eq!(doc["children"][0]["pid"], child, "{doc:#}");
+    assert_eq!(children_of(agent.pid()), [child], "the child was restarted");
+    r.proxy.assert_limits_kept();
+    assert!(agent.terminate().success(), "{}", agent.stderr());
 }

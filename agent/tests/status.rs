@@ -193,3 +193,192 @@ fn storage_gone_from_under_the_node_is_down() {
     assert!(text.contains("CHECK FAILED: no sentinel in"), "{text}");
     assert!(agent.terminate().success());
 }
+
+/// A small seeded PRNG (splitmix64), so a failing run can be repeated with NODE_AGENT_FAULT_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Rng {
+        let seed = std::env::var("NODE_AGENT_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("NODE_AGENT_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// What the agent sent back on one connection before closing it: `None` for a closed connection
+/// without an answer, else the one JSON line. Panics on anything else, or when nothing comes in 10 s.
+fn answer_of(s: &mut std::os::unix::net::UnixStream) -> Option<Value> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    if let Err(e) = s.read_to_end(&mut buf) {
+        // A reset after the answer is fine (the agent closed with our bytes unread); silence is not.
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "no answer and no close within 10 s"
+        );
+    }
+    if buf.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8(buf).expect("the answer is UTF-8");
+    assert!(
+        text.ends_with('\n') && text.matches('\n').count() == 1,
+        "not one line: {text:?}"
+    );
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}")))
+}
+
+/// The answer to a bad request: the one-line error, or a closed connection.
+fn assert_refused(answer: Option<Value>, what: &str) {
+    if let Some(doc) = answer {
+        assert!(
+            doc["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("unknown request")),
+            "{what}: {doc}"
+        );
+        assert_eq!(doc.as_object().map(|o| o.len()), Some(1), "{what}: {doc}");
+    }
+}
+
+fn assert_document(answer: Option<Value>, what: &str) {
+    let doc = answer.unwrap_or_else(|| panic!("{what}: closed without an answer"));
+    assert_eq!(doc["schema"], 1, "{what}: {doc}");
+    assert!(doc["children"].is_array(), "{what}: {doc}");
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn garbage_on_the_status_socket_never_harms_the_agent_and_idle_clients_block_no_one() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let mut rng = Rng::from_env();
+    let host = Host::new(None, None, "");
+    let mut agent = host.spawn_run(&LOCAL_RPC);
+    agent.wait_ready();
+    status_until(&host, "healthy", |code, _| code == 0);
+    let child = agent.the_child();
+    let path = host.path("run/status.sock");
+    let connect = || UnixStream::connect(&path).expect("connect to the status socket");
+    let send = |bytes: &[u8], close_write: bool| {
+        let mut s = connect();
+        s.write_all(bytes).expect("send");
+        if close_write {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        answer_of(&mut s)
+    };
+
+    // Random bytes of every length around the 64-byte request limit, with and without an end.
+    for len in [1, 7, 63, 64, 65, 4096, 70_000] {
+        let mut bytes = rng.bytes(len);
+        bytes.retain(|b| *b != b'\n');
+        bytes.push(b'\n');
+        assert_refused(send(&bytes, false), &format!("{len} random bytes"));
+        assert_refused(
+            send(&bytes[..len / 2], true),
+            &format!("{len} random bytes, EOF"),
+        );
+    }
+    // A 1 MB line: the agent answers after 64 bytes and closes while we are still writing.
+    let mut s = connect();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut line = vec![b'x'; 1 << 20];
+        line.push(b'\n');
+        let _ = w.write_all(&line);
+    });
+    assert_refused(answer_of(&mut s), "a 1 MB line");
+    writer.join().unwrap();
+    // Connected and gone at once; connected and silent; a request without its newline.
+    drop(connect());
+    assert_refused(answer_of(&mut connect()), "a silent client");
+    let mut s = connect();
+    s.write_all(b"status").unwrap();
+    assert_refused(answer_of(&mut s), "\"status\" without newline, held open");
+    // Complete requests: the end of the stream ends the request too, and what follows the newline is
+    // ignored.
+    assert_document(send(b"status", true), "\"status\" then EOF");
+    let mut junk = b"status\n".to_vec();
+    junk.extend(rng.bytes(5000));
+    assert_document(send(&junk, false), "\"status\\n\" then junk");
+
+    // 200 clients at once, every other one sending garbage: each gets its own answer.
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let path = path.clone();
+            let garbage = rng.bytes(100);
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&path).expect("connect");
+                if i % 2 == 0 {
+                    s.write_all(b"status\n").unwrap();
+                    assert_document(answer_of(&mut s), "one of 200 at once");
+                } else {
+                    let _ = s.write_all(&garbage);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    assert_refused(answer_of(&mut s), "garbage, one of 200 at once");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client saw a wrong answer");
+    }
+
+    // 100 clients that connect and say nothing: the agent holds a bounded number of them (no
+    // descriptor for the rest), and a real query still gets its answer.
+    let idle_before = open_fds(agent.pid());
+    let idle: Vec<UnixStream> = (0..100).map(|_| connect()).collect();
+    let mut most = 0;
+    for _ in 0..10 {
+        most = most.max(open_fds(agent.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        most <= idle_before + 64 + 8,
+        "{most} descriptors open with 100 idle clients ({idle_before} before): connections are not bounded"
+    );
+    let (_, doc) = status_json(&host);
+    assert_eq!(doc["children"][0]["pid"], child, "{doc:#}");
+    drop(idle);
+
+    // Nothing of this changed anything: the same agent and child, and status answers as before.
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(children_of(agent.pid()), [child]);
+    let (_, doc) = status_until(&host, "healthy after the garbage", |code, _| code == 0);
+    assert_eq!(doc["children"][0]["restarts"], 0, "{doc:#}");
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+}

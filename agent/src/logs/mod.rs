@@ -74,6 +74,9 @@ impl LineSink {
     pub async fn pump(self, reader: impl AsyncRead + Unpin) {
         let mut reader = BufReader::with_capacity(64 * 1024, reader);
         let mut carry = Vec::new();
+        // The last line sent was cut at the limit: a line end right after it ends that line, it does
+        // not make an empty one.
+        let mut cut = false;
         loop {
             let mut line = std::mem::take(&mut carry);
             let room = (MAX_LINE - line.len()) as u64;
@@ -95,8 +98,17 @@ impl LineSink {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
+                if std::mem::take(&mut cut) && line.is_empty() {
+                    continue;
+                }
             } else if line.len() == MAX_LINE {
-                carry = line.split_off(utf8_cut(&line));
+                let mut at = utf8_cut(&line);
+                // A CR here may be half of a CRLF: it goes with the next piece, to be seen with its LF.
+                if at == MAX_LINE && line[at - 1] == b'\r' {
+                    at -= 1;
+                }
+                carry = line.split_off(at);
+                cut = true;
             }
             if self.tx.send(Msg::Line(line)).await.is_err() {
                 break;
@@ -503,6 +515,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_line_exactly_at_the_limit_leaves_no_empty_line_or_stray_cr_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("geth.log");
+        let (sink, task, _) = open_file(&path, rotation(), false).unwrap();
+        let mut text = vec![b'a'; MAX_LINE];
+        text.push(b'\n');
+        text.extend(vec![b'b'; MAX_LINE - 1]);
+        text.extend(b"\r\nlast\n");
+        sink.pump(&text[..]).await;
+        task.await.unwrap();
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], vec![b'a'; MAX_LINE]);
+        assert_eq!(lines[1], vec![b'b'; MAX_LINE - 1]);
+        assert_eq!(lines[2], b"last");
+    }
+
+    #[tokio::test]
     async fn a_long_line_is_never_cut_inside_a_character() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("geth.log");
@@ -545,6 +575,113 @@ mod tests {
         assert_eq!(v["streams"].as_array().map(Vec::len), Some(2));
         let off = status_json(&[StreamStatus::default()], 0);
         assert_eq!(off["summary"], "files only (not shipped)");
+    }
+
+    /// A reader that hands out the given chunks one read at a time, as a pipe would.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Output as children write it: any bytes (NUL, CR, invalid UTF-8), runs around the line limit
+    /// without a newline, multi-byte characters across it, every kind of line end.
+    fn output() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let near = |n: usize| (n - 4..=n + 4).boxed();
+        let segment = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            (
+                proptest::sample::select(vec![b'x', 0, b'\r', 0xff, 0x80]),
+                prop_oneof![near(MAX_LINE), near(2 * MAX_LINE), 0..10usize],
+            )
+                .prop_map(|(b, n)| vec![b; n]),
+            (
+                proptest::sample::select(vec!["é", "€", "😀"]),
+                prop_oneof![near(MAX_LINE), 0..10usize],
+                0..4usize,
+            )
+                .prop_map(|(c, n, skew)| {
+                    let mut v = b"abc"[..skew.min(3)].to_vec();
+                    v.extend(c.repeat(n / c.len()).as_bytes());
+                    v
+                }),
+            proptest::sample::select(vec![&b"\n"[..], b"\r\n", b"\r", b"\n\n"])
+                .prop_map(<[u8]>::to_vec),
+        ];
+        proptest::collection::vec(segment, 0..8).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+        #[test]
+        fn any_output_ends_in_the_file_byte_for_byte_split_only_at_the_limit(
+            output in output(),
+            cuts in proptest::collection::vec(1..70_000usize, 1..40),
+        ) {
+            // The same bytes in pieces of arbitrary sizes.
+            let mut chunks = std::collections::VecDeque::new();
+            let mut rest = &output[..];
+            for c in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (a, b) = rest.split_at((*c).min(rest.len()));
+                chunks.push_back(a.to_vec());
+                rest = b;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("geth.log");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (sink, task, _) = open_file(&path, rotation(), false).unwrap();
+                sink.pump(Chunks(chunks)).await;
+                task.await.unwrap();
+            });
+            let file = if path.exists() { lines(&path) } else { Vec::new() };
+            // The child's lines: a newline ends one (with a CR before it), the end of output too.
+            let mut want: Vec<&[u8]> = output.split(|b| *b == b'\n').collect();
+            if want.last().is_some_and(|l| l.is_empty()) {
+                want.pop();
+            }
+            let ended = want.len().saturating_sub(usize::from(!output.ends_with(b"\n")));
+            for l in &mut want[..ended] {
+                if let Some(s) = l.strip_suffix(b"\r") {
+                    *l = s;
+                }
+            }
+            // Each line is in the file whole, or in pieces where only the last is short.
+            let mut got = file.iter();
+            for (i, l) in want.iter().enumerate() {
+                let mut joined = Vec::new();
+                loop {
+                    let piece = got.next();
+                    proptest::prop_assert!(piece.is_some(), "line {} of {} missing", i, want.len());
+                    let piece = piece.unwrap();
+                    proptest::prop_assert!(piece.len() <= MAX_LINE);
+                    joined.extend_from_slice(piece);
+                    if joined.len() >= l.len() {
+                        break;
+                    }
+                    proptest::prop_assert!(piece.len() + 4 > MAX_LINE, "line {} cut at {} bytes", i, piece.len());
+                }
+                proptest::prop_assert!(&joined[..] == *l, "line {} differs: {} vs {} bytes, file pieces {:?}", i, joined.len(), l.len(), file.iter().map(Vec::len).collect::<Vec<_>>());
+            }
+            proptest::prop_assert_eq!(got.count(), 0, "lines the child did not write");
+        }
     }
 
     #[test]

@@ -171,8 +171,11 @@ impl Reader {
                 None if whole => (filled, filled),
                 None if filled - at >= 4 * batch::MAX_MESSAGE_BYTES => {
                     // No newline in sight: ship a large piece now rather than buffer without bound.
-                    let mut cut = at + 2 * batch::MAX_MESSAGE_BYTES;
-                    while cut > at && (self.buf[cut] & 0xC0) == 0x80 {
+                    // Not inside a character, but back at most 3 bytes: a run of continuation bytes
+                    // (not UTF-8 at all) must not take the cut back to `at`, which would never end.
+                    let end = at + 2 * batch::MAX_MESSAGE_BYTES;
+                    let mut cut = end;
+                    while cut > end - 3 && (self.buf[cut] & 0xC0) == 0x80 {
                         cut -= 1;
                     }
                     (cut, cut)
@@ -733,6 +736,70 @@ mod tests {
         let m = batch::MAX_MESSAGE_BYTES as u64;
         assert_eq!(offsets, [25 + m, 25 + 2 * m, text.len() as u64]);
         assert!(ev.iter().all(|e| e.timestamp == 1_714_564_800_000));
+    }
+
+    /// Log files as they may be found: stamped lines and lines without a stamp, any bytes (NUL, CR,
+    /// invalid UTF-8), lines around the event limit and runs of megabytes without a newline.
+    fn file_text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let m = batch::MAX_MESSAGE_BYTES;
+        let near = |n: usize| (n - 4..=n + 4).boxed();
+        let segment = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            // A stamp only ever starts a line.
+            proptest::collection::vec(any::<u8>(), 0..100).prop_map(|v| {
+                let mut line = b"\n2024-05-01T12:00:00.000Z ".to_vec();
+                line.extend(v);
+                line
+            }),
+            (
+                proptest::sample::select(vec![b'x', 0, b'\r', 0xff, 0x80, 0xf0]),
+                prop_oneof![near(m), near(2 * m), near(4 * m), near(5 * m), 0..10usize],
+            )
+                .prop_map(|(b, n)| vec![b; n]),
+            (proptest::sample::select(vec!["é", "€", "😀"]), near(m))
+                .prop_map(|(c, n)| c.repeat(n / c.len()).into_bytes()),
+            Just(b"\n".to_vec()),
+        ];
+        proptest::collection::vec(segment, 0..8).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+        #[test]
+        fn any_file_becomes_events_cloudwatch_accepts_with_every_character(text in file_text()) {
+            let (mut r, _d) = reader_over(&text);
+            let mut b = Batcher::default();
+            r.parse(&mut b);
+            r.parse_final(&mut b);
+            let batches: Vec<Batch> = std::iter::from_fn(|| b.next_any()).collect();
+            let mut last = 0;
+            let mut shipped = String::new();
+            for batch in &batches {
+                proptest::prop_assert!(batch.events.len() <= batch::MAX_BATCH_EVENTS);
+                proptest::prop_assert!(batch.bytes <= batch::MAX_BATCH_BYTES);
+                for e in &batch.events {
+                    proptest::prop_assert!(!e.message.is_empty());
+                    proptest::prop_assert!(e.message.len() + batch::EVENT_OVERHEAD <= batch::MAX_EVENT_BYTES);
+                    proptest::prop_assert!(e.resume.offset > last && e.resume.offset <= text.len() as u64);
+                    last = e.resume.offset;
+                    shipped.push_str(&e.message);
+                }
+            }
+            // Every character arrives, invalid bytes as U+FFFD; lines too long to buffer are cut in
+            // pieces that may count a broken sequence differently.
+            let lines: Vec<&[u8]> = text.split(|c| *c == b'\n').collect();
+            if lines.iter().all(|l| l.len() < 4 * batch::MAX_MESSAGE_BYTES) {
+                let want: String = lines
+                    .iter()
+                    .map(|l| match stamp::parse(l) {
+                        Some((_, msg)) => String::from_utf8_lossy(msg),
+                        None => String::from_utf8_lossy(l),
+                    })
+                    .collect();
+                proptest::prop_assert!(shipped == want, "{} characters shipped, {} written", shipped.chars().count(), want.chars().count());
+            }
+        }
     }
 
     #[test]

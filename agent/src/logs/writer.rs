@@ -202,6 +202,25 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Allocates `len` bytes of `f` from `at` without changing its size, so that writing them cannot run
+/// out of space halfway. Fine where the file system cannot do it: the write then finds out itself.
+fn reserve(f: &std::fs::File, at: u64, len: usize) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return Ok(());
+    };
+    match nix::fcntl::fallocate(
+        f.as_raw_fd(),
+        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        at,
+        len,
+    ) {
+        Err(e @ (Errno::ENOSPC | Errno::EDQUOT | Errno::EIO | Errno::EFBIG)) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// The writer's state; lives on its own thread.
 pub struct Writer {
     path: PathBuf,
@@ -300,8 +319,11 @@ impl Writer {
         self.buf.len()
     }
 
-    /// Writes what is queued. On failure the partial write is cut off again, so the file only ever holds
-    /// whole lines, and the lines are counted as unwritten: the child keeps running.
+    /// Writes what is queued. The space is reserved first, so a full disk fails before anything is
+    /// written: the shipper reads the file as it grows and must never see bytes that are then cut away.
+    /// Where space cannot be reserved (a file system without fallocate) a partial write is cut off
+    /// again. Either way the file only ever holds whole lines, and the lines that could not be written
+    /// are counted: the child keeps running.
     pub fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
@@ -314,8 +336,10 @@ impl Writer {
             }
         }
         let result = match &mut self.file {
-            Some(f) => f.write_all(&self.buf).inspect_err(|_| {
-                let _ = f.set_len(self.size);
+            Some(f) => reserve(f, self.size, self.buf.len()).and_then(|()| {
+                f.write_all(&self.buf).inspect_err(|_| {
+                    let _ = f.set_len(self.size);
+                })
             }),
             None => Err(std::io::Error::other("log file is not open")),
         };
@@ -731,6 +755,71 @@ mod tests {
         w.close();
         // Files: #1 (read by the shipper, deleted: not lost), #2 deleted unread: lost.
         assert_eq!(shared.lock().lost_bytes, 13 * 75);
+    }
+
+    /// A tmpfs of `size` on a temporary directory; unmounted on drop.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn new(size: &str) -> SmallDisk {
+            let dir = tempfile::tempdir().unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size}").as_str()),
+            )
+            .unwrap_or_else(|e| panic!("mount a tmpfs (the tests run as root): {e}"));
+            SmallDisk(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_write_that_does_not_fit_touches_nothing_and_the_next_one_after_space_is_freed_does() {
+        let disk = SmallDisk::new("64k");
+        let dir = disk.0.path();
+        let filler = dir.join("filler");
+        std::fs::write(&filler, vec![0u8; 48 * 1024]).unwrap();
+        let (mut w, shared) = writer(dir, 1 << 20, 2, false);
+        let line = |i: usize| format!("line {i:04} {}", "x".repeat(90));
+        for i in 0..40 {
+            w.add(line(i).as_bytes(), 0);
+        }
+        w.flush();
+        let path = dir.join("geth.log");
+        let before = std::fs::metadata(&path).unwrap();
+        assert_eq!(before.len(), 40 * 126);
+        // 160 more lines (20 KB) do not fit in the ~11 KB left. The shipper reads the file while it is
+        // written: it must never see bytes that are then cut away again, so nothing may be written.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for i in 40..200 {
+            w.add(line(i).as_bytes(), 0);
+        }
+        w.flush();
+        assert_eq!(shared.lock().unwritten_lines, 160);
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(after.len(), before.len());
+        assert_eq!(
+            after.modified().unwrap(),
+            before.modified().unwrap(),
+            "the file was written to and cut back"
+        );
+        // Space again: the next lines go in after the whole ones.
+        std::fs::remove_file(&filler).unwrap();
+        w.add(line(200).as_bytes(), 0);
+        w.close();
+        let text = read_all(&path);
+        let nums: Vec<&str> = text.lines().map(|l| &l[30..34]).collect();
+        let want: Vec<String> = (0..40).chain([200]).map(|i| format!("{i:04}")).collect();
+        assert_eq!(nums, want);
+        assert_eq!(shared.lock().unwritten_lines, 160);
     }
 
     #[test]
