@@ -158,7 +158,7 @@ async fn root_steps(
 
 /// Whether a tmpfs is mounted exactly at `dir`.
 fn secrets_tmpfs_mounted(dir: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let text = storage::read_mountinfo(Path::new("/proc/self/mountinfo")).unwrap_or_default();
     storage::mount_at(&storage::parse_mountinfo(&text), dir).is_some_and(|m| m.fs_type == "tmpfs")
 }
 

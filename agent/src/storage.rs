@@ -138,7 +138,7 @@ pub struct MountEntry {
 
 /// Reads a mountinfo file. Not `read_to_string`: the kernel does not escape bytes that are not UTF-8,
 /// and one such mount point anywhere on the host must not make every mount unverifiable.
-fn read_mountinfo(path: &Path) -> std::io::Result<String> {
+pub fn read_mountinfo(path: &Path) -> std::io::Result<String> {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 

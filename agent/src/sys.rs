@@ -185,6 +185,24 @@ pub fn run_mount_command(args: &[String], limit: Duration) -> std::io::Result<Op
     }))
 }
 
+/// Allocates `len` bytes of `f` from `at` without changing its size, so that writing them cannot run
+/// out of space halfway. Fine where the file system cannot do it: the write then finds out itself.
+pub fn reserve(f: &std::fs::File, at: u64, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return Ok(());
+    };
+    match nix::fcntl::fallocate(
+        f.as_raw_fd(),
+        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        at,
+        len,
+    ) {
+        Err(e @ (Errno::ENOSPC | Errno::EDQUOT | Errno::EIO | Errno::EFBIG)) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Creates the missing parents of `dir` one by one, each 0755 with an explicit chmod: under the unit's
 /// UMask=0027 a parent that `prepare` (root) creates would otherwise be 0750 root, which the service user
 /// cannot traverse. On failure, the path that failed and why.

@@ -375,38 +375,6 @@ async fn rotation_mid_stream_keeps_every_line_in_order_and_compresses_shipped_fi
     assert!(agent.terminate().success());
 }
 
-/// A small seeded PRNG (splitmix64), so a failing run can be repeated with NODE_AGENT_FAULT_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Rng {
-        let seed = std::env::var("NODE_AGENT_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("NODE_AGENT_FAULT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `lo..hi` for picking delays.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 #[tokio::test]
 async fn repeated_sigkill_during_shipping_loses_no_line_and_resends_at_most_one_batch_per_kill() {
     let r = rig(

@@ -194,37 +194,6 @@ fn storage_gone_from_under_the_node_is_down() {
     assert!(agent.terminate().success());
 }
 
-/// A small seeded PRNG (splitmix64), so a failing run can be repeated with NODE_AGENT_FAULT_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Rng {
-        let seed = std::env::var("NODE_AGENT_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("NODE_AGENT_FAULT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// What the agent sent back on one connection before closing it: `None` for a closed connection
 /// without an answer, else the one JSON line. Panics on anything else, or when nothing comes in 10 s.
 fn answer_of(s: &mut std::os::unix::net::UnixStream) -> Option<Value> {

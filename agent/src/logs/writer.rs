@@ -202,25 +202,6 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Allocates `len` bytes of `f` from `at` without changing its size, so that writing them cannot run
-/// out of space halfway. Fine where the file system cannot do it: the write then finds out itself.
-fn reserve(f: &std::fs::File, at: u64, len: usize) -> std::io::Result<()> {
-    use nix::errno::Errno;
-    use std::os::fd::AsRawFd;
-    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
-        return Ok(());
-    };
-    match nix::fcntl::fallocate(
-        f.as_raw_fd(),
-        nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-        at,
-        len,
-    ) {
-        Err(e @ (Errno::ENOSPC | Errno::EDQUOT | Errno::EIO | Errno::EFBIG)) => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
 /// The writer's state; lives on its own thread.
 pub struct Writer {
     path: PathBuf,
@@ -336,7 +317,7 @@ impl Writer {
             }
         }
         let result = match &mut self.file {
-            Some(f) => reserve(f, self.size, self.buf.len()).and_then(|()| {
+            Some(f) => crate::sys::reserve(f, self.size, self.buf.len()).and_then(|()| {
                 f.write_all(&self.buf).inspect_err(|_| {
                     let _ = f.set_len(self.size);
                 })
