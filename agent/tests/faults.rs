@@ -305,11 +305,14 @@ async fn imds_secrets_manager_or_efs_unavailable_at_boot_is_retried_then_fails_c
     let bootnode = recorded_bootnode(bin.path());
     let binaries = format!("[binaries]\nbootnode = \"{}\"\n", bootnode.display());
 
+    // The deadlines leave room for two of the agent's retries: each SDK call already retries inside
+    // (about 2 s for Secrets Manager) before the agent sees a failure.
+
     // IMDS: nothing listens.
     let host = Host::new(
         None,
         Some(&moto.endpoint()),
-        &format!("{binaries}[timeouts]\nimds_secs = 4\n"),
+        &format!("{binaries}[timeouts]\nimds_secs = 8\n"),
     );
     let out = host.output(&["run"]);
     assert_clean_boot_failure(
@@ -327,7 +330,7 @@ async fn imds_secrets_manager_or_efs_unavailable_at_boot_is_retried_then_fails_c
     let mut host = Host::new(
         Some(&imds.endpoint()),
         Some(&moto.endpoint()),
-        &format!("{binaries}[timeouts]\nsecrets_secs = 4\n"),
+        &format!("{binaries}[timeouts]\nsecrets_secs = 10\n"),
     );
     host.env
         .push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".into(), proxy.endpoint()));
