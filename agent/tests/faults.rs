@@ -49,14 +49,15 @@ fn starts(dir: &Path) -> usize {
         .count()
 }
 
-/// A wrapper that records each start and then runs the real bootnode stand-in.
-fn recorded_bootnode(dir: &Path) -> PathBuf {
+/// A wrapper that records each start (`geth init` and `geth version` included) and then runs the geth
+/// stand-in.
+fn recorded_geth(dir: &Path) -> PathBuf {
     wrapper(
         dir,
-        "bootnode",
+        "geth",
         &format!(
             "exec {} \"$@\"",
-            repo().join("tests/standins/bootnode").display()
+            repo().join("tests/standins/geth").display()
         ),
     )
 }
@@ -301,9 +302,10 @@ fn assert_clean_boot_failure(
 async fn imds_secrets_manager_or_efs_unavailable_at_boot_is_retried_then_fails_cleanly() {
     let moto = Moto::start();
     moto.seed_fixture_secrets("staging").await;
+    // A sealer: geth must never run, not even `geth init`, without its keystore or on the local disk.
     let bin = tempfile::tempdir().unwrap();
-    let bootnode = recorded_bootnode(bin.path());
-    let binaries = format!("[binaries]\nbootnode = \"{}\"\n", bootnode.display());
+    let geth = recorded_geth(bin.path());
+    let binaries = format!("[binaries]\ngeth = \"{}\"\n", geth.display());
 
     // The deadlines leave room for two of the agent's retries: each SDK call already retries inside
     // (about 2 s for Secrets Manager) before the agent sees a failure.
@@ -324,7 +326,9 @@ async fn imds_secrets_manager_or_efs_unavailable_at_boot_is_retried_then_fails_c
     );
 
     // Secrets Manager: every call dropped.
-    let imds = bootnode_imds();
+    let imds = ImdsEmulator::start(&imds_config(
+        json!({"Role": "sealer", "Environment": "staging"}),
+    ));
     let proxy = FaultProxy::start(&moto.endpoint());
     proxy.set_rules(json!([{"target": "*", "drop": true}]));
     let mut host = Host::new(
@@ -345,7 +349,7 @@ async fn imds_secrets_manager_or_efs_unavailable_at_boot_is_retried_then_fails_c
 
     // EFS: its mount target's name does not resolve.
     let imds = ImdsEmulator::start(&imds_config(
-        json!({"Role": "bootnode", "Environment": "staging", "EfsFileSystemId": "fs-0123456789abcdef0"}),
+        json!({"Role": "sealer", "Environment": "staging", "EfsFileSystemId": "fs-0123456789abcdef0"}),
     ));
     let host = Host::new(
         Some(&imds.endpoint()),
@@ -371,6 +375,17 @@ async fn imds_secrets_manager_or_efs_unavailable_at_boot_is_retried_then_fails_c
         local.is_empty(),
         "written to the local disk instead of EFS: {local:?}"
     );
+
+    // The control: with every service there, the same sealer boots, and the wrapper saw geth run.
+    let imds = ImdsEmulator::start(&imds_config(
+        json!({"Role": "sealer", "Environment": "staging"}),
+    ));
+    let host = Host::new(Some(&imds.endpoint()), Some(&moto.endpoint()), &binaries);
+    let mut agent = host.spawn_run(&[]);
+    agent.wait_ready();
+    // `geth version`, `geth init`, then geth itself.
+    assert_eq!(starts(bin.path()), 3, "{}", agent.stderr());
+    assert!(agent.terminate().success());
 }
 
 #[tokio::test]
