@@ -14,13 +14,6 @@ const GROUP: &str = "/node-agent/staging/bootnode";
 const AGENT_STREAM: &str = "i-0123456789abcdef0/node-agent";
 const LOCAL_BOOTNODE: [&str; 5] = ["--local", "--role", "bootnode", "--environment", "dev"];
 
-/// `status --json`: its exit code and document.
-fn status(host: &Host) -> (Option<i32>, Value) {
-    let out = host.output(&["status", "--json"]);
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code(), doc)
-}
-
 fn status_text(host: &Host) -> String {
     String::from_utf8_lossy(&host.output(&["status"]).stdout).into_owned()
 }
@@ -126,7 +119,7 @@ async fn secrets_manager_gone_for_a_minute_keeps_the_child_shows_it_and_catches_
     agent.wait_ready();
     let child = agent.the_child();
     wait_for("a first rotation poll", Duration::from_secs(20), || {
-        let (code, doc) = status(&host);
+        let (code, doc) = host.status();
         (code == Some(0) && doc["services"]["secrets_manager"]["ok_at"].is_u64()).then_some(())
     });
 
@@ -136,7 +129,7 @@ async fn secrets_manager_gone_for_a_minute_keeps_the_child_shows_it_and_catches_
         "status to report Secrets Manager failing",
         Duration::from_secs(30),
         || {
-            let (code, doc) = status(&host);
+            let (code, doc) = host.status();
             (code == Some(1)).then_some(doc)
         },
     );
@@ -164,7 +157,7 @@ async fn secrets_manager_gone_for_a_minute_keeps_the_child_shows_it_and_catches_
         OUTAGE.saturating_sub(began.elapsed()),
         "while Secrets Manager was unreachable",
     );
-    assert_eq!(status(&host).0, Some(1), "still degraded at the end");
+    assert_eq!(host.status().0, Some(1), "still degraded at the end");
 
     proxy.set_rules(json!([]));
     let key_file = host.secrets_dir().join("bootnode-nodekey");
@@ -181,7 +174,7 @@ async fn secrets_manager_gone_for_a_minute_keeps_the_child_shows_it_and_catches_
         children_of(agent.pid()).into_iter().find(|p| *p != child)
     });
     let doc = wait_for("status healthy again", Duration::from_secs(30), || {
-        let (code, doc) = status(&host);
+        let (code, doc) = host.status();
         (code == Some(0)).then_some(doc)
     });
     assert_eq!(doc["services"]["secrets_manager"]["ok"], true, "{doc:#}");
@@ -211,7 +204,7 @@ async fn imds_gone_for_a_minute_keeps_the_child_and_shipping_and_status_shows_it
     agent.wait_ready();
     let child = agent.the_child();
     wait_for("a first IMDS check", Duration::from_secs(20), || {
-        let (code, doc) = status(&host);
+        let (code, doc) = host.status();
         (code == Some(0) && doc["services"]["imds"]["ok_at"].is_u64()).then_some(())
     });
 
@@ -221,7 +214,7 @@ async fn imds_gone_for_a_minute_keeps_the_child_and_shipping_and_status_shows_it
         "status to report IMDS failing",
         Duration::from_secs(30),
         || {
-            let (code, doc) = status(&host);
+            let (code, doc) = host.status();
             (code == Some(1)).then_some(doc)
         },
     );
@@ -257,7 +250,7 @@ async fn imds_gone_for_a_minute_keeps_the_child_and_shipping_and_status_shows_it
 
     imds.resume();
     let doc = wait_for("status healthy again", Duration::from_secs(30), || {
-        let (code, doc) = status(&host);
+        let (code, doc) = host.status();
         (code == Some(0)).then_some(doc)
     });
     assert_eq!(doc["services"]["imds"]["ok"], true, "{doc:#}");
@@ -527,7 +520,7 @@ async fn ten_rotations_under_load_restart_the_child_gracefully_once_each() {
     let answered = poller.join().unwrap();
     assert!(answered > 10, "status answered {answered} times under load");
 
-    let (_, doc) = status(&host);
+    let (_, doc) = host.status();
     assert_eq!(doc["children"][0]["restarts"], 10, "{doc:#}");
     assert_eq!(doc["children"][0]["unhealthy_restarts"], 0, "{doc:#}");
     assert_eq!(
@@ -597,7 +590,7 @@ fn a_crash_looping_child_is_restarted_with_backoff_and_the_agent_stays_idle() {
         "status to show the crash loop",
         Duration::from_secs(10),
         || {
-            let (code, doc) = status(&host);
+            let (code, doc) = host.status();
             (code == Some(2) && doc["children"][0]["state"] == "crash_loop").then_some(())
         },
     );

@@ -498,7 +498,7 @@ async fn a_60_s_cloudwatch_outage_keeps_the_child_running_and_every_line_arrives
         "status to report the shipping backlog during the outage",
         outage.saturating_sub(ready.elapsed()),
         || {
-            let (code, doc) = status(&r.host);
+            let (code, doc) = r.host.status();
             (code == Some(1)).then_some(doc)
         },
     );
@@ -522,7 +522,7 @@ async fn a_60_s_cloudwatch_outage_keeps_the_child_running_and_every_line_arrives
         "{midway} lines on disk halfway, {at_end} at the end of the outage"
     );
     assert_eq!(
-        status(&r.host).0,
+        r.host.status().0,
         Some(1),
         "still degraded at the end of the outage"
     );
@@ -535,7 +535,7 @@ async fn a_60_s_cloudwatch_outage_keeps_the_child_running_and_every_line_arrives
     let seqs: Vec<usize> = shipped.iter().map(|m| seq(m)).collect();
     assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
     let doc = wait_for("status healthy again", Duration::from_secs(60), || {
-        let (code, doc) = status(&r.host);
+        let (code, doc) = r.host.status();
         (code == Some(0)).then_some(doc)
     });
     // The same child all along: the agent kept it running, no restart.
@@ -611,13 +611,6 @@ async fn events_too_old_for_cloudwatch_are_counted_and_the_rest_arrive() {
         "{err}"
     );
     assert!(agent.terminate().success());
-}
-
-/// `status --json` of the rig's agent: (exit code, document).
-fn status(host: &Host) -> (Option<i32>, Value) {
-    let out = host.output(&["status", "--json"]);
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code(), doc)
 }
 
 /// The status of the child's stream (`logs.streams[]`).
@@ -698,7 +691,7 @@ async fn a_full_log_disk_loses_counted_lines_only_keeps_the_child_running_and_re
         Duration::from_secs(30),
         || {
             let written = r.file_lines();
-            let unwritten = child_stream(&status(&r.host).1)["unwritten_lines"].as_u64()?;
+            let unwritten = child_stream(&r.host.status().1)["unwritten_lines"].as_u64()?;
             (written.len() + unwritten as usize == FLOOD).then_some((written, unwritten))
         },
     );
@@ -712,7 +705,7 @@ async fn a_full_log_disk_loses_counted_lines_only_keeps_the_child_running_and_re
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "lines out of order");
     assert!(written.iter().all(|l| l.len() == 200), "a line was cut");
     // Visible: in status (text and JSON) and in the agent's log on stderr.
-    let (_, doc) = status(&r.host);
+    let (_, doc) = r.host.status();
     let summary = doc["logs"]["summary"]
         .as_str()
         .unwrap_or_default()
@@ -755,7 +748,7 @@ async fn a_full_log_disk_loses_counted_lines_only_keeps_the_child_running_and_re
         .wait_shipped(all.len(), Duration::from_secs(60), &agent)
         .await;
     assert_same_lines(&shipped, &all);
-    let (_, doc) = status(&r.host);
+    let (_, doc) = r.host.status();
     assert_eq!(child_stream(&doc)["unwritten_lines"], unwritten, "{doc:#}");
     assert_eq!(doc["children"][0]["pid"], child, "{doc:#}");
     assert_eq!(children_of(agent.pid()), [child], "the child was restarted");

@@ -401,6 +401,13 @@ grace_secs = 2
         Agent { child, stderr: log }
     }
 
+    /// `status --json`: its exit code and document (null when it printed no JSON).
+    pub fn status(&self) -> (Option<i32>, Value) {
+        let out = self.output(&["status", "--json"]);
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), doc)
+    }
+
     pub fn log(&self, child: &str) -> String {
         std::fs::read_to_string(self.path(&format!("logs/{child}.log"))).unwrap_or_default()
     }
