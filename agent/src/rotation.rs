@@ -76,23 +76,9 @@ impl Rotation {
         loop {
             tick.tick().await;
             let result = self.round(&mut refused).await;
-            let now = crate::health::now_unix();
-            self.services.send_modify(|s| {
-                let sm = s.secrets_manager.get_or_insert_with(Default::default);
-                match &result {
-                    Err(RoundError::Unreachable(e)) => {
-                        sm.failed(now, crate::identity::error_chain(e))
-                    }
-                    _ => {
-                        if let Some(secs) = sm.succeeded(now) {
-                            tracing::info!(
-                                after_secs = secs,
-                                "secret rotation: Secrets Manager answers again"
-                            );
-                        }
-                    }
-                }
-            });
+            if !matches!(result, Err(RoundError::Unreachable(_))) {
+                self.reached();
+            }
             match result {
                 Ok(Some(kinds)) => {
                     let names: Vec<&str> = self
@@ -112,6 +98,12 @@ impl Rotation {
                 Err(RoundError::Unreachable(e)) => {
                     let msg = crate::identity::error_chain(&e);
                     tracing::error!(error = %msg, "secret rotation: Secrets Manager unreachable; keeping the current secrets and asking again next round");
+                    let now = crate::health::now_unix();
+                    self.services.send_modify(|s| {
+                        if let Some(sm) = s.secrets_manager.as_mut() {
+                            sm.failed(now, msg);
+                        }
+                    });
                 }
                 Err(RoundError::Refused(e)) => {
                     let msg = crate::identity::error_chain(&e);
@@ -126,6 +118,20 @@ impl Rotation {
                 }
             }
         }
+    }
+
+    /// Records that Secrets Manager answered this round, for status (nothing for local secrets, where
+    /// status shows no Secrets Manager).
+    fn reached(&self) {
+        let now = crate::health::now_unix();
+        self.services.send_modify(|s| {
+            if let Some(secs) = s.secrets_manager.as_mut().and_then(|sm| sm.succeeded(now)) {
+                tracing::info!(
+                    after_secs = secs,
+                    "secret rotation: Secrets Manager answers again"
+                );
+            }
+        });
     }
 
     /// One poll. `Ok(Some(kinds))` when new versions were installed.

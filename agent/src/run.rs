@@ -392,7 +392,9 @@ async fn watch_imds(boot: Identity, interval: Duration, services: watch::Sender<
             }
         }
         services.send_modify(|s| {
-            let r = s.imds.get_or_insert_with(Default::default);
+            let Some(r) = s.imds.as_mut() else {
+                return;
+            };
             match &got {
                 Ok(_) => {
                     if let Some(secs) = r.succeeded(now) {
