@@ -287,35 +287,29 @@ fn serve(conn: TcpStream, upstream: u16, state: Arc<Mutex<ProxyState>>, stop: Ar
             let mut s = lock();
             s.violations
                 .extend(problems.into_iter().map(|p| format!("{}: {p}", put.stream)));
-            let fault = s.fault;
-            match fault {
-                Fault::Throttle(n) if n > 0 => {
-                    s.fault = Fault::Throttle(n - 1);
-                    s.faults_served += 1;
-                    s.puts.push(put);
-                    drop(s);
-                    respond(
-                        &mut w,
-                        "400 Bad Request",
-                        "ThrottlingException",
-                        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
-                    );
-                    continue;
-                }
-                Fault::Unavailable(n) if n > 0 => {
-                    s.fault = Fault::Unavailable(n - 1);
-                    s.faults_served += 1;
-                    s.puts.push(put);
-                    drop(s);
-                    respond(
-                        &mut w,
-                        "503 Service Unavailable",
-                        "ServiceUnavailableException",
-                        r#"{"__type":"ServiceUnavailableException","message":"try again"}"#,
-                    );
-                    continue;
-                }
-                _ => {}
+            // A canned error instead of forwarding: the fault that remains, and the answer.
+            let canned = match s.fault {
+                Fault::Throttle(n) if n > 0 => Some((
+                    Fault::Throttle(n - 1),
+                    "400 Bad Request",
+                    "ThrottlingException",
+                    r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+                )),
+                Fault::Unavailable(n) if n > 0 => Some((
+                    Fault::Unavailable(n - 1),
+                    "503 Service Unavailable",
+                    "ServiceUnavailableException",
+                    r#"{"__type":"ServiceUnavailableException","message":"try again"}"#,
+                )),
+                _ => None,
+            };
+            if let Some((rest, status, kind, body)) = canned {
+                s.fault = rest;
+                s.faults_served += 1;
+                s.puts.push(put);
+                drop(s);
+                respond(&mut w, status, kind, body);
+                continue;
             }
             let delay = s.delay;
             s.puts.push(put);
