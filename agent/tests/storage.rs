@@ -65,10 +65,7 @@ fn a_host_pointed_at_another_roles_data_refuses_to_start() {
     let out = host.output(&["run"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("node-agent: error:"))
-        .unwrap_or_default();
+    let line = error_line(&out);
     assert!(
         line.contains("belongs to environment staging, role sealer, file system local disk")
             && line.contains("this host is environment staging, role rpc"),
@@ -112,10 +109,7 @@ fn efs_that_cannot_be_mounted_fails_closed_naming_the_target() {
     let out = host.output(&["run"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("node-agent: error:"))
-        .unwrap_or_default();
+    let line = error_line(&out);
     assert!(
         line.contains("storage:") && line.contains("127.0.0.1:/staging/rpc"),
         "{err}"
