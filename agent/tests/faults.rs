@@ -23,15 +23,12 @@ fn status_text(host: &Host) -> String {
 fn wrapper(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let path = dir.join(name);
     let starts = dir.join("starts");
-    std::fs::write(
-        &path,
-        format!("#!/bin/sh\necho \"$$\" >> {}\n{body}\n", starts.display()),
+    script(
+        dir,
+        name,
+        &format!("echo \"$$\" >> {}\n{body}", starts.display()),
     )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// How many times a wrapper in `dir` was started.
@@ -63,12 +60,7 @@ fn bootnode_imds() -> ImdsEmulator {
 
 /// CPU seconds (user + system) a process has used, from /proc.
 fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command name: state is field 3, utime 14 and stime 15 (1-based, see proc(5)).
+    let fields = stat_fields(pid).unwrap_or_default();
     let ticks: u64 = [11, 12]
         .iter()
         .map(|i| {

@@ -9,7 +9,6 @@ pub use cwproxy::*;
 pub use imds::*;
 
 use serde_json::{json, Value};
-use std::io::Read as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -513,33 +512,24 @@ impl Drop for Agent {
     }
 }
 
+/// A process's /proc/PID/stat fields after the command name (which may hold spaces and parentheses):
+/// `[0]` is the state, `[1]` the parent pid, `[11]` and `[12]` utime and stime (fields 3, 4, 14 and 15 of
+/// proc(5)).
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// Direct children of `pid`, from /proc.
 pub fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(mut f) = std::fs::File::open(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let mut s = String::new();
-        if f.read_to_string(&mut s).is_err() {
-            continue;
-        }
-        // The command name may hold spaces and parentheses: fields resume after the last ')'.
-        let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|x| x.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| stat_fields(*p).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(pid))
+        .collect()
 }
 
 /// A process's argv.
@@ -554,9 +544,7 @@ pub fn cmdline(pid: i32) -> Vec<String> {
 
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+        && stat_fields(pid).is_none_or(|f| f.first().map(String::as_str) != Some("Z"))
 }
 
 /// The one line node-agent printed on stderr for a failed command.
@@ -631,17 +619,25 @@ pub fn proc_status(pid: i32, field: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Writes an executable shell script `dir/name` that runs `body`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod script");
+    path
+}
+
 /// Writes an executable wrapper that runs the geth stand-in with `prelude` (shell) before it.
 pub fn geth_wrapper(dir: &Path, prelude: &str) -> PathBuf {
-    let path = dir.join("geth-wrapper");
-    let text = format!(
-        "#!/bin/sh\n{prelude}\nexec {} \"$@\"\n",
-        repo().join("tests/standins/geth").display()
-    );
-    std::fs::write(&path, text).expect("write wrapper");
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod wrapper");
-    path
+    script(
+        dir,
+        "geth-wrapper",
+        &format!(
+            "{prelude}\nexec {} \"$@\"",
+            repo().join("tests/standins/geth").display()
+        ),
+    )
 }
 
 /// Writes the geth stand-in's fault switches into a datadir.
