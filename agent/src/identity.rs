@@ -1,10 +1,10 @@
 //! Who this host is: region, instance, addresses and tags, from IMDSv2 (or from flags in local mode).
 
+use crate::backoff::Backoff;
 use aws_config::imds::client::error::ImdsError;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// This instance, as EC2 describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,24 +51,21 @@ pub async fn from_imds(deadline: Duration) -> Result<Identity, IdentityError> {
         .read_timeout(Duration::from_secs(2))
         .build();
     let endpoint = imds_endpoint();
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     loop {
         match read(&client).await {
             Ok(id) => return Ok(id),
             Err(Attempt::Final(e)) => return Err(e),
             Err(Attempt::Retry(cause)) => {
-                let waited = start.elapsed();
-                if waited + delay > deadline {
+                let Some(delay) = backoff.next_delay() else {
                     return Err(IdentityError::Unreachable {
                         endpoint,
-                        waited,
+                        waited: backoff.waited(),
                         cause,
                     });
-                }
+                };
                 tracing::warn!(%endpoint, %cause, retry_in = ?delay, "instance metadata not available yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

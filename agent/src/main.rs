@@ -1,5 +1,6 @@
 //! node-agent: bootstraps one host of a private geth Clique chain on AWS and supervises its role.
 
+mod backoff;
 mod cli;
 mod config;
 mod genesis;

@@ -1,6 +1,7 @@
 //! Secrets: fetched from Secrets Manager (or a local directory), held in a redacting, zeroizing type, and
 //! written only into the private directory, atomically, mode 0400.
 
+use crate::backoff::Backoff;
 use crate::config::{SecretRef, SecretSourceKind, SecretsSettings};
 use crate::identity::error_chain;
 use crate::plan::{PlannedSecret, Rendered, SecretKind};
@@ -9,7 +10,6 @@ use std::fmt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 /// A secret's bytes. Never printed: `Debug` and `Display` redact; the memory is zeroed on drop.
@@ -237,8 +237,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
 {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(
+        Duration::from_millis(250),
+        Duration::from_secs(10),
+        deadline,
+    );
     loop {
         let cause = match call().await {
             Ok(out) => return Ok(out),
@@ -272,17 +275,15 @@ where
                 }
             },
         };
-        let waited = start.elapsed();
-        if waited + delay > deadline {
+        let Some(delay) = backoff.next_delay() else {
             return Err(SecretError::Unavailable {
                 name: name.into(),
-                waited,
+                waited: backoff.waited(),
                 cause,
             });
-        }
+        };
         tracing::warn!(secret_name = name, %cause, retry_in = ?delay, "Secrets Manager not available; retrying");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
