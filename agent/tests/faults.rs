@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -446,17 +446,18 @@ async fn ten_rotations_under_load_restart_the_child_gracefully_once_each() {
     let imds = bootnode_imds();
     let bin = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = bin.path().join("busy-bootnode");
-    std::fs::write(&script, BUSY_BOOTNODE).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let host = Host::new(
+    let busy = bin.path().join("busy-bootnode");
+    std::fs::write(&busy, BUSY_BOOTNODE).unwrap();
+    std::fs::set_permissions(&busy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Shared with the status poller below.
+    let host = std::sync::Arc::new(Host::new(
         Some(&imds.endpoint()),
         Some(&moto.endpoint()),
         &format!(
             "[binaries]\nbootnode = \"{}\"\n[secrets]\nrotation_interval_secs = 1\n[logs]\nmax_file_bytes = 4194304\nkeep_files = 3\n",
-            script.display()
+            busy.display()
         ),
-    );
+    ));
     let mut agent = host.spawn_run(&[]);
     agent.wait_ready();
     let mut child = agent.the_child();
@@ -464,24 +465,11 @@ async fn ten_rotations_under_load_restart_the_child_gracefully_once_each() {
     // More load: operators polling status all along.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
-        let stop = stop.clone();
-        let cmd = host.command(&["status", "--json"]);
-        let (prog, args, envs): (PathBuf, Vec<_>, Vec<_>) = (
-            cmd.get_program().into(),
-            cmd.get_args().map(|a| a.to_owned()).collect(),
-            cmd.get_envs()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
-                .collect(),
-        );
+        let (stop, host) = (stop.clone(), host.clone());
         std::thread::spawn(move || {
             let mut answered = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = std::process::Command::new(&prog)
-                    .args(&args)
-                    .envs(envs.iter().map(|(k, v)| (k, v)))
-                    .output()
-                    .expect("status");
-                if serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|d| d["schema"] == 1) {
+                if host.status().1["schema"] == 1 {
                     answered += 1;
                 }
             }
