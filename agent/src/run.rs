@@ -158,8 +158,8 @@ async fn root_steps(
 
 /// Whether a tmpfs is mounted exactly at `dir`.
 fn secrets_tmpfs_mounted(dir: &Path) -> bool {
-    let text = storage::read_mountinfo(Path::new("/proc/self/mountinfo")).unwrap_or_default();
-    storage::mount_at(&storage::parse_mountinfo(&text), dir).is_some_and(|m| m.fs_type == "tmpfs")
+    let mounts = storage::mounts().unwrap_or_default();
+    storage::mount_at(&mounts, dir).is_some_and(|m| m.fs_type == "tmpfs")
 }
 
 /// `node-agent prepare`: the root-only boot steps, then exit.

@@ -138,8 +138,16 @@ pub struct MountEntry {
 
 /// Reads a mountinfo file. Not `read_to_string`: the kernel does not escape bytes that are not UTF-8,
 /// and one such mount point anywhere on the host must not make every mount unverifiable.
-pub fn read_mountinfo(path: &Path) -> std::io::Result<String> {
+fn read_mountinfo(path: &Path) -> std::io::Result<String> {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Where the kernel lists this process's mounts.
+const MOUNTINFO_PATH: &str = "/proc/self/mountinfo";
+
+/// This process's mounts, as the kernel lists them now.
+pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
+    read_mountinfo(Path::new(MOUNTINFO_PATH)).map(|t| parse_mountinfo(&t))
 }
 
 /// Parses mountinfo; lines that do not fit the format are skipped.
@@ -541,9 +549,8 @@ fn expected_source(efs: &crate::config::EfsSettings) -> ExpectedSource {
 pub fn still_in_place(storage: &StorageSettings) -> Result<(), String> {
     let datadir = storage.datadir();
     if let StorageSettings::Efs(efs) = storage {
-        let text = read_mountinfo(Path::new("/proc/self/mountinfo"))
-            .map_err(|e| format!("cannot read mountinfo: {e}"))?;
-        match mount_state(&parse_mountinfo(&text), datadir, &expected_source(efs)) {
+        let mounts = mounts().map_err(|e| format!("cannot read mountinfo: {e}"))?;
+        match mount_state(&mounts, datadir, &expected_source(efs)) {
             MountState::Expected => {}
             MountState::Absent => {
                 return Err(format!("nothing is mounted at {}", datadir.display()))
@@ -577,10 +584,7 @@ fn expected_sentinel(host: &Host<'_>, file_system_id: Option<&str>, path: &str) 
         role: host.role.as_str().to_owned(),
         path: path.to_owned(),
         created_by: host.instance_id.to_owned(),
-        created_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default(),
+        created_at: crate::health::now_unix(),
     }
 }
 
@@ -686,10 +690,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 }
 
 fn read_mounts() -> Result<Vec<MountEntry>, StorageError> {
-    let p = Path::new("/proc/self/mountinfo");
-    read_mountinfo(p)
-        .map(|t| parse_mountinfo(&t))
-        .map_err(io("cannot read", p))
+    mounts().map_err(io("cannot read", Path::new(MOUNTINFO_PATH)))
 }
 
 /// Mount attempts for one file system: the kernel's NFS client, or amazon-efs-utils.
