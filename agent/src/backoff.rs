@@ -1,5 +1,6 @@
-//! Waiting between attempts at a service that may answer later (IMDS in early boot, Secrets Manager):
-//! doubling waits, given up once the next wait would end past the deadline.
+//! Waiting between attempts: doubling waits, with jitter where many hosts retry the same service
+//! (CloudWatch, a child's restart), or up to a deadline for a service that may answer later (IMDS in
+//! early boot, Secrets Manager).
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -46,9 +47,32 @@ impl Backoff {
     }
 }
 
+/// The `attempt`th (from 0) of waits doubling from `first`, capped at `cap`. Pure.
+pub fn doubling(first: Duration, cap: Duration, attempt: u32) -> Duration {
+    first.saturating_mul(1u32 << attempt.min(31)).min(cap)
+}
+
+/// `delay` spread over ±20% by `jitter` in [0, 1), so many hosts do not retry in step. Pure.
+pub fn jittered(delay: Duration, jitter: f64) -> Duration {
+    delay.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubling_caps_and_jitter_spreads_by_a_fifth() {
+        let ms = Duration::from_millis;
+        let waits: Vec<u128> = (0..6)
+            .map(|n| doubling(ms(200), ms(2000), n).as_millis())
+            .collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(doubling(ms(1), ms(5), u32::MAX), ms(5));
+        assert_eq!(jittered(ms(1000), 0.0), ms(800));
+        assert_eq!(jittered(ms(1000), 0.5), ms(1000));
+        assert_eq!(jittered(ms(1000), 7.0), ms(1200));
+    }
 
     #[test]
     fn waits_double_to_the_cap_and_stop_before_the_deadline() {

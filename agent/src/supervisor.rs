@@ -56,14 +56,9 @@ impl RestartPolicy {
         if ran_for >= self.stable_after {
             self.quick_failures = 0;
         }
-        let exp = self.quick_failures.min(20);
+        let base = crate::backoff::doubling(self.initial, self.max, self.quick_failures.min(20));
         self.quick_failures = self.quick_failures.saturating_add(1);
-        let base = self
-            .initial
-            .saturating_mul(1u32 << exp.min(31))
-            .min(self.max);
-        let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-        let delay = base.mul_f64(factor).min(self.max);
+        let delay = crate::backoff::jittered(base, jitter).min(self.max);
         if self.quick_failures > self.crash_loop_after {
             Verdict::CrashLoop(delay)
         } else {

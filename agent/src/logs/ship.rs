@@ -83,11 +83,9 @@ struct Backoff(u32);
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        let base = BACKOFF_FIRST
-            .saturating_mul(1 << self.0.min(16))
-            .min(BACKOFF_CAP);
-        self.0 += 1;
-        base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+        let base = crate::backoff::doubling(BACKOFF_FIRST, BACKOFF_CAP, self.0);
+        self.0 = self.0.saturating_add(1);
+        crate::backoff::jittered(base, rand::random::<f64>())
     }
 }
 
