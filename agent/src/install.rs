@@ -365,26 +365,21 @@ impl Drop for Scratch {
 
 /// Unpacks a verified .tar.gz with the system's tar and returns its single top-level directory.
 fn unpack(archive: &Path, into: &Path) -> Result<PathBuf, InstallError> {
-    let out = Command::new("tar")
-        .arg("-xzf")
-        .arg(archive)
-        .arg("-C")
-        .arg(into)
-        .args(["--no-same-owner", "--no-same-permissions"])
-        .output()
-        .map_err(|e| InstallError::Archive {
-            archive: archive.to_owned(),
-            problem: format!("cannot run tar: {e}"),
-        })?;
-    if !out.status.success() {
-        return Err(InstallError::Archive {
-            archive: archive.to_owned(),
-            problem: format!(
-                "tar failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
+    run_checked(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(archive)
+            .arg("-C")
+            .arg(into)
+            .args(["--no-same-owner", "--no-same-permissions"]),
+    )
+    .map_err(|r| InstallError::Archive {
+        archive: archive.to_owned(),
+        problem: match r {
+            Ran::NotStarted(e) => format!("cannot run tar: {e}"),
+            Ran::Failed(stderr) => format!("tar failed: {stderr}"),
+        },
+    })?;
     let mut tops = Vec::new();
     for e in fs::read_dir(into).map_err(io_err("cannot list", into))? {
         let e = e.map_err(io_err("cannot list", into))?;
@@ -559,25 +554,33 @@ pub fn apply(root: &Path, entries: &[Entry]) -> Result<Vec<String>, InstallError
     Ok(report)
 }
 
-fn run_tool(program: &str, args: &[&str]) -> Result<(), InstallError> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| InstallError::Activate {
-            program: program.into(),
-            problem: format!("cannot run it: {e}"),
-        })?;
-    if !out.status.success() {
-        return Err(InstallError::Activate {
-            program: program.into(),
-            problem: format!(
-                "{} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
+/// Why a command did not succeed.
+enum Ran {
+    NotStarted(std::io::Error),
+    /// It ran and failed; what it said on stderr.
+    Failed(String),
+}
+
+/// Runs `cmd` to completion, its output captured.
+fn run_checked(cmd: &mut Command) -> Result<(), Ran> {
+    let out = cmd.output().map_err(Ran::NotStarted)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Ran::Failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
     }
-    Ok(())
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Result<(), InstallError> {
+    run_checked(Command::new(program).args(args)).map_err(|r| InstallError::Activate {
+        program: program.into(),
+        problem: match r {
+            Ran::NotStarted(e) => format!("cannot run it: {e}"),
+            Ran::Failed(stderr) => format!("{} failed: {stderr}", args.join(" ")),
+        },
+    })
 }
 
 /// Creates the users and directories and enables the unit under `root`, with systemd's own tools (they
@@ -668,6 +671,19 @@ pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_fails_says_so_with_its_stderr() {
+        assert!(run_checked(&mut Command::new("true")).is_ok());
+        match run_checked(Command::new("sh").args(["-c", "echo 'no such archive' >&2; exit 2"])) {
+            Err(Ran::Failed(stderr)) => assert_eq!(stderr, "no such archive"),
+            _ => panic!("a failing command was not reported with its stderr"),
+        }
+        assert!(matches!(
+            run_checked(&mut Command::new("/nonexistent/tool")),
+            Err(Ran::NotStarted(_))
+        ));
+    }
     use std::os::unix::fs::MetadataExt;
 
     fn args(root: &Path) -> InstallArgs {
