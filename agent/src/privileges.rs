@@ -2,7 +2,6 @@
 //! no supplementary groups and no capabilities, and so do all its children.
 
 use nix::unistd::{Gid, Uid};
-use std::path::Path;
 
 /// A resolved service user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +26,6 @@ pub enum PrivilegeError {
         step: &'static str,
         source: nix::Error,
     },
-    #[error("cannot hand {path} to the service user: {source}")]
-    Chown { path: String, source: nix::Error },
     #[error("privilege drop did not hold: {0}")]
     Verify(String),
 }
@@ -69,27 +66,6 @@ pub fn resolve(spec: &str) -> Result<Account, PrivilegeError> {
         });
     }
     Ok(account)
-}
-
-/// Gives `path` (not recursively) to the account.
-pub fn chown(path: &Path, account: Account) -> Result<(), PrivilegeError> {
-    nix::unistd::chown(path, Some(account.uid), Some(account.gid)).map_err(|source| {
-        PrivilegeError::Chown {
-            path: path.display().to_string(),
-            source,
-        }
-    })
-}
-
-/// Gives `path` and everything below it to the account (for trees the agent itself created).
-pub fn chown_tree(path: &Path, account: Account) -> Result<(), PrivilegeError> {
-    chown(path, account)?;
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            chown_tree(&entry.path(), account)?;
-        }
-    }
-    Ok(())
 }
 
 /// Drops to `account` in the fixed order setgroups → setgid → setuid, sets no-new-privs, then checks it

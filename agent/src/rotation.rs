@@ -201,7 +201,7 @@ impl Rotation {
             }
             return Err(RoundError::Refused(e));
         }
-        secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate)
+        secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate, None)
             .map_err(RoundError::Refused)?;
         self.set = candidate;
         let now = crate::health::now_unix();

@@ -6,7 +6,9 @@ use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
-use crate::{geth, lease, logs, privileges, rotation, secrets, status, storage, supervisor, sys};
+use crate::{
+    geth, lease, logs, privileges, rotation, safefs, secrets, status, storage, supervisor, sys,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -35,6 +37,8 @@ pub enum AgentError {
     Log(#[from] logs::LogError),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Fs(#[from] safefs::FsError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -91,16 +95,12 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentEr
     move |source| AgentError::Io { what, path, source }
 }
 
-/// Creates `dir` with `mode` (parents 0755, so a service user can reach it). Idempotent.
-fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    sys::create_parents(dir).map_err(|(p, e)| io("cannot create directory", &p)(e))?;
-    match std::fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(io("cannot set the mode of", dir)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(io("cannot create directory", dir)(e)),
-    }
+/// Creates `dir` with `mode` (parents 0755, so a service user can reach it), or opens it; either way its
+/// mode is set, and its owner when given, through its descriptor. Idempotent.
+fn create_dir(dir: &Path, mode: u32, owner: safefs::Owner) -> Result<safefs::Dir, AgentError> {
+    let d = safefs::Dir::create_all(dir, mode)?;
+    d.set(mode, owner)?;
+    Ok(d)
 }
 
 /// The role's data directory, ready to use: mounted and verified (EFS) or created (local), its sentinel
@@ -130,36 +130,51 @@ fn prepare_secrets_dir(plan: &Plan) -> Result<(), AgentError> {
 
 /// The steps that need root, in a fixed order: storage (mount, create, verify), the directories the agent
 /// and its children write (handed to the service user), the private tmpfs for the secrets. Idempotent:
-/// run by `node-agent prepare` (the unit's `ExecStartPre=+`) and by `run` when started as root.
+/// run by `node-agent prepare` (the unit's `ExecStartPre=+`) and by `run` when started as root. Every
+/// step acts through descriptors (`safefs`): these trees belong to the service user.
 async fn root_steps(
     settings: &Settings,
     plan: &Plan,
     account: privileges::Account,
 ) -> Result<(), AgentError> {
     prepare_storage(settings, plan).await?;
+    let owner = Some((account.uid.as_raw(), account.gid.as_raw()));
     let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
     if let StorageSettings::Local { datadir, .. } = &plan.storage {
         dirs.push(datadir.clone());
     }
     for d in &dirs {
-        create_dir(d, 0o750)?;
-        privileges::chown(d, account)?;
+        create_dir(d, 0o750, owner)?;
     }
-    let secrets_dir = &plan.secrets_dir;
-    create_dir(secrets_dir, 0o700)?;
-    // A tmpfs of its own, not just a directory on /run: nothing else shares its pages, and it can be
-    // kept out of swap. Already mounted there (a restart): reuse it.
-    if !plan.local && !secrets_tmpfs_mounted(secrets_dir) {
-        sys::mount_private_tmpfs(secrets_dir)?;
-    }
-    privileges::chown_tree(secrets_dir, account)?;
+    fresh_secrets_dir(plan, owner)?;
     Ok(())
 }
 
-/// Whether a tmpfs is mounted exactly at `dir`.
-fn secrets_tmpfs_mounted(dir: &Path) -> bool {
-    let mounts = storage::mounts().unwrap_or_default();
-    storage::mount_at(&mounts, dir).is_some_and(|m| m.fs_type == "tmpfs")
+/// The secrets directory, fresh: a tmpfs of its own (nothing else shares its pages, and it can be kept
+/// out of swap; one already mounted there by an earlier start is reused), emptied of whatever is in it
+/// (an earlier run's files after a crash, or what the service user planted), and only its root handed to
+/// the service user.
+fn fresh_secrets_dir(plan: &Plan, owner: safefs::Owner) -> Result<(), AgentError> {
+    let path = &plan.secrets_dir;
+    let mut dir = safefs::Dir::create_all(path, 0o700)?;
+    let tmpfs_here = |d: &safefs::Dir| -> Result<bool, safefs::FsError> {
+        Ok(d.is_mount_root()? && d.is_tmpfs()?)
+    };
+    if !plan.local && !tmpfs_here(&dir)? {
+        // mount(2) takes a path: the descriptor's, so a link swapped in meanwhile changes nothing.
+        sys::mount_private_tmpfs(&dir.proc_path(), path)?;
+        // The descriptor still names the directory underneath; the tmpfs root is what the path opens now.
+        dir = safefs::Dir::open(path)?;
+        if !tmpfs_here(&dir)? {
+            return Err(AgentError::Refused(format!(
+                "secrets directory {} is not the tmpfs just mounted there: something replaced it; check what is mounted there",
+                path.display()
+            )));
+        }
+    }
+    dir.empty()?;
+    dir.set(0o700, owner)?;
+    Ok(())
 }
 
 /// `node-agent prepare`: the root-only boot steps, then exit.
@@ -180,6 +195,7 @@ pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
 async fn materialize_secrets(
     settings: &Settings,
     plan: &Plan,
+    owner: Option<privileges::Account>,
 ) -> Result<Option<(secrets::Source, secrets::SecretSet)>, AgentError> {
     if plan.secrets.is_empty() {
         return Ok(None);
@@ -195,7 +211,7 @@ async fn materialize_secrets(
     )
     .await?;
     secrets::check_set(&plan.secrets, &set, &settings.signer, &plan.secrets_dir).await?;
-    secrets::write_all(&plan.secrets, &plan.rendered, &set)?;
+    secrets::write_all(&plan.secrets, &plan.rendered, &set, owner)?;
     for s in &plan.secrets {
         tracing::info!(secret_name = %s.reference.name, file = %s.file.display(), "secret written");
     }
@@ -240,10 +256,9 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     // the agent's lines from before wait in memory and open its log file.
     let mut pipeline = None;
     let result = async {
-        let secrets = materialize_secrets(&settings, &plan).await?;
+        let secrets = materialize_secrets(&settings, &plan, account).await?;
         let status_socket = match account {
             Some(account) => {
-                privileges::chown_tree(&plan.secrets_dir, account)?;
                 // Bound while still root, to give it to the operators' group.
                 let socket = bind_status_socket(&settings, Some(account))?;
                 privileges::drop_to(account)?;
@@ -301,39 +316,47 @@ fn storage_json(storage: &StorageSettings) -> serde_json::Value {
 
 /// The status socket: `runtime_dir/status.sock`, mode 0660, group `users.operators` when that group
 /// exists (operators in it need no sudo).
+///
+/// The runtime directory belongs to the service user, so the socket is bound, given its owner and mode in
+/// a private directory made for it (nobody else can touch it there), then renamed into place: root never
+/// changes anything by a path the service user could have swapped.
 fn bind_status_socket(
     settings: &Settings,
     account: Option<privileges::Account>,
 ) -> Result<tokio::net::UnixListener, AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = settings.runtime_dir.join(status::SOCKET);
-    create_dir(&settings.runtime_dir, 0o750)?;
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(io("cannot listen on", &path))?;
+    use std::ffi::OsStr;
+    let runtime = create_dir(
+        &settings.runtime_dir,
+        0o750,
+        account.map(|a| (a.uid.as_raw(), a.gid.as_raw())),
+    )?;
     let group = match sys::lookup_group(&settings.operators) {
-        Ok(Some(gid)) => Some(nix::unistd::Gid::from_raw(gid)),
+        Ok(Some(gid)) => Some(gid),
         _ => {
             tracing::warn!(group = %settings.operators, "operators' group not found: status needs the service user or root");
             None
         }
     };
-    let uid = account.map(|a| a.uid);
-    let gid = group.or(account.map(|a| a.gid));
-    // Only when it changes something: under the unit `run` starts as the service user, whose primary
-    // group is the operators' group, and its seccomp filter (~@privileged) refuses chown outright.
-    let meta = std::fs::metadata(&path).map_err(io("cannot stat", &path))?;
-    let changes = uid.is_some_and(|u| u.as_raw() != std::os::unix::fs::MetadataExt::uid(&meta))
-        || gid.is_some_and(|g| g.as_raw() != std::os::unix::fs::MetadataExt::gid(&meta));
-    if changes {
-        nix::unistd::chown(&path, uid, gid).map_err(|e| AgentError::Io {
-            what: "cannot chown",
-            path: path.clone(),
-            source: e.into(),
-        })?;
-    }
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
-        .map_err(io("cannot set the mode of", &path))?;
-    Ok(listener)
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    let uid = account.map_or(euid, |a| a.uid.as_raw());
+    let gid = group.or(account.map(|a| a.gid.as_raw())).unwrap_or(egid);
+    let private = OsStr::new(".status-bind");
+    runtime.remove_tree(private)?;
+    let (dir, _) = runtime.make_dir(private, 0o700, None)?;
+    let result = (|| {
+        let name = OsStr::new(status::SOCKET);
+        let listener = tokio::net::UnixListener::bind(dir.proc_path().join(name))
+            .map_err(io("cannot listen on", &settings.runtime_dir.join(name)))?;
+        // Only when it changes something: under the unit `run` starts as the service user, whose primary
+        // group is the operators' group, and its seccomp filter (~@privileged) refuses chown outright.
+        let owner = ((uid, gid) != (euid, egid)).then_some((uid, gid));
+        dir.set_at(name, 0o660, owner)?;
+        dir.rename_to(name, &runtime, name)?;
+        Ok(listener)
+    })();
+    runtime.remove_dir(private)?;
+    result
 }
 
 /// One line for systemd's STATUS=.

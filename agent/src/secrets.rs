@@ -66,6 +66,8 @@ pub enum SecretError {
     },
     #[error("secret {name}: {problem}")]
     Invalid { name: String, problem: String },
+    #[error(transparent)]
+    Fs(#[from] crate::safefs::FsError),
     #[error("cannot write secret file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -424,41 +426,30 @@ pub fn write_file(path: &Path, value: &[u8]) -> Result<(), SecretError> {
 }
 
 /// Writes `value` to `path` atomically with `mode`, owned by `owner` when given (the caller is root).
-/// The temp file gets its final mode and owner before it is renamed into place.
+/// The temp file gets its final mode and owner before it is renamed into place. A missing directory is
+/// created 0700 and given to `owner` too, so that the owner can reach the file (its missing parents are
+/// created 0755). Everything goes through descriptors: a link planted at `path` is replaced, not
+/// followed, and a link anywhere above it that someone other than root could have placed is refused.
 pub fn write_file_as(
     path: &Path,
     value: &[u8],
     mode: u32,
     owner: Option<crate::privileges::Account>,
 ) -> Result<(), SecretError> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .map_err(|source| SecretError::Write {
-            path: parent.to_owned(),
-            source,
-        })?;
     let owner = owner.map(|a| (a.uid.as_raw(), a.gid.as_raw()));
-    crate::sys::write_atomic(path, value, mode, owner)
-        .map_err(|(path, source)| SecretError::Write { path, source })
+    let (parent, name) = crate::safefs::split(path)?;
+    crate::safefs::Dir::create_all_owned(parent, 0o700, owner)?
+        .write_file(name, value, mode, owner)?;
+    Ok(())
 }
 
-/// Removes everything in the private directory; called when the agent stops.
+/// Removes everything in the private directory (never following a link planted there); called when the
+/// agent stops, and by `node-agent cleanup` after it.
 pub fn wipe_dir(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
+    match crate::safefs::Dir::open(dir).and_then(|d| d.empty()) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => tracing::warn!(error = %e, "cannot empty the secrets directory"),
     }
 }
 
@@ -659,11 +650,14 @@ pub fn node_id(nodekey: &SecretValue) -> Option<String> {
 }
 
 /// Writes every secret file and every file rendered from them, each atomically.
+/// `owner`: who gets the files when the caller is root.
 pub fn write_all(
     secrets: &[PlannedSecret],
     rendered: &[Rendered],
     set: &SecretSet,
+    owner: Option<crate::privileges::Account>,
 ) -> Result<(), SecretError> {
+    let write_file = |path: &Path, value: &[u8]| write_file_as(path, value, 0o400, owner);
     for s in secrets {
         if let Some(f) = set.get(s.kind) {
             write_file(&s.file, f.value.expose())?;

@@ -522,17 +522,34 @@ pub fn offline_report(agent_log: &Path) -> String {
             ));
         }
     }
-    match std::fs::read_to_string(agent_log) {
-        Ok(text) => {
+    // Read as root, from a directory the service user writes: never through a link, never a FIFO or a
+    // device, and only the end of it.
+    match crate::safefs::read_file(agent_log, OFFLINE_TAIL, crate::safefs::Part::Tail) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
             out.push_str(&format!("  last lines of {}:\n", agent_log.display()));
             for l in &lines[lines.len().saturating_sub(10)..] {
                 out.push_str(&format!("    {l}\n"));
             }
         }
-        Err(_) => out.push_str(&format!("  no agent log at {}\n", agent_log.display())),
+        Err(e) if e.is_not_found() => {
+            out.push_str(&format!("  no agent log at {}\n", agent_log.display()))
+        }
+        Err(e) => out.push_str(&format!("  cannot show the agent log: {e}\n")),
     }
     out
+}
+
+/// How much of the agent's log the offline report reads (its last lines are in there).
+const OFFLINE_TAIL: usize = 64 * 1024;
+
+/// `text` safe for a terminal: control characters (escape sequences among them) from the socket or a log
+/// file become `?`; line breaks stay.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
 }
 
 /// `node-agent status`; returns the exit code.
@@ -568,7 +585,7 @@ pub async fn command(args: &crate::cli::StatusArgs) -> u8 {
                     if args.watch {
                         print!("\x1b[H\x1b[2J");
                     }
-                    print!("{}", render(&doc));
+                    print!("{}", printable(&render(&doc)));
                 }
                 code
             }
@@ -580,8 +597,8 @@ pub async fn command(args: &crate::cli::StatusArgs) -> u8 {
                     if args.watch {
                         print!("\x1b[H\x1b[2J");
                     }
-                    println!("NOT RUNNING — {e}");
-                    print!("{}", offline_report(&agent_log));
+                    println!("{}", printable(&format!("NOT RUNNING — {e}")));
+                    print!("{}", printable(&offline_report(&agent_log)));
                 }
                 EXIT_NOT_RUNNING
             }
@@ -722,6 +739,20 @@ mod tests {
             text.contains("  rotation  Secrets Manager answered 2s ago\n")
                 && text.contains("  imds      instance metadata not asked yet\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn text_for_a_terminal_carries_no_control_characters() {
+        let doc = serde_json::json!({"overall": "healthy", "host": {"role": "rpc\u{1b}[2J", "environment": "a\u{9b}b\r"}});
+        let text = printable(&render(&doc));
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("a?b?") && text.contains("rpc?[2J"),
+            "{text:?}"
         );
     }
 

@@ -18,11 +18,11 @@
 //! Any failure stops the boot: geth never starts on the local root disk.
 
 use crate::config::{Role, StorageSettings};
+use crate::safefs::Dir;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,7 +38,16 @@ pub const EFS_MOUNT_OPTIONS: &str =
 pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
 
 /// Where the file system root is mounted, under the runtime directory, while a subdirectory is created.
-pub const ROOT_MOUNTPOINT: &str = "efs-root";
+/// The private mountpoint for the file system root (to create the role's directory), beside the runtime
+/// directory: `/run/.node-agent-efs-root` for `/run/node-agent`. Not inside it, where the service user
+/// can write.
+pub fn root_mountpoint(runtime_dir: &Path) -> PathBuf {
+    let name = runtime_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "node-agent".into());
+    runtime_dir.with_file_name(format!(".{name}-efs-root"))
+}
 
 /// `FS_ID.efs.REGION.amazonaws.com` (`.amazonaws.com.cn` in the China regions).
 pub fn efs_dns_name(file_system_id: &str, region: &str) -> String {
@@ -505,6 +514,8 @@ pub enum StorageError {
     NoSuchUser { name: String },
     #[error("storage: amazon-efs-utils is not installed (no mount.efs in /sbin, /usr/sbin): install it or set storage.efs_utils = false")]
     NoEfsUtils,
+    #[error("storage: {0}")]
+    Fs(#[from] crate::safefs::FsError),
     #[error("storage: {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -605,34 +616,21 @@ fn resolve_owner(owner: &Owner) -> Result<Option<(u32, u32)>, StorageError> {
     }
 }
 
-/// Creates `dir` (its missing parents 0755) owned by `ids` with mode 0750. `Ok(false)` when it already
-/// existed: an existing directory is never re-owned (its contents would not follow).
-fn create_owned_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<bool, StorageError> {
-    use std::os::unix::fs::PermissionsExt;
-    crate::sys::create_parents(dir).map_err(|(p, e)| io("cannot create directory", &p)(e))?;
-    match std::fs::DirBuilder::new().mode(0o750).create(dir) {
-        Ok(()) => {}
-        // Another host of the same role created it at the same moment: theirs is as good as ours.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-        Err(e) => return Err(io("cannot create directory", dir)(e)),
-    }
-    if let Some((uid, gid)) = ids {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-            .map_err(io("cannot change the owner of", dir))?;
-    }
-    // The umask may have taken bits away.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-        .map_err(io("cannot set the mode of", dir))?;
-    Ok(true)
+/// Creates `dir` (its missing parents 0755) owned by `ids` with mode 0750, or opens the existing one.
+/// The bool: whether it was created here (an existing directory is never re-owned: its contents would not
+/// follow). Through descriptors: its parents may belong to the service user.
+fn create_owned_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<(Dir, bool), StorageError> {
+    let (parent, name) = crate::safefs::split(dir)?;
+    // Another host of the same role may create it at the same moment: theirs is as good as ours.
+    Ok(Dir::create_all(parent, 0o755)?.make_dir(name, 0o750, ids)?)
 }
 
-fn warn_if_owned_otherwise(dir: &Path, ids: Option<(u32, u32)>) {
-    use std::os::unix::fs::MetadataExt;
-    if let (Some((uid, gid)), Ok(m)) = (ids, std::fs::metadata(dir)) {
-        if (m.uid(), m.gid()) != (uid, gid) {
+fn warn_if_owned_otherwise(dir: &Dir, ids: Option<(u32, u32)>) {
+    if let (Some((uid, gid)), Ok(m)) = (ids, dir.stat()) {
+        if (m.st_uid, m.st_gid) != (uid, gid) {
             tracing::warn!(
-                dir = %dir.display(),
-                owner = %format!("{}:{}", m.uid(), m.gid()),
+                dir = %dir.path().display(),
+                owner = %format!("{}:{}", m.st_uid, m.st_gid),
                 expected = %format!("{uid}:{gid}"),
                 "data directory is owned by another user; left as is (fix with chown -R if the service cannot write it)"
             );
@@ -642,19 +640,26 @@ fn warn_if_owned_otherwise(dir: &Path, ids: Option<(u32, u32)>) {
 
 fn prepare_local(datadir: &Path, owner: &Owner, host: &Host<'_>) -> Result<(), StorageError> {
     let ids = resolve_owner(owner)?;
-    if create_owned_dir(datadir, ids)? {
+    let (dir, created) = create_owned_dir(datadir, ids)?;
+    if created {
         tracing::info!(datadir = %datadir.display(), owner = %owner, "created the local data directory");
     } else {
-        warn_if_owned_otherwise(datadir, ids);
+        warn_if_owned_otherwise(&dir, ids);
     }
     let expected = expected_sentinel(host, None, &datadir.display().to_string());
-    check_or_create_sentinel(datadir, &expected)
+    check_or_create_sentinel(&dir, &expected)
 }
 
-/// Reads the sentinel and compares it, or writes it when the directory has none.
-fn check_or_create_sentinel(datadir: &Path, expected: &Sentinel) -> Result<(), StorageError> {
-    let path = datadir.join(SENTINEL);
-    match std::fs::read(&path) {
+/// The most a sentinel can be: it is a few hundred bytes of JSON.
+const SENTINEL_MAX: usize = 64 * 1024;
+
+/// Reads the sentinel and compares it, or writes it when the directory has none. The data directory may
+/// belong to the service user (and on EFS, to every host's): the sentinel is read only if it is a regular
+/// file, never through a link, and at most 64 KiB of it.
+fn check_or_create_sentinel(datadir: &Dir, expected: &Sentinel) -> Result<(), StorageError> {
+    let name = std::ffi::OsStr::new(SENTINEL);
+    let path = datadir.path().join(SENTINEL);
+    match datadir.read_file(name, SENTINEL_MAX, crate::safefs::Part::Head) {
         Ok(bytes) => {
             let found: Sentinel =
                 serde_json::from_slice(&bytes).map_err(|e| StorageError::BadSentinel {
@@ -666,27 +671,18 @@ fn check_or_create_sentinel(datadir: &Path, expected: &Sentinel) -> Result<(), S
                 Some(reason) => Err(StorageError::Mismatch(reason)),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_data = std::fs::read_dir(datadir)
-                .map_err(io("cannot read directory", datadir))?
-                .next()
-                .is_some();
-            if has_data {
-                tracing::warn!(datadir = %datadir.display(), "data directory has data but no sentinel: claiming it for this environment and role");
+        Err(e) if e.is_not_found() => {
+            if datadir.has_entries()? {
+                tracing::warn!(datadir = %datadir.path().display(), "data directory has data but no sentinel: claiming it for this environment and role");
             }
             let text = serde_json::to_vec_pretty(expected).unwrap_or_default();
-            write_atomically(&path, &text)?;
+            // 0644: `run`, as the service user, must read what `prepare` (root) wrote.
+            datadir.write_file(name, &text, 0o644, None)?;
             tracing::info!(sentinel = %path.display(), "sentinel written");
             Ok(())
         }
-        Err(e) => Err(io("cannot read", &path)(e)),
+        Err(e) => Err(e.into()),
     }
-}
-
-/// The sentinel, written atomically with mode 0644: `run`, as the service user, must read what `prepare`
-/// (root) wrote.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    crate::sys::write_atomic(path, bytes, 0o644, None).map_err(|(p, e)| io("cannot write", &p)(e))
 }
 
 fn read_mounts() -> Result<Vec<MountEntry>, StorageError> {
@@ -721,9 +717,9 @@ impl Mounter<'_> {
             .ok_or_else(|| Failure::NotReady(format!("{name} has no IPv4 address yet")))
     }
 
-    /// One attempt to mount `path` of the file system at `at` (nosuid, nodev, noexec), given at most
-    /// `limit`.
-    async fn mount(&self, path: &str, at: &Path, limit: Duration) -> Result<(), Failure> {
+    /// One attempt to mount `path` of the file system on the directory `at` (nosuid, nodev, noexec), given
+    /// at most `limit`.
+    async fn mount(&self, path: &str, at: &Dir, limit: Duration) -> Result<(), Failure> {
         let efs = self.efs;
         let timed_out = || {
             Failure::NotReady(format!(
@@ -734,7 +730,9 @@ impl Mounter<'_> {
         if efs.efs_utils {
             let ip = efs.dns_name.parse::<Ipv4Addr>().ok();
             let options = format!("{},{DATA_MOUNT_FLAGS}", efs.mount_options);
-            let args = efs_utils_args(&efs.file_system_id, path, at, &options, ip);
+            // mount.efs takes a path; `at` was opened without following any link someone other than
+            // root could have placed.
+            let args = efs_utils_args(&efs.file_system_id, path, at.path(), &options, ip);
             return match crate::sys::run_mount_command(&args, limit) {
                 Err(e) => Err(Failure::Fatal(format!("cannot run mount: {e}"))),
                 Ok(None) => Err(timed_out()),
@@ -746,7 +744,8 @@ impl Mounter<'_> {
         }
         let ip = self.resolve().await?;
         let options = kernel_mount_options(&efs.mount_options, ip);
-        match crate::sys::mount_nfs(&self.target(path), at, &options, limit) {
+        // The descriptor's path: a link swapped in since `at` was opened changes nothing.
+        match crate::sys::mount_nfs(&self.target(path), &at.proc_path(), &options, limit) {
             Err(e) => Err(Failure::Fatal(e.to_string())),
             Ok(crate::sys::Attempt::Mounted) => Ok(()),
             Ok(crate::sys::Attempt::Failed(errno)) => Err(classify_errno(errno)),
@@ -754,7 +753,9 @@ impl Mounter<'_> {
         }
     }
 
-    /// Mounts the root on a private mountpoint, creates `path` in it, unmounts.
+    /// Mounts the root on a private mountpoint (root's, 0700, beside the runtime directory), creates `path`
+    /// in it through descriptors (missing parents root-owned 0755, the role's directory `ids`' 0750, no
+    /// link followed: other hosts' service users own parts of this tree), unmounts.
     async fn create_dir(
         &self,
         path: &str,
@@ -763,32 +764,51 @@ impl Mounter<'_> {
         limit: Duration,
     ) -> Result<(), Failure> {
         let fatal = |e: StorageError| Failure::Fatal(crate::identity::error_chain(&e));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(runtime_dir)
-            .map_err(|e| fatal(io("cannot create directory", runtime_dir)(e)))?;
-        let mp = runtime_dir.join(ROOT_MOUNTPOINT);
+        let mp = root_mountpoint(runtime_dir);
+        let (parent, name) = crate::safefs::split(&mp).map_err(|e| fatal(e.into()))?;
+        let parent = Dir::create_all(parent, 0o755).map_err(|e| fatal(e.into()))?;
+        let (dir, _) = parent
+            .make_dir(name, 0o700, None)
+            .map_err(|e| fatal(e.into()))?;
+        let st = dir.stat().map_err(|e| fatal(e.into()))?;
+        if st.st_uid != 0 || st.st_mode & 0o077 != 0 {
+            return Err(Failure::Fatal(format!(
+                "{} must be root's own 0700 directory (found owner {} mode {:o}): remove it",
+                mp.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
+        }
         // A crash between mount and unmount leaves the root mounted here; start clean.
-        let mounts = read_mounts().map_err(fatal)?;
-        if mount_at(&mounts, &mp).is_some() {
+        if dir.is_mount_root().map_err(|e| fatal(e.into()))? {
             let _ = crate::sys::umount(&mp);
         }
-        match std::fs::DirBuilder::new().mode(0o700).create(&mp) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(fatal(io("cannot create directory", &mp)(e)))
-            }
-            _ => {}
-        }
-        self.mount("/", &mp, limit).await?;
+        self.mount("/", &dir, limit).await?;
         tracing::info!(target = %self.target(path), "creating the role's directory in the file system");
-        let created = create_owned_dir(&mp.join(path.trim_start_matches('/')), ids);
+        let created = Dir::open(&mp)
+            .map_err(StorageError::from)
+            .and_then(|root| create_below(&root, path, ids));
         if let Err(e) = crate::sys::umount(&mp) {
             tracing::warn!(mountpoint = %mp.display(), error = %e, "cannot unmount the file system root");
         }
-        let _ = std::fs::remove_dir(&mp);
-        created.map(|_| ()).map_err(fatal)
+        let _ = parent.remove_dir(name);
+        created.map_err(fatal)
     }
+}
+
+/// Creates the relative `path` below `root` one component at a time, never following a link: missing
+/// parents 0755 (root's), the last one 0750 owned by `ids`.
+fn create_below(root: &Dir, path: &str, ids: Option<(u32, u32)>) -> Result<(), StorageError> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let mut cur: Option<Dir> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let (mode, owner) = if last { (0o750, ids) } else { (0o755, None) };
+        let here = cur.as_ref().unwrap_or(root);
+        let (next, _) = here.make_dir(std::ffi::OsStr::new(part), mode, owner)?;
+        cur = Some(next);
+    }
+    Ok(())
 }
 
 async fn prepare_efs(
@@ -807,11 +827,9 @@ async fn prepare_efs(
         return Err(StorageError::NoEfsUtils);
     }
     let expected = expected_source(efs);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(datadir)
-        .map_err(io("cannot create mountpoint", datadir))?;
+    // The mountpoint, opened without following any link that someone other than root could have placed
+    // (only then is resolving it by path below the same directory).
+    let mountpoint = Dir::create_all(datadir, 0o755)?;
     let datadir = std::fs::canonicalize(datadir).map_err(io("cannot resolve", datadir))?;
 
     let mut mounted_here = false;
@@ -828,7 +846,7 @@ async fn prepare_efs(
             })
         }
         MountState::Absent => {
-            mount_with_retry(efs, &datadir, &expected, host, ids).await?;
+            mount_with_retry(efs, &mountpoint, &datadir, &expected, host, ids).await?;
             mounted_here = true;
             tracing::info!(target = %target, datadir = %datadir.display(), "mounted");
         }
@@ -838,7 +856,14 @@ async fn prepare_efs(
     let result = match mount_state(&read_mounts()?, &datadir, &expected) {
         MountState::Expected => {
             let s = expected_sentinel(host, Some(&efs.file_system_id), &efs.path);
-            check_or_create_sentinel(&datadir, &s)
+            // Opened again: the mountpoint's descriptor names the directory under the mount.
+            Dir::open(&datadir)
+                .map_err(StorageError::from)
+                .and_then(|d| {
+                    check_or_create_sentinel(&d, &s)?;
+                    warn_if_owned_otherwise(&d, ids);
+                    Ok(())
+                })
         }
         MountState::Absent => Err(StorageError::NotVerified {
             datadir: datadir.clone(),
@@ -855,14 +880,12 @@ async fn prepare_efs(
         // Leave the host as we found it: a later run must not take someone else's data as "already mounted".
         let _ = crate::sys::umount(&datadir);
     }
-    if result.is_ok() {
-        warn_if_owned_otherwise(&datadir, ids);
-    }
     result
 }
 
 async fn mount_with_retry(
     efs: &crate::config::EfsSettings,
+    mountpoint: &Dir,
     datadir: &Path,
     expected: &ExpectedSource,
     host: &Host<'_>,
@@ -875,7 +898,7 @@ async fn mount_with_retry(
     let mut created = false;
     loop {
         let limit = retry.attempt_limit(start.elapsed());
-        let failure = match m.mount(&efs.path, datadir, limit).await {
+        let failure = match m.mount(&efs.path, mountpoint, limit).await {
             Ok(()) => return Ok(()),
             Err(Failure::Missing) if !created => {
                 tracing::info!(target = %target, "the role's directory does not exist yet");

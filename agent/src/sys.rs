@@ -28,9 +28,10 @@ pub fn is_tmpfs(path: &Path) -> Result<bool, SysError> {
         })
 }
 
-/// Mounts a small private tmpfs at `path` (mode 0700, no devices, no setuid, no exec, no swap where the
-/// kernel allows it).
-pub fn mount_private_tmpfs(path: &Path) -> Result<(), SysError> {
+/// Mounts a small private tmpfs at `target` (mode 0700, no devices, no setuid, no exec, no swap where the
+/// kernel allows it); errors name `shown` (`target` may be a descriptor's /proc path).
+pub fn mount_private_tmpfs(target: &Path, shown: &Path) -> Result<(), SysError> {
+    let path = target;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let tmpfs = |options: &str| {
         mount(
@@ -46,7 +47,7 @@ pub fn mount_private_tmpfs(path: &Path) -> Result<(), SysError> {
         .or_else(|_| tmpfs("mode=0700,size=1m"))
         .map_err(|source| SysError {
             what: "cannot mount tmpfs on",
-            path: path.to_owned(),
+            path: shown.to_owned(),
             source,
         })
 }
@@ -203,26 +204,6 @@ pub fn reserve(f: &std::fs::File, at: u64, len: usize) -> std::io::Result<()> {
     }
 }
 
-/// Creates the missing parents of `dir` one by one, each 0755 with an explicit chmod: under the unit's
-/// UMask=0027 a parent that `prepare` (root) creates would otherwise be 0750 root, which the service user
-/// cannot traverse. On failure, the path that failed and why.
-pub fn create_parents(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let Some(parent) = dir.parent() else {
-        return Ok(());
-    };
-    let missing: Vec<&Path> = parent.ancestors().take_while(|p| !p.exists()).collect();
-    for p in missing.into_iter().rev() {
-        match std::fs::DirBuilder::new().mode(0o755).create(p) {
-            Ok(()) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| (p.to_owned(), e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-            Err(e) => return Err((p.to_owned(), e)),
-        }
-    }
-    Ok(())
-}
-
 /// Looks a user up in /etc/passwd: its uid and primary gid.
 ///
 /// Read directly rather than through getpwnam(3): the static binary cannot load glibc's NSS modules
@@ -251,59 +232,6 @@ pub fn group_gid(text: &str, name: &str) -> Option<u32> {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
     })
-}
-
-/// Writes `bytes` to `path` atomically: a dot-prefixed temp file in the same directory (so a directory
-/// scan such as geth's keystore never picks up a half-written file), fsync, its final owner (when given)
-/// and mode set explicitly (the unit's umask must not decide), rename, fsync of the directory. On failure
-/// the temp file is removed, and the error names the path that failed.
-pub fn write_atomic(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), (PathBuf, std::io::Error)> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let at = |p: &Path| {
-        let p = p.to_owned();
-        move |e| (p, e)
-    };
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(at(&tmp))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(at(&tmp))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(at(&tmp))?;
-        }
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(at(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(at(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(at(dir))
 }
 
 #[cfg(test)]

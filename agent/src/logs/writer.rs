@@ -194,12 +194,29 @@ pub fn rotated_path(base: &Path, r: Rotated) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
+/// Opens a log file for appending. The log directory belongs to the service user, and so may whatever is
+/// planted there: a link is refused rather than followed, and a FIFO fails at once rather than blocking
+/// the writer (O_NONBLOCK) and is then refused as not a regular file.
+fn open_append_with(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(create)
         .append(true)
         .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => std::io::Error::other("is a symbolic link; remove it"),
+            Some(nix::libc::ENXIO) => std::io::Error::other("is not a regular file; remove it"),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("is not a regular file; remove it"));
+    }
+    Ok(file)
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    open_append_with(path, true)
 }
 
 /// The writer's state; lives on its own thread.
@@ -229,7 +246,7 @@ impl Writer {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // Created at the first line: an absent file says the child never wrote anything.
-        let file = match std::fs::OpenOptions::new().append(true).open(path) {
+        let file = match open_append_with(path, false) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),

@@ -95,7 +95,7 @@ else
   grep 'not ready yet' /tmp/$s.log | grep -q 'no answer from the mount target within 30s' ||
     why="$why; no killed attempt logged"
   grep -q "creating the role's directory" /tmp/$s.log || why="$why; directory not created by the agent"
-  is_mountpoint /run/node-agent/efs-root && why="$why; root mount left behind"
+  is_mountpoint /run/.node-agent-efs-root && why="$why; root mount left behind"
   if stop_agent; then :; else why="$why; exit $? after SIGTERM"; fi
   if [ -z "$why" ]; then pass $s; else fail $s "$why" /tmp/$s.log; fi
 fi

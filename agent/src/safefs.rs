@@ -1,0 +1,751 @@
+//! Root's file primitives: everything root does to a tree the service user can write goes through
+//! directory descriptors, never by path.
+//!
+//! The threat: code running as the service user (a compromised geth on the public rpc node) plants a
+//! symbolic link, a FIFO or a device where root later looks (`ln -s /etc/shadow secrets/x`), then kills
+//! the agent so that root's next `prepare` acts on it. So:
+//! - a path is opened one component at a time with `O_NOFOLLOW`; a symbolic link is followed only where
+//!   nobody but root could have placed it (in a root-owned directory no one else can write), which keeps
+//!   system links such as `/var/run` working and refuses every link in the service user's trees;
+//! - directories are created with their mode (`mkdirat`), then fixed with `fchmod`/`fchown` on their own
+//!   descriptor: the inode changed is the one opened, whatever is renamed meanwhile;
+//! - files are created `O_EXCL|O_NOFOLLOW`, read `O_NOFOLLOW|O_NONBLOCK` (a FIFO cannot hang the reader),
+//!   must be regular files, and are read up to a bound;
+//! - trees are emptied with `unlinkat`, never descending through a link;
+//! - syscalls that only take a path (mount(2), bind(2)) get `/proc/self/fd/N` of a checked descriptor.
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// How many symbolic links one path may pass through (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+/// How deep `empty` descends: the secrets tmpfs holds files, not trees; deeper means someone built it.
+const MAX_DEPTH: usize = 16;
+
+/// A failure naming the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct FsError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl FsError {
+    fn new(what: &'static str, path: &Path, errno: Errno) -> FsError {
+        FsError {
+            what,
+            path: path.to_owned(),
+            source: errno.into(),
+        }
+    }
+
+    fn refused(what: &'static str, path: &Path, why: String) -> FsError {
+        FsError {
+            what,
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+        }
+    }
+
+    /// Whether the object was missing (ENOENT).
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::NotFound
+    }
+}
+
+/// An open directory, and the path it was reached by (for messages only: nothing is done by that path).
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// Who a created file or directory is given to.
+pub type Owner = Option<(u32, u32)>;
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Only root can change which object a name in this directory stands for: owned by root, and writable
+/// by no group or other, or sticky (like /tmp: others may add names but not replace root's).
+fn trusted(st: &FileStat) -> bool {
+    st.st_uid == 0 && (st.st_mode & 0o022 == 0 || st.st_mode & 0o1000 != 0)
+}
+
+/// Whether the link `link` in directory `dir` can only have been placed by root.
+fn trusted_link(dir: &FileStat, link: &FileStat) -> bool {
+    trusted(dir) && (dir.st_mode & 0o022 == 0 || link.st_uid == 0)
+}
+
+fn is_kind(st: &FileStat, kind: SFlag) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind
+}
+
+/// What to do with a path component that does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Fail,
+    /// Create it with this mode (explicitly set, whatever the umask) and owner.
+    Create(u32, Owner),
+}
+
+impl Dir {
+    /// Opens the directory at `path` without following any link that someone other than root could
+    /// have placed. `path` is made absolute against the working directory.
+    pub fn open(path: &Path) -> Result<Dir, FsError> {
+        walk(path, Missing::Fail, Missing::Fail)
+    }
+
+    /// Opens `path`, creating missing directories: parents 0755 (a service user must be able to pass
+    /// through what root creates), the last one with `mode`. Existing ones keep their mode and owner.
+    pub fn create_all(path: &Path, mode: u32) -> Result<Dir, FsError> {
+        Dir::create_all_owned(path, mode, None)
+    }
+
+    /// `create_all`, and the last directory, when created here, is given to `owner`.
+    pub fn create_all_owned(path: &Path, mode: u32, owner: Owner) -> Result<Dir, FsError> {
+        walk(
+            path,
+            Missing::Create(0o755, None),
+            Missing::Create(mode, owner),
+        )
+    }
+
+    /// The path this directory was reached by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn raw(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// A path that names exactly this directory for syscalls that only take paths (mount(2), bind(2)):
+    /// the kernel resolves it to the open descriptor, not by walking names again.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.raw()))
+    }
+
+    fn child(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn stat(&self) -> Result<FileStat, FsError> {
+        nix::sys::stat::fstat(self.raw()).map_err(|e| FsError::new("cannot stat", &self.path, e))
+    }
+
+    /// Whether this directory lies on a tmpfs.
+    pub fn is_tmpfs(&self) -> Result<bool, FsError> {
+        nix::sys::statfs::fstatfs(self.fd.as_fd())
+            .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+            .map_err(|e| FsError::new("cannot statfs", &self.path, e))
+    }
+
+    /// Whether a file system is mounted exactly here (this directory is its root): `..` lies on another
+    /// device.
+    pub fn is_mount_root(&self) -> Result<bool, FsError> {
+        let parent = nix::sys::stat::fstatat(Some(self.raw()), "..", AtFlags::empty())
+            .map_err(|e| FsError::new("cannot stat the parent of", &self.path, e))?;
+        Ok(parent.st_dev != self.stat()?.st_dev)
+    }
+
+    /// Renames `name` here to `to` in `dest` (replacing what is there; a link there is replaced, not
+    /// followed).
+    pub fn rename_to(&self, name: &OsStr, dest: &Dir, to: &OsStr) -> Result<(), FsError> {
+        nix::fcntl::renameat(Some(self.raw()), name, Some(dest.raw()), to)
+            .map_err(|e| FsError::new("cannot rename into place", &dest.child(to), e))
+    }
+
+    /// Removes `name` and, if it is a directory, everything in it (through descriptors). Missing is fine.
+    pub fn remove_tree(&self, name: &OsStr) -> Result<(), FsError> {
+        match nix::unistd::unlinkat(
+            Some(self.raw()),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(Errno::EISDIR) => {
+                self.open_dir(name)?.empty()?;
+                self.remove_dir(name)
+            }
+            Err(e) => Err(FsError::new("cannot remove", &self.child(name), e)),
+        }
+    }
+
+    /// Removes the empty subdirectory `name`. Missing is fine.
+    pub fn remove_dir(&self, name: &OsStr) -> Result<(), FsError> {
+        match nix::unistd::unlinkat(
+            Some(self.raw()),
+            name,
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(FsError::new("cannot remove", &self.child(name), e)),
+        }
+    }
+
+    /// Sets the owner and mode of `name` here without following a link (a socket root just bound, say).
+    pub fn set_at(&self, name: &OsStr, mode: u32, owner: Owner) -> Result<(), FsError> {
+        let path = self.child(name);
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchownat(
+                Some(self.raw()),
+                name,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| FsError::new("cannot change the owner of", &path, e))?;
+        }
+        // fchmodat cannot refuse links on Linux: only in a directory nobody else can write.
+        nix::sys::stat::fchmodat(
+            Some(self.raw()),
+            name,
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| FsError::new("cannot set the mode of", &path, e))
+    }
+
+    /// Sets this directory's mode and, when given, its owner (on the descriptor: the inode opened).
+    pub fn set(&self, mode: u32, owner: Owner) -> Result<(), FsError> {
+        if let Some((uid, gid)) = owner {
+            let st = self.stat()?;
+            if (st.st_uid, st.st_gid) != (uid, gid) {
+                nix::unistd::fchown(
+                    self.raw(),
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )
+                .map_err(|e| FsError::new("cannot change the owner of", &self.path, e))?;
+            }
+        }
+        nix::sys::stat::fchmod(self.raw(), Mode::from_bits_truncate(mode))
+            .map_err(|e| FsError::new("cannot set the mode of", &self.path, e))
+    }
+
+    /// Opens the subdirectory `name` (a link there is refused).
+    pub fn open_dir(&self, name: &OsStr) -> Result<Dir, FsError> {
+        let path = self.child(name);
+        match nix::fcntl::openat(Some(self.raw()), name, dir_flags(), Mode::empty()) {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(Dir {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                path,
+            }),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => Err(self.not_a_dir(name)),
+            Err(e) => Err(FsError::new("cannot open directory", &path, e)),
+        }
+    }
+
+    fn not_a_dir(&self, name: &OsStr) -> FsError {
+        let path = self.child(name);
+        let what =
+            match nix::sys::stat::fstatat(Some(self.raw()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_kind(&st, SFlag::S_IFLNK) => {
+                    "is a symbolic link (root does not follow links others can plant; remove it):"
+                }
+                _ => "is not a directory (remove it):",
+            };
+        FsError::refused(
+            "refusing",
+            &path,
+            format!("{} {what}", path.display())
+                .trim_end_matches(':')
+                .to_owned(),
+        )
+    }
+
+    /// Creates the subdirectory `name` with `mode` (set explicitly after creation, whatever the umask)
+    /// and `owner`, or opens the existing one as it is. The bool: whether it was created here.
+    pub fn make_dir(&self, name: &OsStr, mode: u32, owner: Owner) -> Result<(Dir, bool), FsError> {
+        match nix::sys::stat::mkdirat(Some(self.raw()), name, Mode::from_bits_truncate(mode)) {
+            Ok(()) => {
+                let d = self.open_dir(name)?;
+                d.set(mode, owner)?;
+                Ok((d, true))
+            }
+            Err(Errno::EEXIST) => Ok((self.open_dir(name)?, false)),
+            Err(e) => Err(FsError::new(
+                "cannot create directory",
+                &self.child(name),
+                e,
+            )),
+        }
+    }
+
+    /// Writes `bytes` to `name` atomically: a dot-prefixed temp file created `O_EXCL|O_NOFOLLOW` with
+    /// mode 0600, fsync, its owner and final mode set on the descriptor, rename, fsync of the directory.
+    pub fn write_file(
+        &self,
+        name: &OsStr,
+        bytes: &[u8],
+        mode: u32,
+        owner: Owner,
+    ) -> Result<(), FsError> {
+        use std::io::Write as _;
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = tmp_name.as_os_str();
+        let tmp_path = self.child(tmp);
+        let _ = nix::unistd::unlinkat(
+            Some(self.raw()),
+            tmp,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let fd = nix::fcntl::openat(
+            Some(self.raw()),
+            tmp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| FsError::new("cannot create", &tmp_path, e))?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let result = (|| {
+            let io = |e: std::io::Error| FsError {
+                what: "cannot write",
+                path: tmp_path.clone(),
+                source: e,
+            };
+            file.write_all(bytes)
+                .and_then(|_| file.sync_all())
+                .map_err(io)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io)?;
+            }
+            nix::sys::stat::fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))
+                .map_err(|e| FsError::new("cannot set the mode of", &tmp_path, e))?;
+            nix::fcntl::renameat(Some(self.raw()), tmp, Some(self.raw()), name)
+                .map_err(|e| FsError::new("cannot rename into place", &self.child(name), e))
+        })();
+        drop(file);
+        if result.is_err() {
+            let _ = nix::unistd::unlinkat(
+                Some(self.raw()),
+                tmp,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            return result;
+        }
+        self.sync()
+    }
+
+    /// fsync of the directory itself (a rename in it is durable after this).
+    pub fn sync(&self) -> Result<(), FsError> {
+        nix::unistd::fsync(self.raw()).map_err(|e| FsError::new("cannot fsync", &self.path, e))
+    }
+
+    /// Reads the regular file `name` (no link, no FIFO, no device), at most `limit` bytes: the first ones
+    /// (`Part::Head`, and a longer file is an error) or the last ones (`Part::Tail`).
+    pub fn read_file(&self, name: &OsStr, limit: usize, part: Part) -> Result<Vec<u8>, FsError> {
+        let path = self.child(name);
+        let fd = nix::fcntl::openat(
+            Some(self.raw()),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP => FsError::refused(
+                "refusing",
+                &path,
+                format!("{} is a symbolic link (root does not follow links others can plant; remove it)", path.display()),
+            ),
+            e => FsError::new("cannot open", &path, e),
+        })?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        read_regular(file, &path, limit, part)
+    }
+
+    /// Whether the directory has any entry besides `.` and `..`.
+    pub fn has_entries(&self) -> Result<bool, FsError> {
+        let mut d = self.list()?;
+        let found = d
+            .iter()
+            .filter_map(Result::ok)
+            .any(|e| !matches!(e.file_name().to_bytes(), b"." | b".."));
+        Ok(found)
+    }
+
+    fn list(&self) -> Result<nix::dir::Dir, FsError> {
+        // A descriptor of its own: the listing's position must not be shared with `self`.
+        nix::dir::Dir::openat(Some(self.raw()), ".", dir_flags(), Mode::empty())
+            .map_err(|e| FsError::new("cannot list", &self.path, e))
+    }
+
+    /// Removes everything in this directory, descending into subdirectories through descriptors only.
+    pub fn empty(&self) -> Result<(), FsError> {
+        self.empty_at(0)
+    }
+
+    fn empty_at(&self, depth: usize) -> Result<(), FsError> {
+        let names: Vec<OsString> = self
+            .list()?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        for name in names {
+            match nix::unistd::unlinkat(
+                Some(self.raw()),
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => continue,
+                Err(Errno::EISDIR) if depth < MAX_DEPTH => {}
+                Err(e) => return Err(FsError::new("cannot remove", &self.child(&name), e)),
+            }
+            let sub = self.open_dir(&name)?;
+            sub.empty_at(depth + 1)?;
+            drop(sub);
+            match nix::unistd::unlinkat(
+                Some(self.raw()),
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(FsError::new("cannot remove", &self.child(&name), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which part of a file `read_file` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The whole file, which must not be longer than the limit.
+    Head,
+    /// The last `limit` bytes.
+    Tail,
+}
+
+/// Opens a file root reads from a place others can write (`O_NOFOLLOW` on the last component, the
+/// directories above walked as `Dir::open` does) and reads it as `Dir::read_file` does.
+pub fn read_file(path: &Path, limit: usize, part: Part) -> Result<Vec<u8>, FsError> {
+    let (parent, name) = split(path)?;
+    Dir::open(parent)?.read_file(name, limit, part)
+}
+
+/// The directory part and the last component of `path`.
+pub fn split(path: &Path) -> Result<(&Path, &OsStr), FsError> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((
+            if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            },
+            name,
+        )),
+        _ => Err(FsError::new("not a file path:", path, Errno::EINVAL)),
+    }
+}
+
+fn read_regular(
+    file: std::fs::File,
+    path: &Path,
+    limit: usize,
+    part: Part,
+) -> Result<Vec<u8>, FsError> {
+    use std::io::{Read as _, Seek as _};
+    let st = nix::sys::stat::fstat(file.as_raw_fd())
+        .map_err(|e| FsError::new("cannot stat", path, e))?;
+    if !is_kind(&st, SFlag::S_IFREG) {
+        return Err(FsError::refused(
+            "refusing",
+            path,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let len = u64::try_from(st.st_size).unwrap_or(0);
+    let mut file = file;
+    let limit64 = limit as u64;
+    if len > limit64 {
+        match part {
+            Part::Head => {
+                return Err(FsError::refused(
+                    "refusing",
+                    path,
+                    format!("{} is larger than {limit} bytes", path.display()),
+                ))
+            }
+            Part::Tail => {
+                file.seek(std::io::SeekFrom::Start(len - limit64))
+                    .map_err(|e| FsError {
+                        what: "cannot seek in",
+                        path: path.to_owned(),
+                        source: e,
+                    })?;
+            }
+        }
+    }
+    let mut buf = Vec::with_capacity(limit.min(len as usize));
+    file.take(limit64)
+        .read_to_end(&mut buf)
+        .map_err(|e| FsError {
+            what: "cannot read",
+            path: path.to_owned(),
+            source: e,
+        })?;
+    Ok(buf)
+}
+
+/// Walks `path` from `/` one component at a time (see the module documentation).
+fn walk(path: &Path, parents: Missing, last: Missing) -> Result<Dir, FsError> {
+    let absolute;
+    let path = if path.is_absolute() {
+        path
+    } else {
+        let cwd = std::env::current_dir().map_err(|e| FsError {
+            what: "cannot resolve (no working directory)",
+            path: path.to_owned(),
+            source: e,
+        })?;
+        absolute = cwd.join(path);
+        &absolute
+    };
+    let root = || -> Result<Vec<Dir>, FsError> {
+        let fd = nix::fcntl::open("/", dir_flags(), Mode::empty())
+            .map_err(|e| FsError::new("cannot open", Path::new("/"), e))?;
+        // SAFETY: open returned a new descriptor that nothing else owns.
+        Ok(vec![Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: PathBuf::from("/"),
+        }])
+    };
+    // The open directories from `/` down (`..` pops one), and the components still to walk, in reverse.
+    let mut stack = root()?;
+    let mut todo: Vec<OsString> = components(path);
+    todo.reverse();
+    let mut links = 0;
+    let mut untrusted_seen = false;
+    while let Some(name) = todo.pop() {
+        let is_last = todo.is_empty();
+        match name.as_bytes() {
+            b"/" => {
+                stack = root()?;
+                untrusted_seen = false;
+                continue;
+            }
+            b"." => continue,
+            b".." => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let cur = stack.last().expect("the walk always holds /");
+        let missing = if is_last { last } else { parents };
+        let next = match nix::fcntl::openat(
+            Some(cur.raw()),
+            name.as_os_str(),
+            dir_flags(),
+            Mode::empty(),
+        ) {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            Ok(fd) => Dir {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                path: cur.child(&name),
+            },
+            Err(Errno::ENOENT) => match missing {
+                Missing::Fail => {
+                    return Err(FsError::new(
+                        "no such directory",
+                        &cur.child(&name),
+                        Errno::ENOENT,
+                    ))
+                }
+                Missing::Create(mode, owner) => cur.make_dir(&name, mode, owner)?.0,
+            },
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                let st = nix::sys::stat::fstatat(
+                    Some(cur.raw()),
+                    name.as_os_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| FsError::new("cannot stat", &cur.child(&name), e))?;
+                if !is_kind(&st, SFlag::S_IFLNK) {
+                    return Err(cur.not_a_dir(&name));
+                }
+                // Once the walk has passed through a directory others can write, nothing below it is
+                // root's choice any more, however it is owned (it may have been moved there).
+                if untrusted_seen || !trusted_link(&cur.stat()?, &st) {
+                    return Err(FsError::refused(
+                        "refusing",
+                        &cur.child(&name),
+                        format!(
+                            "{} is a symbolic link in {}, which users other than root can write (root does not follow links others can plant; replace it with a directory)",
+                            cur.child(&name).display(),
+                            cur.path.display()
+                        ),
+                    ));
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(FsError::new(
+                        "too many symbolic links in",
+                        path,
+                        Errno::ELOOP,
+                    ));
+                }
+                let target = nix::fcntl::readlinkat(Some(cur.raw()), name.as_os_str())
+                    .map_err(|e| FsError::new("cannot read link", &cur.child(&name), e))?;
+                let mut more = components(Path::new(&target));
+                more.reverse();
+                todo.extend(more);
+                continue;
+            }
+            Err(e) => return Err(FsError::new("cannot open directory", &cur.child(&name), e)),
+        };
+        if !trusted(&next.stat()?) {
+            untrusted_seen = true;
+        }
+        stack.push(next);
+    }
+    let mut last_dir = stack.pop().expect("the walk always holds /");
+    // Messages name the path as given, not as resolved through links.
+    last_dir.path = path.to_owned();
+    Ok(last_dir)
+}
+
+/// A path's components as names, with `/` for the root.
+fn components(path: &Path) -> Vec<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::RootDir => Some(OsString::from("/")),
+            Component::CurDir => None,
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+/// Borrows the descriptor (for calls that take one).
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn tmp() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        t
+    }
+
+    #[test]
+    fn opens_and_creates_directories_with_their_modes() {
+        let t = tmp();
+        let d = Dir::create_all(&t.path().join("a/b/c"), 0o700).unwrap();
+        assert_eq!(d.path(), t.path().join("a/b/c"));
+        let mode = |p: &str| {
+            std::fs::metadata(t.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(
+            (mode("a"), mode("a/b"), mode("a/b/c")),
+            (0o755, 0o755, 0o700)
+        );
+        // Existing ones are opened as they are.
+        std::fs::set_permissions(
+            t.path().join("a/b/c"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        Dir::create_all(&t.path().join("a/b/c"), 0o700).unwrap();
+        assert_eq!(mode("a/b/c"), 0o750);
+        Dir::open(&t.path().join("a/./b/../b/c")).unwrap();
+    }
+
+    #[test]
+    fn a_link_in_a_directory_others_can_write_is_refused() {
+        let t = tmp();
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::create_dir(t.path().join("target")).unwrap();
+        symlink(t.path().join("target"), shared.join("x")).unwrap();
+        let e = Dir::open(&shared.join("x")).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link in"), "{e}");
+        let e = Dir::create_all(&shared.join("x/y"), 0o700).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!t.path().join("target/y").exists());
+        // The same link where only root could have made it is followed.
+        symlink(t.path().join("target"), t.path().join("rootlink")).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            Dir::open(&t.path().join("rootlink")).unwrap();
+        }
+    }
+
+    #[test]
+    fn files_are_written_with_their_mode_and_read_only_when_regular() {
+        let t = tmp();
+        let d = Dir::open(t.path()).unwrap();
+        d.write_file(OsStr::new("f"), b"hello", 0o640, None)
+            .unwrap();
+        let p = t.path().join("f");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(
+            d.read_file(OsStr::new("f"), 64, Part::Head).unwrap(),
+            b"hello"
+        );
+        assert_eq!(d.read_file(OsStr::new("f"), 3, Part::Tail).unwrap(), b"llo");
+        assert!(d.read_file(OsStr::new("f"), 3, Part::Head).is_err());
+        symlink(&p, t.path().join("l")).unwrap();
+        let e = d.read_file(OsStr::new("l"), 64, Part::Head).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        nix::unistd::mkfifo(&t.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let e = d.read_file(OsStr::new("fifo"), 64, Part::Head).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // Writing through a planted link replaces the link, never the file it names.
+        d.write_file(OsStr::new("l"), b"new", 0o600, None).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello");
+        assert!(!t.path().join("l").is_symlink());
+    }
+
+    #[test]
+    fn emptying_removes_links_without_following_them() {
+        let t = tmp();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"k").unwrap();
+        let inner = t.path().join("inner");
+        std::fs::create_dir_all(inner.join("sub/deeper")).unwrap();
+        std::fs::write(inner.join("sub/deeper/f"), b"x").unwrap();
+        std::fs::write(inner.join("f"), b"x").unwrap();
+        symlink(&outside, inner.join("dirlink")).unwrap();
+        symlink(outside.join("keep"), inner.join("filelink")).unwrap();
+        nix::unistd::mkfifo(&inner.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let d = Dir::open(&inner).unwrap();
+        assert!(d.has_entries().unwrap());
+        d.empty().unwrap();
+        assert!(!d.has_entries().unwrap());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"k");
+    }
+}
