@@ -41,6 +41,13 @@ pub enum Command {
     /// Install this binary, the systemd unit, users, directories, config and genesis under a root, and
     /// the pinned downloads after checking their sha256.
     Install(InstallArgs),
+    /// Empty the secrets directory and unmount its tmpfs (the unit runs this as root after every stop,
+    /// crash or kill included).
+    Cleanup {
+        /// Configuration file, for secrets.dir [default: /etc/node-agent/config.toml].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -123,6 +123,8 @@ pub async fn first_boot(
         .args(&init.args)
         .env_clear()
         .stdin(Stdio::null())
+        // A stop during boot drops this future: geth init goes with it.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| GethError::Run {

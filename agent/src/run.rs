@@ -242,20 +242,23 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
 
-    // Started as root: the root-only steps, then the drop (nothing long-running stays root). Started as
-    // the service user (the unit, after `prepare`): those steps are done; what they made is checked.
-    let account = if nix::unistd::geteuid().is_root() {
-        let account = privileges::resolve(&plan.user)?;
-        root_steps(&settings, &plan, account).await?;
-        Some(account)
-    } else {
-        prepare_storage(&settings, &plan).await?;
-        None
-    };
     // Opened once privileges are dropped, so the log files and checkpoints belong to the service user;
     // the agent's lines from before wait in memory and open its log file.
     let mut pipeline = None;
-    let result = async {
+    // Every boot step can wait a long time (EFS, Secrets Manager retries, the sealer lease, geth init):
+    // SIGTERM or SIGINT ends the boot wherever it is. Dropping the boot future ends its waits and kills the
+    // process it runs; the secrets directory is emptied below either way.
+    let boot = async {
+        // Started as root: the root-only steps, then the drop (nothing long-running stays root). Started
+        // as the service user (the unit, after `prepare`): those steps are done; what they made is checked.
+        let account = if nix::unistd::geteuid().is_root() {
+            let account = privileges::resolve(&plan.user)?;
+            root_steps(&settings, &plan, account).await?;
+            Some(account)
+        } else {
+            prepare_storage(&settings, &plan).await?;
+            None
+        };
         let secrets = materialize_secrets(&settings, &plan, account).await?;
         let status_socket = match account {
             Some(account) => {
@@ -277,7 +280,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         if let Some(check) = &plan.version_check {
             geth::check_version(check).await?;
         }
-        let _lease = match &plan.sealer_lease {
+        let lease = match &plan.sealer_lease {
             Some(path) => {
                 let holder = format!("{} pid {}", plan.identity.instance_id, std::process::id());
                 Some(lease::acquire(path, &holder, settings.timeouts.sealer_lease).await?)
@@ -287,10 +290,23 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         if let Some(init) = &plan.init {
             geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
         }
-        let logs = (sinks, logs_status);
-        supervise(&settings, &plan, secrets, status_socket, logs, &mut sigterm).await
-    }
-    .await;
+        Ok::<_, AgentError>((secrets, status_socket, (sinks, logs_status), lease))
+    };
+    let booted = tokio::select! {
+        r = boot => r.map(Some),
+        _ = sigterm.recv() => Ok(None),
+        _ = tokio::signal::ctrl_c() => Ok(None),
+    };
+    let result = match booted {
+        Ok(Some((secrets, status_socket, logs, _lease))) => {
+            supervise(&settings, &plan, secrets, status_socket, logs, &mut sigterm).await
+        }
+        Ok(None) => {
+            tracing::info!("stop requested during boot: stopping before anything started");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
     secrets::wipe_dir(&plan.secrets_dir);
     if let Some(logs) = pipeline {
         if let Err(e) = &result {
@@ -300,6 +316,29 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         logs.shutdown().await;
     }
     result
+}
+
+/// `node-agent cleanup` (the unit's `ExecStopPost=+`): empties the secrets directory and unmounts its
+/// tmpfs, so that no secret outlives the agent, even one that crashed or was killed. Reads only the config
+/// file's `secrets.dir` (no instance metadata, no network): it must work whatever else is down.
+pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
+    let path = config.unwrap_or(Path::new(config::DEFAULT_PATH));
+    let (file, _) = ConfigFile::load(Some(path).filter(|p| p.exists()))?;
+    let dir_path = &file.secrets.dir;
+    let dir = match safefs::Dir::open(dir_path) {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    dir.empty()?;
+    if nix::unistd::geteuid().is_root() && dir.is_mount_root()? && dir.is_tmpfs()? {
+        // Unmounted through the descriptor's path, detached since that descriptor still holds it.
+        if let Err(e) = nix::mount::umount2(&dir.proc_path(), nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(dir = %dir_path.display(), error = %e, "cannot unmount the secrets tmpfs (it is empty)");
+        }
+    }
+    tracing::info!(dir = %dir_path.display(), "secrets directory emptied");
+    Ok(())
 }
 
 /// Storage as status shows it.

@@ -133,6 +133,11 @@ impl Dir {
         PathBuf::from(format!("/proc/self/fd/{}", self.raw()))
     }
 
+    /// A second descriptor of this directory (for work that may outlive `self`).
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     fn child(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)
     }

@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -733,7 +734,13 @@ impl Mounter<'_> {
             // mount.efs takes a path; `at` was opened without following any link someone other than
             // root could have placed.
             let args = efs_utils_args(&efs.file_system_id, path, at.path(), &options, ip);
-            return match crate::sys::run_mount_command(&args, limit) {
+            // Off the runtime's thread (an attempt may take `limit`): a stop request is seen meanwhile.
+            let run =
+                tokio::task::spawn_blocking(move || crate::sys::run_mount_command(&args, limit));
+            let done = run
+                .await
+                .map_err(|e| Failure::Fatal(format!("mount attempt aborted: {e}")))?;
+            return match done {
                 Err(e) => Err(Failure::Fatal(format!("cannot run mount: {e}"))),
                 Ok(None) => Err(timed_out()),
                 Ok(Some(out)) if out.status.success() => Ok(()),
@@ -744,8 +751,21 @@ impl Mounter<'_> {
         }
         let ip = self.resolve().await?;
         let options = kernel_mount_options(&efs.mount_options, ip);
-        // The descriptor's path: a link swapped in since `at` was opened changes nothing.
-        match crate::sys::mount_nfs(&self.target(path), &at.proc_path(), &options, limit) {
+        // The descriptor's path: a link swapped in since `at` was opened changes nothing. The descriptor
+        // is duplicated for the attempt, which runs off the runtime's thread (it may take `limit`) and
+        // may outlive this future when a stop request drops it.
+        let fd = at.try_clone_fd().map_err(|e| {
+            Failure::Fatal(format!("cannot duplicate the mountpoint descriptor: {e}"))
+        })?;
+        let source = self.target(path);
+        let attempt = tokio::task::spawn_blocking(move || {
+            let target = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            crate::sys::mount_nfs(&source, &target, &options, limit)
+        });
+        let done = attempt
+            .await
+            .map_err(|e| Failure::Fatal(format!("mount attempt aborted: {e}")))?;
+        match done {
             Err(e) => Err(Failure::Fatal(e.to_string())),
             Ok(crate::sys::Attempt::Mounted) => Ok(()),
             Ok(crate::sys::Attempt::Failed(errno)) => Err(classify_errno(errno)),

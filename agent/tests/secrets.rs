@@ -61,7 +61,9 @@ async fn get_secret_writes_a_file_atomically_with_mode_and_owner() {
     let moto = Moto::start();
     moto.put_secret("app/text", b"value").await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("out/secret");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Two missing directories: the parents are created 0755, the file's own directory 0700 for the owner.
+    let path = dir.path().join("out/private/secret");
     let owner = format!("{SERVICE_UID}:{SERVICE_UID}");
     let out = agent_with_aws(
         &moto.endpoint(),
@@ -94,6 +96,27 @@ async fn get_secret_writes_a_file_atomically_with_mode_and_owner() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(names.len(), 1, "temp file left behind: {names:?}");
+    let out_dir = std::fs::metadata(dir.path().join("out")).unwrap();
+    assert_eq!(out_dir.permissions().mode() & 0o7777, 0o755);
+    let private = std::fs::metadata(path.parent().unwrap()).unwrap();
+    assert_eq!(private.permissions().mode() & 0o7777, 0o700);
+    assert_eq!((private.uid(), private.gid()), (SERVICE_UID, SERVICE_UID));
+    if nix::unistd::geteuid().is_root() {
+        // The owner reaches it.
+        use std::os::unix::process::CommandExt;
+        let read = std::process::Command::new("cat")
+            .arg(&path)
+            .uid(SERVICE_UID)
+            .gid(SERVICE_UID)
+            .output()
+            .unwrap();
+        assert_eq!(
+            read.stdout,
+            b"value",
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+    }
 }
 
 #[tokio::test]
