@@ -215,11 +215,23 @@ fn read_local(dir: &Path, name: &str) -> Result<SecretValue, SecretError> {
     }
 }
 
+/// A local secret's version: an HMAC-SHA256 of the value under a key drawn once per process. It changes
+/// when the value changes within one run (rotation compares versions), but unlike a bare hash, which
+/// status and the logs show, it cannot be brute-forced back to a short password.
 fn local_version(value: &SecretValue) -> String {
-    use sha2::Digest;
+    use hmac::{Hmac, Mac};
+    use rand::RngCore;
+    static KEY: std::sync::OnceLock<Zeroizing<[u8; 64]>> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = Zeroizing::new([0u8; 64]);
+        rand::rngs::OsRng.fill_bytes(&mut key[..]);
+        key
+    });
+    let mut mac = <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new(&(**key).into());
+    mac.update(value.expose());
     format!(
-        "sha256:{}",
-        crate::genesis::encode_hex(&sha2::Sha256::digest(value.expose())[..8])
+        "local:{}",
+        crate::genesis::encode_hex(&mac.finalize().into_bytes()[..8])
     )
 }
 
@@ -796,6 +808,63 @@ mod tests {
         assert!(json_field(&SecretValue::new(b"pw".to_vec()), "x")
             .unwrap_err()
             .contains("not a JSON object"));
+    }
+
+    #[test]
+    fn a_local_version_is_keyed_and_follows_the_value() {
+        use sha2::Digest;
+        let a = SecretValue::new(b"hunter2".to_vec());
+        let b = SecretValue::new(b"hunter3".to_vec());
+        assert_eq!(local_version(&a), local_version(&a.clone()));
+        assert_ne!(local_version(&a), local_version(&b));
+        let bare = crate::genesis::encode_hex(&sha2::Sha256::digest(a.expose())[..8]);
+        assert!(
+            !local_version(&a).contains(&bare),
+            "a bare hash can be brute-forced"
+        );
+        assert!(local_version(&a).starts_with("local:"));
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_local_secret_gets_a_new_version_that_rotation_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference = SecretRef {
+            name: "dev/ws".into(),
+            field: None,
+        };
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        let source = Source::Local(dir.path().to_owned());
+        let read = || async {
+            let current = source
+                .current_version(&reference, "", Duration::from_secs(1))
+                .await
+                .unwrap();
+            let fetched = source
+                .fetch(
+                    &reference,
+                    "",
+                    Wanted::Stage(CURRENT),
+                    Duration::from_secs(1),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                current, fetched.version,
+                "the polled and fetched versions agree"
+            );
+            current
+        };
+        std::fs::write(dir.path().join("dev/ws"), "one").unwrap();
+        let one = read().await;
+        assert_eq!(read().await, one);
+        std::fs::write(dir.path().join("dev/ws"), "two").unwrap();
+        let two = read().await;
+        let in_use = [(SecretKind::EthstatsWsSecret, one)];
+        let current = [(SecretKind::EthstatsWsSecret, two)];
+        assert_eq!(
+            crate::rotation::changed(&in_use, &current, &[]),
+            [SecretKind::EthstatsWsSecret]
+        );
     }
 
     #[test]
