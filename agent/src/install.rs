@@ -7,10 +7,10 @@
 use crate::cli::InstallArgs;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The unit, users and directories, embedded from `units/`.
 pub const UNIT: &str = include_str!("../../units/node-agent.service");
@@ -218,37 +218,48 @@ pub fn downloads(pins: &str) -> Result<Vec<Download>, InstallError> {
     Ok(out)
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String, InstallError> {
-    let mut f = fs::File::open(path).map_err(io_err("cannot open", path))?;
+/// Copies the archive at `source` into the private directory `scratch` through one open descriptor,
+/// hashing exactly the bytes written, and checks them against the pin. Returns the copy, rewound, for
+/// `unpack`: what is unpacked is what was verified, whatever happens at `source` after it was opened
+/// (a path re-opened after the check could have been swapped in between).
+fn take_verified(source: &Path, pin: &Download, scratch: &Path) -> Result<fs::File, InstallError> {
+    let mut input = fs::File::open(source).map_err(io_err("cannot open", source))?;
+    let copy_path = scratch.join(format!("{}.tar.gz", pin.name));
+    let mut copy = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&copy_path)
+        .map_err(io_err("cannot create", &copy_path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(io_err("cannot read", path))?;
-        if n == 0 {
-            break;
-        }
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("cannot read", source)(e)),
+        };
         hasher.update(&buf[..n]);
+        copy.write_all(&buf[..n])
+            .map_err(io_err("cannot write", &copy_path))?;
     }
-    Ok(hasher
+    let actual: String = hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-/// Checks a downloaded archive against its pin.
-pub fn verify(path: &Path, pin: &Download) -> Result<(), InstallError> {
-    let actual = sha256_file(path)?;
+        .collect();
     if actual != pin.sha256 {
         return Err(InstallError::ChecksumMismatch {
-            path: path.to_owned(),
+            path: source.to_owned(),
             key: format!("{}.sha256", pin.name),
             expected: pin.sha256.clone(),
             actual,
         });
     }
-    Ok(())
+    copy.rewind().map_err(io_err("cannot rewind", &copy_path))?;
+    Ok(copy)
 }
 
 /// The files every host gets, whatever was downloaded. Pure: decides, does nothing.
@@ -340,38 +351,26 @@ pub fn ethstats_layout(unpacked_top: &Path) -> Vec<Entry> {
     ]
 }
 
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Result<Scratch, InstallError> {
-        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "node-agent-install-{name}.{}.{n}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-        Ok(Scratch(dir))
-    }
+/// A private scratch directory (mode 0700, fresh random name, removed on drop): nobody else can swap
+/// the copied archives or the unpacked files between their check and their use.
+fn private_scratch() -> Result<tempfile::TempDir, InstallError> {
+    let parent = std::env::temp_dir();
+    tempfile::Builder::new()
+        .prefix("node-agent-install-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(&parent)
+        .map_err(io_err("cannot create a private directory in", &parent))
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Unpacks a verified .tar.gz with the system's tar and returns its single top-level directory.
-fn unpack(archive: &Path, into: &Path) -> Result<PathBuf, InstallError> {
+/// Unpacks a verified .tar.gz, read from `data` (the private copy `take_verified` returned), with the
+/// system's tar and returns its single top-level directory. `archive` only names it in errors.
+fn unpack(archive: &Path, data: fs::File, into: &Path) -> Result<PathBuf, InstallError> {
     run_checked(
         Command::new("tar")
-            .arg("-xzf")
-            .arg(archive)
-            .arg("-C")
+            .args(["-xzf", "-", "-C"])
             .arg(into)
-            .args(["--no-same-owner", "--no-same-permissions"]),
+            .args(["--no-same-owner", "--no-same-permissions"])
+            .stdin(Stdio::from(data)),
     )
     .map_err(|r| InstallError::Archive {
         archive: archive.to_owned(),
@@ -450,12 +449,22 @@ fn write_atomic(dest: &Path, source: &Source, mode: u32) -> Result<(), InstallEr
         out.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err("cannot set the mode of", &tmp))?;
         out.sync_all().map_err(io_err("cannot sync", &tmp))?;
-        fs::rename(&tmp, dest).map_err(io_err("cannot rename into place", dest))
+        fs::rename(&tmp, dest).map_err(io_err("cannot rename into place", dest))?;
+        sync_parent(dest)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Makes a new name in `path`'s directory durable: without it a crash after the rename can still lose
+/// the name, though the file's data reached the disk.
+fn sync_parent(path: &Path) -> Result<(), InstallError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("cannot sync the directory", dir))
 }
 
 /// Copies a tree with normalised modes: directories 0755, files 0755 when any execute bit was set, else
@@ -504,6 +513,7 @@ fn replace_tree(dest: &Path, from: &Path) -> Result<(), InstallError> {
         fs::rename(dest, &old).map_err(io_err("cannot move aside", dest))?;
     }
     fs::rename(&new, dest).map_err(io_err("cannot rename into place", dest))?;
+    sync_parent(dest)?;
     if old.exists() {
         fs::remove_dir_all(&old).map_err(io_err("cannot remove", &old))?;
     }
@@ -547,6 +557,7 @@ pub fn apply(root: &Path, entries: &[Entry]) -> Result<Vec<String>, InstallError
                     Err(_) => {}
                 }
                 symlink(target, &dest).map_err(io_err("cannot create link", &dest))?;
+                sync_parent(&dest)?;
                 report.push(format!("linked    {} -> {target}", shown.display()));
             }
         }
@@ -607,7 +618,7 @@ pub fn install(
 ) -> Result<Vec<String>, InstallError> {
     let mut entries = base_layout(binary, args.genesis.as_deref());
     let mut report = Vec::new();
-    let scratch = Scratch::new("unpack")?;
+    let scratch = private_scratch()?;
     let archives: [(&str, Option<&PathBuf>); 2] = [
         ("geth", args.geth_archive.as_ref()),
         ("ethstats", args.ethstats_archive.as_ref()),
@@ -623,15 +634,15 @@ pub fn install(
                     key: name.into(),
                     problem: "missing".into(),
                 })?;
-            verify(archive, pin)?;
+            let verified = take_verified(archive, pin, scratch.path())?;
             report.push(format!(
                 "verified  {} (sha256 {})",
                 archive.display(),
                 pin.sha256
             ));
-            let into = scratch.0.join(name);
+            let into = scratch.path().join(name);
             fs::create_dir(&into).map_err(io_err("cannot create", &into))?;
-            let top = unpack(archive, &into)?;
+            let top = unpack(archive, verified, &into)?;
             let more = match name {
                 "geth" => geth_layout(&top),
                 _ => ethstats_layout(&top),
@@ -730,15 +741,17 @@ mod tests {
         out
     }
 
+    fn sha256_file(path: &Path) -> String {
+        crate::genesis::encode_hex(&Sha256::digest(fs::read(path).unwrap()))
+    }
+
     fn pins_for(geth: &Path, ethstats: Option<&Path>) -> String {
-        let e = ethstats
-            .map(|p| sha256_file(p).unwrap())
-            .unwrap_or_default();
+        let e = ethstats.map(sha256_file).unwrap_or_default();
         format!(
             "[geth]\nversion = \"1.13.15\"\nurl = \"https://example.invalid/geth-alltools.tar.gz\"\n\
              sha256 = \"{}\"\n[ethstats]\ncommit = \"abc123\"\n\
              url = \"https://example.invalid/archive/{{commit}}.tar.gz\"\nsha256 = \"{e}\"\n",
-            sha256_file(geth).unwrap()
+            sha256_file(geth)
         )
     }
 
@@ -954,6 +967,108 @@ mod tests {
             !root.exists(),
             "nothing may be installed when a check fails"
         );
+    }
+
+    /// The archive path is a FIFO that serves the pinned archive to its first reader and another archive
+    /// to every later one: a stand-in for a path swapped between the checksum check and the unpack.
+    /// Reading the path twice (check, then unpack) installs the swapped bytes; reading it once does not.
+    #[test]
+    fn the_bytes_verified_are_the_bytes_unpacked_even_if_the_path_is_swapped_after_the_check() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        let pinned = tar_gz(
+            t.path(),
+            "geth-pinned",
+            &[("geth", "pinned geth", 0o755), ("bootnode", "b", 0o755)],
+        );
+        let swapped = tar_gz(
+            t.path(),
+            "geth-swapped",
+            &[("geth", "swapped geth", 0o755), ("bootnode", "b", 0o755)],
+        );
+        let pins = pins_for(&pinned, None).replace(
+            "sha256 = \"\"\n",
+            &format!("sha256 = \"{}\"\n", "0".repeat(64)),
+        );
+        let fifo = t.path().join("geth.tar.gz");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let server = {
+            let (fifo, stop) = (fifo.clone(), stop.clone());
+            let (pinned, swapped) = (fs::read(pinned).unwrap(), fs::read(swapped).unwrap());
+            std::thread::spawn(move || {
+                // The fifo's descriptors in this process other than `except`.
+                let open_here = |except: i32| {
+                    fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| {
+                        e.file_name().to_str().and_then(|n| n.parse().ok()) != Some(except)
+                            && fs::read_link(e.path()).is_ok_and(|l| {
+                                l.as_os_str().as_bytes() == fifo.as_os_str().as_bytes()
+                            })
+                    })
+                };
+                let wait_while = |busy: &dyn Fn() -> bool| {
+                    while busy() && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                };
+                // Opening for writing waits for the first reader (install, checking the checksum).
+                let Ok(mut w) = fs::OpenOptions::new().write(true).open(&fifo) else {
+                    return;
+                };
+                let _ = w.write_all(&pinned);
+                // Close only once that reader's descriptor is seen, then wait until it is closed:
+                // a later writer joining while it still reads would hand it both archives as one.
+                let mine = w.as_raw_fd();
+                wait_while(&|| !open_here(mine));
+                drop(w);
+                wait_while(&|| open_here(-1));
+                // Every later reader gets the other archive; without a reader the open fails (ENXIO).
+                while !stop.load(Ordering::SeqCst) {
+                    match fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(nix::libc::O_NONBLOCK)
+                        .open(&fifo)
+                    {
+                        Ok(mut w) => {
+                            let _ = w.write_all(&swapped);
+                        }
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    }
+                }
+            })
+        };
+        let mut a = args(&root);
+        a.geth_archive = Some(fifo);
+        let result = install(&root, &a, &pins, &bin);
+        stop.store(true, Ordering::SeqCst);
+        // Releases the server if install failed before it opened the archive.
+        let _ = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(t.path().join("geth.tar.gz"));
+        server.join().unwrap();
+        let report = result.unwrap();
+        assert!(
+            report.iter().any(|l| l.starts_with("verified")),
+            "{report:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join(paths::GETH)).unwrap(),
+            "pinned geth"
+        );
+    }
+
+    #[test]
+    fn the_private_scratch_directory_is_0700_and_gone_afterwards() {
+        let scratch = private_scratch().unwrap();
+        let path = scratch.path().to_owned();
+        assert_eq!(mode(&path), 0o700);
+        drop(scratch);
+        assert!(!path.exists());
     }
 
     #[test]

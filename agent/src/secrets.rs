@@ -6,7 +6,10 @@ use crate::config::{SecretRef, SecretSourceKind, SecretsSettings};
 use crate::identity::error_chain;
 use crate::plan::{PlannedSecret, Rendered, SecretKind};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -217,11 +220,23 @@ fn read_local(dir: &Path, name: &str) -> Result<SecretValue, SecretError> {
     }
 }
 
+/// A local secret's version: an HMAC-SHA256 of the value under a key drawn once per process. It changes
+/// when the value changes within one run (rotation compares versions), but unlike a bare hash, which
+/// status and the logs show, it cannot be brute-forced back to a short password.
 fn local_version(value: &SecretValue) -> String {
-    use sha2::Digest;
+    use hmac::{Hmac, Mac};
+    use rand::RngCore;
+    static KEY: std::sync::OnceLock<Zeroizing<[u8; 64]>> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = Zeroizing::new([0u8; 64]);
+        rand::rngs::OsRng.fill_bytes(&mut key[..]);
+        key
+    });
+    let mut mac = <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new(&(**key).into());
+    mac.update(value.expose());
     format!(
-        "sha256:{}",
-        crate::genesis::encode_hex(&sha2::Sha256::digest(value.expose())[..8])
+        "local:{}",
+        crate::genesis::encode_hex(&mac.finalize().into_bytes()[..8])
     )
 }
 
@@ -313,15 +328,122 @@ fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
     }
 }
 
-/// One string field of a JSON secret.
+/// A JSON text read without copying its values: serde_json's `Value` would copy every string of a
+/// secret into a `String` that is never zeroed.
+enum Json<'a> {
+    /// The members of an object, each value the raw text inside the caller's buffer (last duplicate
+    /// wins, as with `Value`).
+    Object(BTreeMap<String, &'a RawValue>),
+    /// Valid JSON, but not an object.
+    Other,
+    Invalid,
+}
+
+fn json(text: &[u8]) -> Json<'_> {
+    match serde_json::from_slice::<BTreeMap<String, &RawValue>>(text) {
+        Ok(members) => Json::Object(members),
+        // Skipping a value checks it without copying its strings.
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() => Json::Other,
+        Err(_) => Json::Invalid,
+    }
+}
+
+/// The members of a nested object; none when the value is not an object.
+fn nested_members(raw: &RawValue) -> BTreeMap<String, &RawValue> {
+    match json(raw.get().as_bytes()) {
+        Json::Object(members) => members,
+        Json::Other | Json::Invalid => BTreeMap::new(),
+    }
+}
+
+/// A JSON string's bytes, decoded into a buffer allocated once at the literal's length (the decoded
+/// text is never longer), so no reallocation leaves a copy behind; the caller wraps it in a zeroizing
+/// type. `Ok(None)` when the value is not a string; `Err` for an escape serde_json skipped without
+/// judging it (a lone surrogate), which its `Value` refuses.
+fn json_string(raw: &RawValue) -> Result<Option<Vec<u8>>, ()> {
+    let text = raw.get().as_bytes().trim_ascii();
+    let Some(inner) = text.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) else {
+        return Ok(None);
+    };
+    let hex4 = |at: usize| -> Result<u32, ()> {
+        let digits = inner.get(at..at + 4).ok_or(())?;
+        digits.iter().try_fold(0u32, |n, d| {
+            Ok(n * 16 + char::from(*d).to_digit(16).ok_or(())?)
+        })
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        if inner[i] != b'\\' {
+            out.push(inner[i]);
+            i += 1;
+            continue;
+        }
+        let escaped = *inner.get(i + 1).ok_or(())?;
+        i += 2;
+        let byte = match escaped {
+            b'"' | b'\\' | b'/' => escaped,
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let mut code = hex4(i)?;
+                i += 4;
+                if (0xd800..0xdc00).contains(&code) {
+                    if inner.get(i..i + 2) != Some(b"\\u") {
+                        return Err(());
+                    }
+                    let low = hex4(i + 2)?;
+                    if !(0xdc00..0xe000).contains(&low) {
+                        return Err(());
+                    }
+                    code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+                    i += 6;
+                }
+                let c = char::from_u32(code).ok_or(())?;
+                // Encoded in place: no temporary holds the character.
+                let at = out.len();
+                out.resize(at + c.len_utf8(), 0);
+                c.encode_utf8(&mut out[at..]);
+                continue;
+            }
+            _ => return Err(()),
+        };
+        out.push(byte);
+    }
+    Ok(Some(out))
+}
+
+/// One string field of a JSON secret, copied once, into zeroizing memory.
 fn json_field(raw: &SecretValue, field: &str) -> Result<SecretValue, String> {
-    let v: serde_json::Value = serde_json::from_slice(raw.expose())
-        .map_err(|_| format!("is not a JSON object, so field {field:?} cannot be read"))?;
-    match v.get(field) {
-        Some(serde_json::Value::String(s)) => Ok(SecretValue::new(s.clone().into_bytes())),
-        Some(_) => Err(format!("field {field:?} is not a string")),
+    let not_object = || format!("is not a JSON object, so field {field:?} cannot be read");
+    let members = match json(raw.expose()) {
+        Json::Object(members) => members,
+        Json::Other => return Err(format!("has no field {field:?}")),
+        Json::Invalid => return Err(not_object()),
+    };
+    match members.get(field).map(|v| json_string(v)) {
+        Some(Ok(Some(s))) => Ok(SecretValue::new(s)),
+        Some(Ok(None)) => Err(format!("field {field:?} is not a string")),
+        Some(Err(())) => Err(not_object()),
         None => Err(format!("has no field {field:?}")),
     }
+}
+
+/// Decodes hex into a buffer allocated once at its final length (`genesis::decode_hex` collects
+/// through an iterator that grows its buffer, leaving copies of a key behind).
+fn decode_secret_hex(hex: &str) -> Option<Zeroizing<Vec<u8>>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+    for pair in hex.as_bytes().chunks(2) {
+        let digit = |d: u8| char::from(d).to_digit(16);
+        out.push((digit(pair[0])? * 16 + digit(pair[1])?) as u8);
+    }
+    Some(out)
 }
 
 /// Checks a value is usable for its purpose before any child sees it; returns what to write.
@@ -345,8 +467,7 @@ pub fn validate(
                     "node key must be 64 hex digits (a 32-byte secp256k1 key, as `bootnode -genkey` writes)".into(),
                 ));
             }
-            let bytes =
-                zeroize::Zeroizing::new(crate::genesis::decode_hex(hex).unwrap_or_default());
+            let bytes = decode_secret_hex(hex).unwrap_or_default();
             if k256::SecretKey::from_slice(&bytes).is_err() {
                 return Err(invalid(
                     "node key is not a valid secp256k1 private key (zero or above the curve order)"
@@ -356,17 +477,25 @@ pub fn validate(
             Ok(SecretValue::new(hex.as_bytes().to_vec()))
         }
         SecretKind::SealerKeystore => {
-            let v: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
-                invalid("keystore is not JSON (expected a geth keystore V3 file)".into())
-            })?;
-            let address = v
+            // Only the public fields are read; the encrypted key is never copied.
+            let members = match json(value.expose()) {
+                Json::Object(members) => members,
+                Json::Other => BTreeMap::new(),
+                Json::Invalid => {
+                    return Err(invalid(
+                        "keystore is not JSON (expected a geth keystore V3 file)".into(),
+                    ))
+                }
+            };
+            let address = members
                 .get("address")
-                .and_then(|a| a.as_str())
+                .and_then(|a| json_string(a).ok().flatten())
+                .and_then(|a| String::from_utf8(a).ok())
                 .and_then(|a| {
                     crate::genesis::normalize_address(&format!("0x{}", a.trim_start_matches("0x")))
                 })
                 .ok_or_else(|| invalid("keystore has no valid \"address\" field".into()))?;
-            if v.get("crypto").or_else(|| v.get("Crypto")).is_none() {
+            if !members.contains_key("crypto") && !members.contains_key("Crypto") {
                 return Err(invalid("keystore has no \"crypto\" section".into()));
             }
             if address != signer {
@@ -455,25 +584,31 @@ pub fn wipe_dir(dir: &Path) {
 
 /// geth's `--config` TOML carrying the ethstats URL, so the secret stays out of argv.
 pub fn geth_ethstats_toml(name: &str, secret: &SecretValue, server: &str) -> SecretValue {
-    let mut v = Vec::with_capacity(64);
-    v.extend_from_slice(b"[Ethstats]\nURL = \"");
-    v.extend_from_slice(name.as_bytes());
-    v.push(b':');
-    v.extend_from_slice(secret.expose());
-    v.push(b'@');
-    v.extend_from_slice(server.as_bytes());
-    v.extend_from_slice(b"\"\n");
+    render(&[
+        b"[Ethstats]\nURL = \"",
+        name.as_bytes(),
+        b":",
+        secret.expose(),
+        b"@",
+        server.as_bytes(),
+        b"\"\n",
+    ])
+}
+
+/// Concatenates `parts` into a buffer allocated once at its final length: a buffer that grew would
+/// leave a copy of the secret behind in the memory it was moved out of.
+fn render(parts: &[&[u8]]) -> SecretValue {
+    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        v.extend_from_slice(p);
+    }
     SecretValue::new(v)
 }
 
 /// The ethstats server's `ws_secret.json`: a JSON array of accepted secrets.
 pub fn ethstats_secret_json(secret: &SecretValue) -> SecretValue {
     // validate() already refused quotes, backslashes and control characters, so no escaping is needed.
-    let mut v = Vec::with_capacity(secret.expose().len() + 5);
-    v.extend_from_slice(b"[\"");
-    v.extend_from_slice(secret.expose());
-    v.extend_from_slice(b"\"]\n");
-    SecretValue::new(v)
+    render(&[b"[\"", secret.expose(), b"\"]\n"])
 }
 
 /// The host's secrets as currently written: value and version of each.
@@ -533,12 +668,13 @@ pub async fn fetch_all(
 }
 
 /// Checks what only the whole set can show: the keystore decrypts with the password into the signer's
-/// key. `scratch` is a private directory for the candidate file (the keystore library reads a path).
+/// key. Nothing is written to disk: `_scratch` (where a candidate file used to go) is unused, kept only
+/// until the callers stop passing it.
 pub async fn check_set(
     secrets: &[PlannedSecret],
     set: &SecretSet,
     signer: &str,
-    scratch: &Path,
+    _scratch: &Path,
 ) -> Result<(), SecretError> {
     let (Some(ks), Some(pw)) = (
         set.get(SecretKind::SealerKeystore),
@@ -552,22 +688,39 @@ pub async fn check_set(
         .map(|s| s.reference.name.clone())
         .unwrap_or_default();
     check_kdf(&name, &ks.value)?;
-    let candidate = scratch.join(".candidate-keystore");
-    write_file(&candidate, ks.value.expose())?;
+    let candidate = keystore_in_memory(&name, &ks.value)?;
+    // The keystore library reads a path: this descriptor's, which names no directory entry anyone
+    // could replace (the secrets directory is the service user's, and this may run as root).
+    let path = PathBuf::from(format!("/proc/self/fd/{}", candidate.as_raw_fd()));
     let password = pw.value.clone();
-    let path = candidate.clone();
-    let decrypted =
-        tokio::task::spawn_blocking(move || eth_keystore::decrypt_key(&path, password.expose()))
-            .await
-            .map_err(|e| SecretError::Other {
-                name: name.clone(),
-                cause: format!("keystore check aborted: {e}"),
-            })?;
-    let _ = std::fs::remove_file(&candidate);
-    let key = zeroize::Zeroizing::new(decrypted.map_err(|e| SecretError::Invalid {
+    let decrypted = tokio::task::spawn_blocking(move || {
+        let decrypted = eth_keystore::decrypt_key(&path, password.expose());
+        drop(candidate);
+        (decrypted, path)
+    })
+    .await
+    .map_err(|e| SecretError::Other {
         name: name.clone(),
-        problem: format!("keystore does not decrypt with the sealer password ({e})"),
-    })?);
+        cause: format!("keystore check aborted: {e}"),
+    })?;
+    let key = zeroize::Zeroizing::new(match decrypted {
+        (Ok(key), _) => key,
+        (Err(eth_keystore::KeystoreError::StdIo(e)), path) => {
+            return Err(SecretError::Other {
+                name,
+                cause: format!(
+                    "cannot read the keystore's in-memory copy through {} ({e}): is /proc mounted?",
+                    path.display()
+                ),
+            })
+        }
+        (Err(e), _) => {
+            return Err(SecretError::Invalid {
+                name,
+                problem: format!("keystore does not decrypt with the sealer password ({e})"),
+            })
+        }
+    });
     let address = address_of(&key).ok_or_else(|| SecretError::Invalid {
         name: name.clone(),
         problem: "keystore holds no valid secp256k1 key".into(),
@@ -581,6 +734,35 @@ pub async fn check_set(
     Ok(())
 }
 
+/// The keystore in an anonymous in-memory file (memfd), sealed against any change once written.
+fn keystore_in_memory(name: &str, keystore: &SecretValue) -> Result<std::fs::File, SecretError> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    use std::io::Write;
+    let failed = |e: std::io::Error| SecretError::Other {
+        name: name.to_owned(),
+        cause: format!("cannot hold the keystore in memory for its check (memfd): {e}"),
+    };
+    let fd = memfd_create(
+        c"node-agent-keystore",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| failed(e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(keystore.expose()).map_err(failed)?;
+    fcntl(
+        file.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )
+    .map_err(|e| failed(e.into()))?;
+    Ok(file)
+}
+
 /// Refuses keystore parameters the decryption library would panic on or that would take the host's
 /// memory (scrypt n above geth's standard 2^18 needs more than 256 MiB).
 fn check_kdf(name: &str, keystore: &SecretValue) -> Result<(), SecretError> {
@@ -588,28 +770,44 @@ fn check_kdf(name: &str, keystore: &SecretValue) -> Result<(), SecretError> {
         name: name.to_owned(),
         problem: problem.to_owned(),
     };
-    let v: serde_json::Value =
-        serde_json::from_slice(keystore.expose()).map_err(|_| invalid("keystore is not JSON"))?;
-    let crypto = v
-        .get("crypto")
-        .or_else(|| v.get("Crypto"))
-        .ok_or_else(|| invalid("keystore has no crypto section"))?;
-    let params = crypto
-        .get("kdfparams")
-        .ok_or_else(|| invalid("keystore has no kdfparams"))?;
-    let num = |k: &str| params.get(k).and_then(serde_json::Value::as_u64);
+    // Only the public parameters are read; the encrypted key is never copied.
+    let top = match json(keystore.expose()) {
+        Json::Object(members) => members,
+        Json::Other => BTreeMap::new(),
+        Json::Invalid => return Err(invalid("keystore is not JSON")),
+    };
+    let crypto = nested_members(
+        top.get("crypto")
+            .or_else(|| top.get("Crypto"))
+            .ok_or_else(|| invalid("keystore has no crypto section"))?,
+    );
+    let params = nested_members(
+        crypto
+            .get("kdfparams")
+            .ok_or_else(|| invalid("keystore has no kdfparams"))?,
+    );
+    let num = |k: &str| {
+        params
+            .get(k)
+            .and_then(|v| serde_json::from_str::<u64>(v.get()).ok())
+    };
+    let string = |v: Option<&&RawValue>| v.and_then(|v| json_string(v).ok().flatten());
     if num("dklen") != Some(32) {
         return Err(invalid("keystore kdfparams.dklen must be 32"));
     }
-    let iv = crypto
-        .pointer("/cipherparams/iv")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("");
-    if iv.len() != 32 || !iv.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let iv = string(
+        crypto
+            .get("cipherparams")
+            .map(|c| nested_members(c))
+            .as_ref()
+            .and_then(|c| c.get("iv")),
+    )
+    .unwrap_or_default();
+    if iv.len() != 32 || !iv.iter().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid("keystore cipherparams.iv must be 16 bytes of hex"));
     }
-    match crypto.get("kdf").and_then(serde_json::Value::as_str) {
-        Some("scrypt") => {
+    match string(crypto.get("kdf")).as_deref() {
+        Some(b"scrypt") => {
             let n = num("n").unwrap_or(0);
             let ok = n.is_power_of_two()
                 && (2..=1 << 18).contains(&n)
@@ -619,7 +817,7 @@ fn check_kdf(name: &str, keystore: &SecretValue) -> Result<(), SecretError> {
                 return Err(invalid("keystore scrypt parameters out of range (n a power of two up to 262144, r 8, p 1-4)"));
             }
         }
-        Some("pbkdf2") => {
+        Some(b"pbkdf2") => {
             if !(1..=10_000_000).contains(&num("c").unwrap_or(0)) {
                 return Err(invalid("keystore pbkdf2 iteration count out of range"));
             }
@@ -642,7 +840,7 @@ fn address_of(private_key: &[u8]) -> Option<String> {
 /// The node id (uncompressed public key without the 0x04 prefix, hex) of a validated node key.
 pub fn node_id(nodekey: &SecretValue) -> Option<String> {
     let hex = std::str::from_utf8(nodekey.expose()).ok()?.trim();
-    let bytes = zeroize::Zeroizing::new(crate::genesis::decode_hex(hex)?);
+    let bytes = decode_secret_hex(hex)?;
     let secret = k256::SecretKey::from_slice(&bytes).ok()?;
     let point =
         k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
@@ -793,6 +991,178 @@ mod tests {
     }
 
     #[test]
+    fn rendered_files_are_built_in_buffers_of_their_exact_length() {
+        // A buffer that grew would have left a copy of the secret in the memory it moved out of.
+        let secret = SecretValue::new(
+            b"a-longer-ethstats-secret-than-64-bytes-of-headroom-would-fit-in".to_vec(),
+        );
+        for rendered in [
+            geth_ethstats_toml("a-node-name", &secret, "ethstats.internal:3000"),
+            ethstats_secret_json(&secret),
+        ] {
+            assert_eq!(rendered.0.capacity(), rendered.expose().len());
+        }
+    }
+
+    #[test]
+    fn json_string_fields_are_decoded_like_serde_json_does() {
+        let raw = SecretValue::new(
+            br#"{"password":"p\"w\\\/\b\f\n\r\t\u0041\u00e9\ud83d\ude00x"}"#.to_vec(),
+        );
+        let v = json_field(&raw, "password").unwrap();
+        assert_eq!(
+            v.expose(),
+            "p\"w\\/\u{8}\u{c}\n\r\tA\u{e9}\u{1f600}x".as_bytes()
+        );
+        // The buffer is sized once, at the literal's length: never reallocated.
+        assert!(v.0.capacity() >= v.expose().len());
+        // The last of duplicate fields wins, as with serde_json's Value.
+        let dup = SecretValue::new(br#"{"password":"one","password":"two"}"#.to_vec());
+        assert_eq!(json_field(&dup, "password").unwrap().expose(), b"two");
+        // A lone surrogate is not JSON serde_json accepts as a string: refused as before.
+        let lone = SecretValue::new(br#"{"password":"\ud83d"}"#.to_vec());
+        assert!(json_field(&lone, "password")
+            .unwrap_err()
+            .contains("not a JSON object"));
+        // Valid JSON that is not an object has no fields.
+        let list = SecretValue::new(br#"["password"]"#.to_vec());
+        assert!(json_field(&list, "password")
+            .unwrap_err()
+            .contains("no field"));
+    }
+
+    fn fixture(name: &str) -> SecretValue {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/secrets/dev/sealer");
+        SecretValue::new(std::fs::read(dir.join(name)).unwrap())
+    }
+
+    fn keystore_set(password: &[u8]) -> SecretSet {
+        let mut set = SecretSet::default();
+        let ks = validate(
+            SecretKind::SealerKeystore,
+            "k",
+            &fixture("keystore"),
+            SIGNER,
+        )
+        .unwrap();
+        let pw = validate(
+            SecretKind::SealerPassword,
+            "p",
+            &SecretValue::new(password.to_vec()),
+            SIGNER,
+        )
+        .unwrap();
+        for (kind, value) in [
+            (SecretKind::SealerKeystore, ks),
+            (SecretKind::SealerPassword, pw),
+        ] {
+            set.set(
+                kind,
+                Fetched {
+                    value,
+                    version: "1".into(),
+                },
+            );
+        }
+        set
+    }
+
+    #[tokio::test]
+    async fn the_keystore_check_writes_no_file_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("secrets");
+        std::fs::create_dir(&scratch).unwrap();
+        // Not writable (except by root, which these tests may run as: the empty listing is the proof).
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let set = keystore_set(fixture("password").expose());
+        check_set(&[], &set, SIGNER, &scratch).await.unwrap();
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+        // A directory that does not exist is no obstacle either: none is used.
+        check_set(&[], &set, SIGNER, &dir.path().join("missing"))
+            .await
+            .unwrap();
+        assert!(!dir.path().join("missing").exists());
+        // No descriptor is left open behind the check.
+        let memfds = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("node-agent-keystore"))
+                })
+                .count()
+        };
+        let e = check_set(&[], &keystore_set(b"not the password"), SIGNER, &scratch)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("keystore does not decrypt with the sealer password"),
+            "{e}"
+        );
+        assert_eq!(memfds(), 0);
+    }
+
+    #[test]
+    fn a_local_version_is_keyed_and_follows_the_value() {
+        use sha2::Digest;
+        let a = SecretValue::new(b"hunter2".to_vec());
+        let b = SecretValue::new(b"hunter3".to_vec());
+        assert_eq!(local_version(&a), local_version(&a.clone()));
+        assert_ne!(local_version(&a), local_version(&b));
+        let bare = crate::genesis::encode_hex(&sha2::Sha256::digest(a.expose())[..8]);
+        assert!(
+            !local_version(&a).contains(&bare),
+            "a bare hash can be brute-forced"
+        );
+        assert!(local_version(&a).starts_with("local:"));
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_local_secret_gets_a_new_version_that_rotation_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference = SecretRef {
+            name: "dev/ws".into(),
+            field: None,
+        };
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        let source = Source::Local(dir.path().to_owned());
+        let read = || async {
+            let current = source
+                .current_version(&reference, "", Duration::from_secs(1))
+                .await
+                .unwrap();
+            let fetched = source
+                .fetch(
+                    &reference,
+                    "",
+                    Wanted::Stage(CURRENT),
+                    Duration::from_secs(1),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                current, fetched.version,
+                "the polled and fetched versions agree"
+            );
+            current
+        };
+        std::fs::write(dir.path().join("dev/ws"), "one").unwrap();
+        let one = read().await;
+        assert_eq!(read().await, one);
+        std::fs::write(dir.path().join("dev/ws"), "two").unwrap();
+        let two = read().await;
+        let in_use = [(SecretKind::EthstatsWsSecret, one)];
+        let current = [(SecretKind::EthstatsWsSecret, two)];
+        assert_eq!(
+            crate::rotation::changed(&in_use, &current, &[]),
+            [SecretKind::EthstatsWsSecret]
+        );
+    }
+
+    #[test]
     fn private_directory_is_0700_even_if_it_existed() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
@@ -819,9 +1189,16 @@ mod tests {
                     }
                 }
             }
-            let _ = check_kdf("n", &v);
+            proptest::prop_assert_eq!(check_kdf("n", &v).map_err(|e| e.to_string()), check_kdf_as_before(&v));
             let _ = json_field(&v, "password");
             let _ = node_id(&v);
+        }
+
+        #[test]
+        fn any_string_field_reads_back_exactly(text in proptest::prelude::any::<String>()) {
+            let raw = SecretValue::new(serde_json::to_vec(&serde_json::json!({"f": text})).unwrap());
+            let read = json_field(&raw, "f").unwrap();
+            proptest::prop_assert_eq!(read.expose(), text.as_bytes());
         }
 
         #[test]
@@ -832,7 +1209,56 @@ mod tests {
             let ks = serde_json::json!({"address": "ea94d5964b36a107571e051649c2eb52ff0c323f", "crypto": {
                 "kdf": kdf, "kdfparams": {"dklen": dklen, "n": n, "r": r, "p": p, "c": n, "salt": "00"},
                 "cipherparams": {"iv": iv}, "ciphertext": "00", "mac": "00"}});
-            let _ = check_kdf("n", &SecretValue::new(ks.to_string().into_bytes()));
+            let ks = SecretValue::new(ks.to_string().into_bytes());
+            // Same verdict and message as the check written over serde_json's Value (which copied).
+            proptest::prop_assert_eq!(
+                check_kdf("n", &ks).map_err(|e| e.to_string()),
+                check_kdf_as_before(&ks)
+            );
         }
+    }
+
+    /// check_kdf as it was written over serde_json's Value: the reference for its replacement.
+    fn check_kdf_as_before(keystore: &SecretValue) -> Result<(), String> {
+        let invalid = |problem: &str| format!("secret n: {problem}");
+        let v: serde_json::Value = serde_json::from_slice(keystore.expose())
+            .map_err(|_| invalid("keystore is not JSON"))?;
+        let crypto = v
+            .get("crypto")
+            .or_else(|| v.get("Crypto"))
+            .ok_or_else(|| invalid("keystore has no crypto section"))?;
+        let params = crypto
+            .get("kdfparams")
+            .ok_or_else(|| invalid("keystore has no kdfparams"))?;
+        let num = |k: &str| params.get(k).and_then(serde_json::Value::as_u64);
+        if num("dklen") != Some(32) {
+            return Err(invalid("keystore kdfparams.dklen must be 32"));
+        }
+        let iv = crypto
+            .pointer("/cipherparams/iv")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        if iv.len() != 32 || !iv.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid("keystore cipherparams.iv must be 16 bytes of hex"));
+        }
+        match crypto.get("kdf").and_then(serde_json::Value::as_str) {
+            Some("scrypt") => {
+                let n = num("n").unwrap_or(0);
+                let ok = n.is_power_of_two()
+                    && (2..=1 << 18).contains(&n)
+                    && num("r") == Some(8)
+                    && (1..=4).contains(&num("p").unwrap_or(0));
+                if !ok {
+                    return Err(invalid("keystore scrypt parameters out of range (n a power of two up to 262144, r 8, p 1-4)"));
+                }
+            }
+            Some("pbkdf2") => {
+                if !(1..=10_000_000).contains(&num("c").unwrap_or(0)) {
+                    return Err(invalid("keystore pbkdf2 iteration count out of range"));
+                }
+            }
+            _ => return Err(invalid("keystore kdf must be scrypt or pbkdf2")),
+        }
+        Ok(())
     }
 }

@@ -198,3 +198,35 @@ fn install_enable_creates_users_directories_and_the_wants_link() {
         Path::new("/usr/local/lib/systemd/system/node-agent.service")
     );
 }
+
+/// The archives are copied and unpacked in a private scratch directory under TMPDIR, which goes away
+/// with the run, even a refused one (an empty pin or a checksum that does not match).
+#[test]
+fn a_refused_archive_leaves_no_scratch_directory_behind() {
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let archive = t.path().join("geth.tar.gz");
+    fs::write(&archive, b"not the pinned archive").unwrap();
+    let root = t.path().join("root");
+    let out = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["install", "--root"])
+        .arg(&root)
+        .arg("--geth-archive")
+        .arg(&archive)
+        .env_clear()
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        !root.exists(),
+        "nothing is installed from a refused archive"
+    );
+    let left: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

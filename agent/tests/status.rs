@@ -75,7 +75,7 @@ fn a_healthy_rpc_node_reports_exit_0_with_chain_and_process_details() {
     assert!(text.starts_with("HEALTHY — dev rpc on local-"), "{text}");
     assert!(text.contains("geth      ready"), "{text}");
     assert!(
-        text.contains("secret    dev/ethstats/ws-secret version sha256:"),
+        text.contains("secret    dev/ethstats/ws-secret version local:"),
         "{text}"
     );
     assert!(agent.terminate().success());
