@@ -589,7 +589,7 @@ pub fn check_environment(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_fs_id(v: &str) -> Result<String, String> {
+pub fn check_fs_id(v: &str) -> Result<String, String> {
     let hex = v.strip_prefix("fs-").unwrap_or("");
     if (8..=40).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(v.to_owned())
@@ -601,7 +601,7 @@ fn check_fs_id(v: &str) -> Result<String, String> {
 }
 
 /// `fsap-` and the 17 lowercase hex digits EFS gives every access point.
-fn check_access_point_id(v: &str) -> Result<String, String> {
+pub fn check_access_point_id(v: &str) -> Result<String, String> {
     let hex = v.strip_prefix("fsap-").unwrap_or("");
     if hex.len() == 17
         && hex
