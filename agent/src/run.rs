@@ -377,6 +377,7 @@ async fn watch_imds(boot: Identity, interval: Duration, services: watch::Sender<
                 config::tag::ROLE,
                 config::tag::ENVIRONMENT,
                 config::tag::EFS_FILE_SYSTEM_ID,
+                config::tag::EFS_ACCESS_POINT_ID,
             ]
             .iter()
             .filter(|k| boot.tags.get(**k) != id.tags.get(**k))
