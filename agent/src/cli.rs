@@ -108,15 +108,70 @@ pub struct IamPolicyArgs {
     pub role: Role,
     #[arg(long, value_name = "NAME")]
     pub environment: String,
-    /// Region of the ARNs [default: any].
-    #[arg(long, value_name = "REGION", default_value = "*")]
+    /// Region of the ARNs, e.g. eu-central-1.
+    #[arg(long, value_name = "REGION", value_parser = parse_region)]
     pub region: String,
-    /// Account of the ARNs [default: any].
-    #[arg(long, value_name = "ID", default_value = "*")]
+    /// Account of the ARNs: 12 digits.
+    #[arg(long, value_name = "ID", value_parser = parse_account_id)]
     pub account_id: String,
     /// EFS file system, when the config leaves it to the EfsFileSystemId tag.
-    #[arg(long, value_name = "FS_ID")]
+    #[arg(long, value_name = "FS_ID", value_parser = crate::config::check_fs_id)]
     pub efs_file_system_id: Option<String>,
+    /// EFS access point of this role, when the config leaves it to the EfsAccessPointId tag.
+    #[arg(long, value_name = "FSAP_ID", value_parser = crate::config::check_access_point_id)]
+    pub efs_access_point_id: Option<String>,
+    /// Print this role's EFS file system policy (mount only through its access point, only over TLS)
+    /// instead of the identity policy.
+    #[arg(long, requires = "role_arn")]
+    pub file_system_policy: bool,
+    /// The instance profile's IAM role, the principal of --file-system-policy.
+    #[arg(long, value_name = "ARN", requires = "file_system_policy", value_parser = parse_role_arn)]
+    pub role_arn: Option<String>,
+}
+
+/// An AWS region name such as eu-central-1 or us-gov-west-1; never a wildcard.
+fn parse_region(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.split('-').collect();
+    let ok = parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a region name such as eu-central-1 (no wildcards: the policy names exact ARNs)".into())
+    }
+}
+
+/// A 12-digit AWS account id.
+fn parse_account_id(s: &str) -> Result<String, String> {
+    if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 12 digits, e.g. 123456789012 (aws sts get-caller-identity shows it)".into())
+    }
+}
+
+/// `arn:PARTITION:iam::ACCOUNT:role/NAME`.
+fn parse_role_arn(s: &str) -> Result<String, String> {
+    let ok = s.strip_prefix("arn:aws").and_then(|r| {
+        let (_, rest) = r.split_once(":iam::")?;
+        let (account, name) = rest.split_once(":role/")?;
+        Some(parse_account_id(account).is_ok() && !name.is_empty() && !name.contains('*'))
+    });
+    if ok == Some(true) {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "must be an IAM role ARN such as arn:aws:iam::123456789012:role/production-sealer"
+                .into(),
+        )
+    }
 }
 
 /// `node-agent install`: lay out a host under a root (used by the bake and the boot test).
@@ -181,6 +236,59 @@ mod tests {
         assert_eq!(parse_mode("640"), Ok(0o640));
         assert!(parse_mode("0800").is_err());
         assert!(parse_mode("rw").is_err());
+    }
+
+    #[test]
+    fn iam_policy_needs_an_exact_region_and_account_and_names_the_flag_that_is_wrong() {
+        let base = [
+            "node-agent",
+            "iam-policy",
+            "--role",
+            "sealer",
+            "--environment",
+            "staging",
+        ];
+        let parse = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(args)
+        };
+        let e = parse(&["--region", "eu-central-1"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--account-id"), "{e}");
+        let e = parse(&["--account-id", "123456789012"]).unwrap_err();
+        assert!(e.to_string().contains("--region"), "{e}");
+        for (flag, value, says) in [
+            ("--account-id", "*", "must be 12 digits"),
+            ("--account-id", "12345678901", "must be 12 digits"),
+            ("--region", "*", "no wildcards"),
+            ("--region", "eu-central", "region name"),
+        ] {
+            let mut extra = vec!["--region", "eu-central-1", "--account-id", "123456789012"];
+            let i = extra.iter().position(|a| *a == flag).unwrap();
+            extra[i + 1] = value;
+            let e = parse(&extra).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            let text = e.to_string();
+            assert!(text.contains(flag) && text.contains(says), "{text}");
+        }
+        let ok = parse(&["--region", "us-gov-west-1", "--account-id", "123456789012"]);
+        assert!(ok.is_ok(), "{ok:?}");
+        // The file system policy needs its principal, and the principal only makes sense there.
+        let e = parse(&[
+            "--region",
+            "eu-central-1",
+            "--account-id",
+            "123456789012",
+            "--file-system-policy",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--role-arn"), "{e}");
+        assert_eq!(
+            parse_role_arn("arn:aws:iam::123456789012:role/staging-sealer"),
+            Ok("arn:aws:iam::123456789012:role/staging-sealer".into())
+        );
+        assert!(parse_role_arn("arn:aws:iam::*:role/x").is_err());
+        assert!(parse_role_arn("arn:aws:iam::123456789012:user/x").is_err());
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub struct StorageFile {
     pub efs_mount_options: String,
     /// Mount with amazon-efs-utils (`mount -t efs -o tls,iam`: TLS in transit, IAM authorization).
     pub efs_utils: bool,
+    /// `fsap-…`: mount through this EFS access point, whose root directory is the role's directory (needs
+    /// `efs_utils`); the `EfsAccessPointId` tag overrides it.
+    pub efs_access_point_id: String,
     /// How long boot waits for DNS and the mount target before it fails.
     pub mount_timeout_secs: u64,
 }
@@ -167,6 +170,7 @@ impl Default for StorageFile {
             efs_dns_name: String::new(),
             efs_mount_options: storage::EFS_MOUNT_OPTIONS.into(),
             efs_utils: false,
+            efs_access_point_id: String::new(),
             mount_timeout_secs: 300,
         }
     }
@@ -501,6 +505,7 @@ pub mod tag {
     pub const ROLE: &str = "Role";
     pub const ENVIRONMENT: &str = "Environment";
     pub const EFS_FILE_SYSTEM_ID: &str = "EfsFileSystemId";
+    pub const EFS_ACCESS_POINT_ID: &str = "EfsAccessPointId";
 }
 
 /// This host's place in the fleet, from its tags (or local flags).
@@ -509,6 +514,7 @@ pub struct HostTags {
     pub role: Role,
     pub environment: String,
     pub efs_file_system_id: Option<String>,
+    pub efs_access_point_id: Option<String>,
 }
 
 impl HostTags {
@@ -547,10 +553,20 @@ impl HostTags {
                 problem,
             })?),
         };
+        let efs_access_point_id = match tags.get(tag::EFS_ACCESS_POINT_ID).map(|s| s.trim()) {
+            None | Some("") => None,
+            Some(v) => Some(
+                check_access_point_id(v).map_err(|problem| ConfigError::Tag {
+                    tag: tag::EFS_ACCESS_POINT_ID,
+                    problem,
+                })?,
+            ),
+        };
         Ok(HostTags {
             role,
             environment,
             efs_file_system_id,
+            efs_access_point_id,
         })
     }
 }
@@ -573,13 +589,29 @@ pub fn check_environment(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_fs_id(v: &str) -> Result<String, String> {
+pub fn check_fs_id(v: &str) -> Result<String, String> {
     let hex = v.strip_prefix("fs-").unwrap_or("");
     if (8..=40).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(v.to_owned())
     } else {
         Err(format!(
             "{v:?} is not an EFS file system id (expected fs- followed by hex digits, e.g. fs-0123456789abcdef0)"
+        ))
+    }
+}
+
+/// `fsap-` and the 17 lowercase hex digits EFS gives every access point.
+pub fn check_access_point_id(v: &str) -> Result<String, String> {
+    let hex = v.strip_prefix("fsap-").unwrap_or("");
+    if hex.len() == 17
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(v.to_owned())
+    } else {
+        Err(format!(
+            "{v:?} is not an EFS access point id (expected fsap- followed by 17 lowercase hex digits, e.g. fsap-0123456789abcdef0; `aws efs describe-access-points` lists them)"
         ))
     }
 }
@@ -636,6 +668,8 @@ pub struct EfsSettings {
     pub dns_name: String,
     pub mount_options: String,
     pub efs_utils: bool,
+    /// `fsap-…`: mounted through this access point, whose root directory is `path`.
+    pub access_point_id: Option<String>,
     pub owner: Owner,
     #[serde(skip)]
     pub mount_timeout: Duration,
@@ -857,6 +891,21 @@ impl Settings {
                 };
                 storage::check_mount_options(&st.efs_mount_options)
                     .map_err(|p| invalid("storage.efs_mount_options", p))?;
+                let access_point_id =
+                    match (&tags.efs_access_point_id, st.efs_access_point_id.as_str()) {
+                        (Some(t), _) => Some(t.clone()),
+                        (None, "") => None,
+                        (None, c) => Some(
+                            check_access_point_id(c)
+                                .map_err(|p| invalid("storage.efs_access_point_id", p))?,
+                        ),
+                    };
+                if access_point_id.is_some() && !st.efs_utils {
+                    return Err(invalid(
+                        "storage.efs_access_point_id",
+                        "an access point is mounted with amazon-efs-utils (mount -t efs -o tls,iam,accesspoint=): set storage.efs_utils = true, or remove the access point (config or EfsAccessPointId tag)".into(),
+                    ));
+                }
                 if st.mount_timeout_secs == 0 {
                     return Err(invalid(
                         "storage.mount_timeout_secs",
@@ -870,6 +919,7 @@ impl Settings {
                     dns_name,
                     mount_options: st.efs_mount_options.clone(),
                     efs_utils: st.efs_utils,
+                    access_point_id,
                     owner,
                     mount_timeout: Duration::from_secs(st.mount_timeout_secs),
                 })
@@ -1197,6 +1247,24 @@ mod tests {
                 Box::new(|s| s.mount_timeout_secs = 0),
             ),
             ("storage.owner", Box::new(|s| s.owner = "root user".into())),
+            (
+                "storage.efs_access_point_id",
+                Box::new(|s| {
+                    s.efs_utils = true;
+                    s.efs_access_point_id = "fsap-0123456789ABCDEF0".into();
+                }),
+            ),
+            (
+                "storage.efs_access_point_id",
+                Box::new(|s| {
+                    s.efs_utils = true;
+                    s.efs_access_point_id = "fs-0123456789abcdef0".into();
+                }),
+            ),
+            (
+                "storage.efs_utils = true",
+                Box::new(|s| s.efs_access_point_id = "fsap-0123456789abcdef0".into()),
+            ),
         ];
         for (key, edit) in cases {
             let mut f = example();
@@ -1247,6 +1315,54 @@ mod tests {
             StorageSettings::Efs(e) => assert_eq!(e.dns_name, "10.0.1.25"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_access_point_comes_from_the_tag_or_the_config_and_keeps_the_roles_path() {
+        let mut f = example();
+        f.storage.efs_file_system_id = "fs-11111111".into();
+        f.storage.efs_utils = true;
+        f.storage.efs_access_point_id = "fsap-0000000000000000a".into();
+        let ap = |id: &Identity, f: &ConfigFile| match Settings::new(f, Path::new("c"), id, false)
+            .map(|s| s.storage)
+        {
+            Ok(StorageSettings::Efs(e)) => {
+                assert_eq!(
+                    e.path, "/staging/sealer",
+                    "the access point's root directory"
+                );
+                Ok(e.access_point_id)
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let plain = identity(&[("Role", "sealer"), ("Environment", "staging")]);
+        assert_eq!(ap(&plain, &f), Ok(Some("fsap-0000000000000000a".into())));
+        let tagged = identity(&[
+            ("Role", "sealer"),
+            ("Environment", "staging"),
+            ("EfsAccessPointId", "fsap-0123456789abcdef0"),
+        ]);
+        assert_eq!(ap(&tagged, &f), Ok(Some("fsap-0123456789abcdef0".into())));
+        f.storage.efs_access_point_id.clear();
+        assert_eq!(ap(&plain, &f), Ok(None));
+        // The tag needs efs-utils as much as the config key does.
+        f.storage.efs_utils = false;
+        let e = ap(&tagged, &f).unwrap_err();
+        assert!(e.contains("storage.efs_utils = true"), "{e}");
+        let bad = identity(&[
+            ("Role", "sealer"),
+            ("Environment", "staging"),
+            ("EfsAccessPointId", "fsap-123"),
+        ]);
+        let e = ap(&bad, &f).unwrap_err();
+        assert!(
+            e.starts_with(
+                "instance tag EfsAccessPointId: \"fsap-123\" is not an EFS access point id"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
     }
 
     #[test]
@@ -1374,9 +1490,10 @@ mod tests {
             role in proptest::option::of("\\PC{0,12}"),
             env in proptest::option::of("\\PC{0,40}"),
             fs in proptest::option::of("\\PC{0,30}"),
+            ap in proptest::option::of("(fsap-)?[0-9a-fA-F]{15,18}|\\PC{0,30}"),
         ) {
             let mut t = BTreeMap::new();
-            for (k, v) in [("Role", role), ("Environment", env), ("EfsFileSystemId", fs)] {
+            for (k, v) in [("Role", role), ("Environment", env), ("EfsFileSystemId", fs), ("EfsAccessPointId", ap)] {
                 if let Some(v) = v { t.insert(k.to_string(), v); }
             }
             match HostTags::from_tags(&t) {

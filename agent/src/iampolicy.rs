@@ -1,15 +1,93 @@
 //! `node-agent iam-policy`: the least-privilege policy for a role's instance profile, computed from the
-//! same plan `run` carries out, so it names exactly the secrets and log group that role touches.
+//! same plan `run` carries out, so it names exactly the secrets and log group that role touches; and,
+//! with `--file-system-policy`, the role's part of the EFS file system policy.
 
 use crate::cli::IamPolicyArgs;
-use crate::config::{self, ConfigFile, Settings, StorageSettings};
+use crate::config::{self, ConfigError, ConfigFile, EfsSettings, Settings, StorageSettings};
 use crate::identity;
 use crate::plan::{self, Plan};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// The policy document. Pure.
+/// Why no policy could be printed.
+#[derive(Debug, thiserror::Error)]
+pub enum IamPolicyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("iam-policy --file-system-policy: {environment}/{role} does not keep its data on EFS (storage.kind = \"local\"): there is no file system policy to print")]
+    NotEfs { environment: String, role: String },
+    #[error("iam-policy --file-system-policy: {environment}/{role} has no EFS access point: pass --efs-access-point-id fsap-… or set storage.efs_access_point_id (without one, IAM cannot tell the roles' directories apart)")]
+    NoAccessPoint { environment: String, role: String },
+    #[error("iam-policy: --role-arn {arn} is in another account than --account-id {account}")]
+    OtherAccount { arn: String, account: String },
+}
+
+/// The ARN partition of a region: `aws`, `aws-cn` or `aws-us-gov`.
+fn partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+/// Where an ARN is: partition, region, account.
+struct Arns<'a> {
+    partition: &'static str,
+    region: &'a str,
+    account: &'a str,
+}
+
+impl Arns<'_> {
+    fn of(&self, service: &str, resource: &str) -> String {
+        format!(
+            "arn:{}:{service}:{}:{}:{resource}",
+            self.partition, self.region, self.account
+        )
+    }
+
+    fn file_system(&self, efs: &EfsSettings) -> String {
+        self.of(
+            "elasticfilesystem",
+            &format!("file-system/{}", efs.file_system_id),
+        )
+    }
+
+    fn access_point(&self, access_point_id: &str) -> String {
+        self.of(
+            "elasticfilesystem",
+            &format!("access-point/{access_point_id}"),
+        )
+    }
+}
+
+/// The EFS actions a role needs. Without an access point, efs-utils mounts as root and root creates and
+/// chowns the role's directory: that needs ClientRootAccess. Through an access point every operation
+/// runs as its POSIX user and its CreationInfo creates the directory: root access is never needed.
+fn efs_actions(efs: &EfsSettings) -> Value {
+    if efs.efs_utils && efs.access_point_id.is_none() {
+        json!([
+            "elasticfilesystem:ClientMount",
+            "elasticfilesystem:ClientWrite",
+            "elasticfilesystem:ClientRootAccess"
+        ])
+    } else {
+        json!([
+            "elasticfilesystem:ClientMount",
+            "elasticfilesystem:ClientWrite"
+        ])
+    }
+}
+
+/// The identity policy document. Pure.
 pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> Value {
+    let arns = Arns {
+        partition: partition(region),
+        region,
+        account,
+    };
     let mut statements = Vec::new();
     if !plan.secrets.is_empty() {
         // Secrets Manager appends six random characters to a secret's ARN.
@@ -17,9 +95,9 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
             .secrets
             .iter()
             .map(|s| {
-                format!(
-                    "arn:aws:secretsmanager:{region}:{account}:secret:{}-??????",
-                    s.reference.name
+                arns.of(
+                    "secretsmanager",
+                    &format!("secret:{}-??????", s.reference.name),
                 )
             })
             .collect();
@@ -30,52 +108,106 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
             "Resource": arns,
         }));
         if let Some(key) = &settings.secrets.kms_key_arn {
-            let mut s = json!({
+            statements.push(json!({
                 "Sid": "DecryptSecretsWithTheirKey",
                 "Effect": "Allow",
                 "Action": "kms:Decrypt",
                 "Resource": key,
-            });
-            if region != "*" {
-                s["Condition"] = json!({"StringEquals": {"kms:ViaService": format!("secretsmanager.{region}.amazonaws.com")}});
-            }
-            statements.push(s);
+                // Only for Secrets Manager decrypting this role's secrets, never a direct Decrypt call.
+                "Condition": {"StringEquals": {"kms:ViaService": format!("secretsmanager.{region}.amazonaws.com")}},
+            }));
         }
     }
-    let group = &plan.agent_log.group;
-    let group_arn = format!("arn:aws:logs:{region}:{account}:log-group:{group}");
-    statements.push(json!({
-        "Sid": "CreateThisRolesLogGroup",
-        "Effect": "Allow",
-        "Action": ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"],
-        "Resource": group_arn,
-    }));
+    // Exactly the calls the shipper makes. Log-group actions (CreateLogGroup, PutRetentionPolicy) are
+    // authorized on the group's ARN, stream actions on `GROUP:*`; AWS documents both forms, so both go in.
+    let group_arn = arns.of("logs", &format!("log-group:{}", plan.agent_log.group));
     statements.push(json!({
         "Sid": "ShipThisRolesLogs",
         "Effect": "Allow",
-        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-        "Resource": format!("{group_arn}:log-stream:*"),
+        "Action": [
+            "logs:CreateLogGroup",
+            "logs:PutRetentionPolicy",
+            "logs:CreateLogStream",
+            "logs:PutLogEvents"
+        ],
+        "Resource": [group_arn.clone(), format!("{group_arn}:*")],
     }));
     if let StorageSettings::Efs(efs) = &plan.storage {
-        let file_system_id = &efs.file_system_id;
-        // Needed when the file system policy requires IAM authorisation (mount -o iam); harmless otherwise.
-        statements.push(json!({
+        // Needed when the file system policy requires IAM authorization (mount -o iam); harmless otherwise.
+        let mut s = json!({
             "Sid": "MountThisRolesFileSystem",
             "Effect": "Allow",
-            // With efs-utils' IAM authorization, root creating the role's directory also needs root access.
-            "Action": if efs.efs_utils {
-                json!(["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"])
-            } else {
-                json!(["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"])
-            },
-            "Resource": format!("arn:aws:elasticfilesystem:{region}:{account}:file-system/{file_system_id}"),
-        }));
+            "Action": efs_actions(efs),
+            "Resource": arns.file_system(efs),
+        });
+        if let Some(ap) = &efs.access_point_id {
+            s["Condition"] = json!({"StringEquals": {"elasticfilesystem:AccessPointArn": arns.access_point(ap)}});
+        }
+        statements.push(s);
     }
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
+/// The role's part of the EFS file system policy: this role may mount and write only through its access
+/// point, and nobody may use the file system without TLS. Statements of several roles merge into one
+/// policy (the Deny is the same in each, the Allow's Sid names the environment and role). Pure.
+pub fn file_system_policy(
+    efs: &EfsSettings,
+    access_point_id: &str,
+    environment: &str,
+    role: &str,
+    role_arn: &str,
+    region: &str,
+    account: &str,
+) -> Value {
+    let arns = Arns {
+        partition: partition(region),
+        region,
+        account,
+    };
+    let fs = arns.file_system(efs);
+    // Sids are letters and digits only.
+    let sid: String = format!("Mount-{environment}-{role}-ThroughItsAccessPoint")
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": sid,
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": efs_actions(efs),
+                "Resource": fs,
+                "Condition": {
+                    "StringEquals": {"elasticfilesystem:AccessPointArn": arns.access_point(access_point_id)},
+                    "Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"},
+                },
+            },
+            {
+                "Sid": "DenyWithoutTls",
+                "Effect": "Deny",
+                "Principal": {"AWS": "*"},
+                "Action": [
+                    "elasticfilesystem:ClientMount",
+                    "elasticfilesystem:ClientWrite",
+                    "elasticfilesystem:ClientRootAccess"
+                ],
+                "Resource": fs,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+        ],
+    })
+}
+
 /// `node-agent iam-policy`.
-pub fn run(args: &IamPolicyArgs) -> Result<(), crate::run::AgentError> {
+pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
     let path = args
         .config
         .as_deref()
@@ -83,13 +215,43 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), crate::run::AgentError> {
     let (file, path) = ConfigFile::load(Some(path))?;
     let mut id = identity::local(args.role.as_str(), &args.environment, Some("i-any"));
     id.region = args.region.clone();
-    if let Some(fs) = &args.efs_file_system_id {
-        id.tags
-            .insert(config::tag::EFS_FILE_SYSTEM_ID.into(), fs.clone());
+    for (tag, value) in [
+        (config::tag::EFS_FILE_SYSTEM_ID, &args.efs_file_system_id),
+        (config::tag::EFS_ACCESS_POINT_ID, &args.efs_access_point_id),
+    ] {
+        if let Some(v) = value {
+            id.tags.insert(tag.into(), v.clone());
+        }
     }
     let settings = Settings::new(&file, &path, &id, false)?;
     let plan = plan::plan(&id, &settings);
-    let doc = policy(&plan, &settings, &args.region, &args.account_id);
+    let doc = match &args.role_arn {
+        Some(arn) if args.file_system_policy => {
+            if !arn.contains(&format!(":iam::{}:", args.account_id)) {
+                return Err(IamPolicyError::OtherAccount {
+                    arn: arn.clone(),
+                    account: args.account_id.clone(),
+                });
+            }
+            let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
+            let StorageSettings::Efs(efs) = &plan.storage else {
+                return Err(IamPolicyError::NotEfs { environment, role });
+            };
+            let Some(ap) = &efs.access_point_id else {
+                return Err(IamPolicyError::NoAccessPoint { environment, role });
+            };
+            file_system_policy(
+                efs,
+                ap,
+                &environment,
+                &role,
+                arn,
+                &args.region,
+                &args.account_id,
+            )
+        }
+        _ => policy(&plan, &settings, &args.region, &args.account_id),
+    };
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     Ok(())
 }
@@ -152,10 +314,9 @@ mod tests {
         let arn = "arn:aws:kms:eu-central-1:123456789012:key/abcd";
         let doc = build("bootnode", |f| f.secrets.kms_key_arn = arn.into());
         let logs = statement(&doc, "ShipThisRolesLogs").unwrap();
-        assert_eq!(
-            logs["Resource"],
-            "arn:aws:logs:eu-central-1:123456789012:log-group:/node-agent/production/bootnode:log-stream:*"
-        );
+        let group =
+            "arn:aws:logs:eu-central-1:123456789012:log-group:/node-agent/production/bootnode";
+        assert_eq!(logs["Resource"], json!([group, format!("{group}:*")]));
         let kms = statement(&doc, "DecryptSecretsWithTheirKey").unwrap();
         assert_eq!(kms["Resource"], arn);
         assert_eq!(
@@ -171,6 +332,181 @@ mod tests {
             !text.contains("\"*\""),
             "no wildcard actions or resources: {text}"
         );
+    }
+
+    /// Every string in the document that is an ARN.
+    fn arns(v: &Value) -> Vec<String> {
+        match v {
+            Value::String(s) if s.starts_with("arn:") => vec![s.clone()],
+            Value::Array(a) => a.iter().flat_map(arns).collect(),
+            Value::Object(o) => o.values().flat_map(arns).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn with_access_point(f: &mut ConfigFile) {
+        f.storage.efs_utils = true;
+        f.storage.efs_access_point_id = "fsap-0123456789abcdef0".into();
+    }
+
+    #[test]
+    fn logs_are_granted_on_both_forms_of_the_group_arn_for_exactly_the_calls_the_shipper_makes() {
+        let doc = build("rpc", |_| {});
+        let logs: Vec<&Value> = doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s.to_string().contains("logs:"))
+            .collect();
+        assert_eq!(logs.len(), 1, "{doc:#}");
+        assert_eq!(
+            logs[0]["Action"],
+            json!([
+                "logs:CreateLogGroup",
+                "logs:PutRetentionPolicy",
+                "logs:CreateLogStream",
+                "logs:PutLogEvents"
+            ])
+        );
+        let group = "arn:aws:logs:eu-central-1:123456789012:log-group:/node-agent/production/rpc";
+        assert_eq!(logs[0]["Resource"], json!([group, format!("{group}:*")]));
+        assert!(!doc.to_string().contains("DescribeLogStreams"), "{doc:#}");
+    }
+
+    #[test]
+    fn every_arn_names_the_region_and_account_and_kms_decrypt_only_goes_through_secrets_manager() {
+        let key = "arn:aws:kms:eu-central-1:123456789012:key/abcd";
+        for role in ["sealer", "rpc", "bootnode", "ethstats"] {
+            for ap in [false, true] {
+                let doc = build(role, |f| {
+                    f.chain.ethstats = "ethstats.internal:3000".into();
+                    f.secrets.kms_key_arn = key.into();
+                    if ap {
+                        with_access_point(f);
+                    }
+                });
+                let found = arns(&doc);
+                assert!(found.len() >= 3, "{doc:#}");
+                for arn in found {
+                    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+                    assert_eq!(parts[..2], ["arn", "aws"], "{arn}");
+                    assert_eq!(parts[3..5], ["eu-central-1", "123456789012"], "{arn}");
+                }
+                for s in doc["Statement"].as_array().unwrap() {
+                    if s["Action"].to_string().contains("kms:Decrypt") {
+                        assert_eq!(
+                            s["Condition"],
+                            json!({"StringEquals": {"kms:ViaService": "secretsmanager.eu-central-1.amazonaws.com"}}),
+                            "{role}: {s:#}"
+                        );
+                    }
+                }
+                assert!(doc.to_string().contains("kms:Decrypt"), "{role}: {doc:#}");
+            }
+        }
+    }
+
+    #[test]
+    fn arns_follow_the_regions_partition() {
+        let mut f = ConfigFile::parse(EXAMPLE, Path::new("example")).unwrap();
+        f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
+        f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
+        let mut id: Identity = identity::local("rpc", "production", Some("i-any"));
+        id.region = "cn-north-1".into();
+        let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
+        let doc = policy(&plan::plan(&id, &s), &s, "cn-north-1", "123456789012");
+        let found = arns(&doc);
+        assert!(!found.is_empty());
+        assert!(
+            found.iter().all(|a| a.starts_with("arn:aws-cn:")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_access_point_limits_the_identity_policy_to_it_and_needs_no_root_access() {
+        let ap_arn =
+            "arn:aws:elasticfilesystem:eu-central-1:123456789012:access-point/fsap-0123456789abcdef0";
+        let doc = build("sealer", with_access_point);
+        let efs = statement(&doc, "MountThisRolesFileSystem").unwrap();
+        assert_eq!(
+            efs["Action"],
+            json!([
+                "elasticfilesystem:ClientMount",
+                "elasticfilesystem:ClientWrite"
+            ])
+        );
+        assert_eq!(
+            efs["Resource"],
+            "arn:aws:elasticfilesystem:eu-central-1:123456789012:file-system/fs-0123456789abcdef0"
+        );
+        assert_eq!(
+            efs["Condition"],
+            json!({"StringEquals": {"elasticfilesystem:AccessPointArn": ap_arn}})
+        );
+        // Without one, efs-utils mounts as root and root creates the directory.
+        let doc = build("sealer", |f| f.storage.efs_utils = true);
+        let efs = statement(&doc, "MountThisRolesFileSystem").unwrap();
+        assert!(
+            efs["Action"].to_string().contains("ClientRootAccess"),
+            "{efs:#}"
+        );
+        assert!(efs.get("Condition").is_none(), "{efs:#}");
+    }
+
+    #[test]
+    fn the_file_system_policy_lets_only_the_role_mount_only_its_access_point_only_over_tls() {
+        let mut f = ConfigFile::parse(EXAMPLE, Path::new("example")).unwrap();
+        f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
+        f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
+        with_access_point(&mut f);
+        let mut id: Identity = identity::local("sealer", "staging", Some("i-any"));
+        id.region = "eu-central-1".into();
+        let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
+        let StorageSettings::Efs(efs) = &s.storage else {
+            panic!("{:?}", s.storage)
+        };
+        let role = "arn:aws:iam::123456789012:role/staging-sealer";
+        let doc = file_system_policy(
+            efs,
+            "fsap-0123456789abcdef0",
+            "staging",
+            "sealer",
+            role,
+            "eu-central-1",
+            "123456789012",
+        );
+        let fs =
+            "arn:aws:elasticfilesystem:eu-central-1:123456789012:file-system/fs-0123456789abcdef0";
+        let allow = statement(&doc, "MountStagingSealerThroughItsAccessPoint").unwrap();
+        assert_eq!(allow["Effect"], "Allow");
+        assert_eq!(allow["Principal"], json!({"AWS": role}));
+        assert_eq!(
+            allow["Action"],
+            json!([
+                "elasticfilesystem:ClientMount",
+                "elasticfilesystem:ClientWrite"
+            ])
+        );
+        assert_eq!(allow["Resource"], fs);
+        assert_eq!(
+            allow["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"],
+            "arn:aws:elasticfilesystem:eu-central-1:123456789012:access-point/fsap-0123456789abcdef0"
+        );
+        let deny = statement(&doc, "DenyWithoutTls").unwrap();
+        assert_eq!(deny["Effect"], "Deny");
+        assert_eq!(deny["Resource"], fs);
+        assert_eq!(
+            deny["Condition"],
+            json!({"Bool": {"aws:SecureTransport": "false"}})
+        );
+        assert_eq!(doc["Statement"].as_array().map(Vec::len), Some(2));
+        for arn in arns(&doc) {
+            assert!(
+                arn.contains(":123456789012:") && !arn.contains('*'),
+                "{arn}"
+            );
+        }
     }
 
     #[test]

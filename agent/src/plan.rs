@@ -389,16 +389,35 @@ impl fmt::Display for Plan {
             id.public_ipv4.as_deref().unwrap_or("none")
         )?;
         match &self.storage {
-            StorageSettings::Efs(e) => writeln!(
-                out,
-                "  storage   EFS {}:{} mounted at {} from {}{} (created when missing, owner {} 0750)",
-                e.file_system_id,
-                e.path,
-                e.datadir.display(),
-                e.dns_name,
-                if e.efs_utils { " with efs-utils (tls,iam)" } else { "" },
-                e.owner
-            )?,
+            StorageSettings::Efs(e) => {
+                let how = match (&e.access_point_id, e.efs_utils) {
+                    (Some(ap), _) => format!(
+                        " through access point {ap} with efs-utils (tls,iam; the access point creates it)"
+                    ),
+                    (None, true) => format!(
+                        " with efs-utils (tls,iam; created when missing, owner {} 0750)",
+                        e.owner
+                    ),
+                    (None, false) => {
+                        format!(" (created when missing, owner {} 0750)", e.owner)
+                    }
+                };
+                writeln!(
+                    out,
+                    "  storage   EFS {}:{} mounted at {} from {}{how}",
+                    e.file_system_id,
+                    e.path,
+                    e.datadir.display(),
+                    e.dns_name,
+                )?;
+                if !e.efs_utils {
+                    writeln!(
+                        out,
+                        "  exposure  plain NFS: any host that reaches TCP 2049 can mount any path of {} (use efs_utils and an access point)",
+                        e.file_system_id
+                    )?;
+                }
+            }
             StorageSettings::Local { datadir, owner } => writeln!(
                 out,
                 "  storage   local directory {} (owner {owner})",
@@ -610,6 +629,28 @@ mod tests {
         let text = plan(&id, &s).to_string();
         assert!(
             text.contains("EFS fs-0123456789abcdef0:/production/sealer"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn check_says_what_plain_nfs_leaves_open_and_names_the_access_point() {
+        let (id, s) = settings("sealer", |_| {});
+        let text = plan(&id, &s).to_string();
+        let exposure: Vec<&str> = text.lines().filter(|l| l.contains("TCP 2049")).collect();
+        assert_eq!(
+            exposure,
+            ["  exposure  plain NFS: any host that reaches TCP 2049 can mount any path of fs-0123456789abcdef0 (use efs_utils and an access point)"],
+            "{text}"
+        );
+        let (id, s) = settings("sealer", |f| {
+            f.storage.efs_utils = true;
+            f.storage.efs_access_point_id = "fsap-0123456789abcdef0".into();
+        });
+        let text = plan(&id, &s).to_string();
+        assert!(!text.contains("TCP 2049"), "{text}");
+        assert!(
+            text.contains("EFS fs-0123456789abcdef0:/production/sealer mounted at /var/lib/node-agent/data from fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com through access point fsap-0123456789abcdef0 with efs-utils"),
             "{text}"
         );
     }

@@ -186,14 +186,7 @@ impl Rotation {
                 Err(e) => return Err(RoundError::Unreachable(e)),
             }
         }
-        if let Err(e) = secrets::check_set(
-            &self.plan.secrets,
-            &candidate,
-            &self.signer,
-            &self.plan.secrets_dir,
-        )
-        .await
-        {
+        if let Err(e) = secrets::check_set(&self.plan.secrets, &candidate, &self.signer).await {
             for k in &kinds {
                 if let Some((_, v)) = current.iter().find(|(c, _)| c == k) {
                     refused.push((*k, v.clone()));

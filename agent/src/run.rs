@@ -210,7 +210,7 @@ async fn materialize_secrets(
         settings.timeouts.secrets,
     )
     .await?;
-    secrets::check_set(&plan.secrets, &set, &settings.signer, &plan.secrets_dir).await?;
+    secrets::check_set(&plan.secrets, &set, &settings.signer).await?;
     secrets::write_all(&plan.secrets, &plan.rendered, &set, owner)?;
     for s in &plan.secrets {
         tracing::info!(secret_name = %s.reference.name, file = %s.file.display(), "secret written");
@@ -439,6 +439,7 @@ async fn watch_imds(boot: Identity, interval: Duration, services: watch::Sender<
                 config::tag::ROLE,
                 config::tag::ENVIRONMENT,
                 config::tag::EFS_FILE_SYSTEM_ID,
+                config::tag::EFS_ACCESS_POINT_ID,
             ]
             .iter()
             .filter(|k| boot.tags.get(**k) != id.tags.get(**k))

@@ -549,11 +549,6 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SecretError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-/// Writes `value` to `path` atomically (temp file, fsync, rename), mode 0400.
-pub fn write_file(path: &Path, value: &[u8]) -> Result<(), SecretError> {
-    write_file_as(path, value, 0o400, None)
-}
-
 /// Writes `value` to `path` atomically with `mode`, owned by `owner` when given (the caller is root).
 /// The temp file gets its final mode and owner before it is renamed into place. A missing directory is
 /// created 0700 and given to `owner` too, so that the owner can reach the file (its missing parents are
@@ -668,13 +663,11 @@ pub async fn fetch_all(
 }
 
 /// Checks what only the whole set can show: the keystore decrypts with the password into the signer's
-/// key. Nothing is written to disk: `_scratch` (where a candidate file used to go) is unused, kept only
-/// until the callers stop passing it.
+/// key. Nothing is written to any directory (the keystore library reads an in-memory file).
 pub async fn check_set(
     secrets: &[PlannedSecret],
     set: &SecretSet,
     signer: &str,
-    _scratch: &Path,
 ) -> Result<(), SecretError> {
     let (Some(ks), Some(pw)) = (
         set.get(SecretKind::SealerKeystore),
@@ -895,8 +888,8 @@ mod tests {
     fn files_are_written_atomically_with_mode_0400() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/secret");
-        write_file(&path, b"one").unwrap();
-        write_file(&path, b"two").unwrap();
+        write_file_as(&path, b"one", 0o400, None).unwrap();
+        write_file_as(&path, b"two", 0o400, None).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -1069,20 +1062,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_keystore_check_writes_no_file_anywhere() {
-        let dir = tempfile::tempdir().unwrap();
-        let scratch = dir.path().join("secrets");
-        std::fs::create_dir(&scratch).unwrap();
-        // Not writable (except by root, which these tests may run as: the empty listing is the proof).
-        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o500)).unwrap();
+    async fn the_keystore_check_needs_no_directory_and_leaves_no_descriptor() {
         let set = keystore_set(fixture("password").expose());
-        check_set(&[], &set, SIGNER, &scratch).await.unwrap();
-        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
-        // A directory that does not exist is no obstacle either: none is used.
-        check_set(&[], &set, SIGNER, &dir.path().join("missing"))
-            .await
-            .unwrap();
-        assert!(!dir.path().join("missing").exists());
+        check_set(&[], &set, SIGNER).await.unwrap();
         // No descriptor is left open behind the check.
         let memfds = || {
             std::fs::read_dir("/proc/self/fd")
@@ -1094,7 +1076,7 @@ mod tests {
                 })
                 .count()
         };
-        let e = check_set(&[], &keystore_set(b"not the password"), SIGNER, &scratch)
+        let e = check_set(&[], &keystore_set(b"not the password"), SIGNER)
             .await
             .unwrap_err();
         assert!(

@@ -11,7 +11,9 @@
 //!    with backoff while DNS or the mount target is not ready, up to `storage.mount_timeout_secs`;
 //! 3. when the server says the subdirectory does not exist: mount the file system root on a private
 //!    mountpoint under the runtime directory, create the subdirectory (owner: the service user, 0750),
-//!    unmount, and mount the subdirectory again;
+//!    unmount, and mount the subdirectory again; with an access point (`storage.efs_access_point_id`)
+//!    the access point's root directory is the role's directory: its root `/` is mounted, never the
+//!    file system root, and the access point's CreationInfo creates the directory;
 //! 4. verify in `/proc/self/mountinfo` that the datadir is a mount of the expected source;
 //! 5. check the sentinel, or create it on first use.
 //!
@@ -112,15 +114,20 @@ pub fn kernel_mount_options(options: &str, addr: Ipv4Addr) -> String {
     format!("{options},addr={addr}")
 }
 
-/// `mount` arguments for amazon-efs-utils: TLS to the mount target and IAM authorization.
+/// `mount` arguments for amazon-efs-utils: TLS to the mount target and IAM authorization, through an
+/// access point when there is one.
 pub fn efs_utils_args(
     file_system_id: &str,
     path: &str,
     target: &Path,
     options: &str,
     mount_target_ip: Option<Ipv4Addr>,
+    access_point_id: Option<&str>,
 ) -> Vec<String> {
     let mut o = format!("tls,iam,{options}");
+    if let Some(ap) = access_point_id {
+        o.push_str(&format!(",accesspoint={ap}"));
+    }
     if let Some(ip) = mount_target_ip {
         o.push_str(&format!(",mounttargetip={ip}"));
     }
@@ -543,8 +550,35 @@ pub struct Host<'a> {
     pub runtime_dir: &'a Path,
 }
 
+/// The path mounted from the file system: the role's directory, or `/` through an access point (whose
+/// root directory is the role's directory; the server resolves it, the client never names it).
+fn source_path(efs: &crate::config::EfsSettings) -> &str {
+    match efs.access_point_id {
+        Some(_) => "/",
+        None => &efs.path,
+    }
+}
+
+/// The role's directory as messages name it.
+fn target_name(efs: &crate::config::EfsSettings) -> String {
+    let target = nfs_source(&efs.dns_name, &efs.path);
+    match &efs.access_point_id {
+        Some(ap) => format!("{target} (access point {ap})"),
+        None => target,
+    }
+}
+
 /// What an EFS datadir must be a mount of.
 fn expected_source(efs: &crate::config::EfsSettings) -> ExpectedSource {
+    if efs.access_point_id.is_some() {
+        // Always efs-utils with TLS: the kernel sees only the local tunnel, `127.0.0.1:/`. Never the DNS
+        // name: `DNS:/` would be the whole file system mounted without the access point. Which access
+        // point the tunnel serves is not in mountinfo; the sentinel (environment, role) checks that.
+        return ExpectedSource {
+            hosts: vec!["127.0.0.1".into()],
+            path: "/".into(),
+        };
+    }
     let mut expected = ExpectedSource {
         hosts: vec![efs.dns_name.clone()],
         path: efs.path.clone(),
@@ -733,7 +767,8 @@ impl Mounter<'_> {
             let options = format!("{},{DATA_MOUNT_FLAGS}", efs.mount_options);
             // mount.efs takes a path; `at` was opened without following any link someone other than
             // root could have placed.
-            let args = efs_utils_args(&efs.file_system_id, path, at.path(), &options, ip);
+            let ap = efs.access_point_id.as_deref();
+            let args = efs_utils_args(&efs.file_system_id, path, at.path(), &options, ip, ap);
             // Off the runtime's thread (an attempt may take `limit`): a stop request is seen meanwhile.
             let run =
                 tokio::task::spawn_blocking(move || crate::sys::run_mount_command(&args, limit));
@@ -836,7 +871,7 @@ async fn prepare_efs(
     host: &Host<'_>,
 ) -> Result<(), StorageError> {
     let datadir = &efs.datadir;
-    let target = nfs_source(&efs.dns_name, &efs.path);
+    let target = target_name(efs);
     // Checks first.
     let ids = resolve_owner(&efs.owner)?;
     if efs.efs_utils
@@ -912,14 +947,20 @@ async fn mount_with_retry(
     ids: Option<(u32, u32)>,
 ) -> Result<(), StorageError> {
     let m = Mounter { efs };
-    let target = m.target(&efs.path);
+    let target = target_name(efs);
     let start = tokio::time::Instant::now();
     let mut retry = Retry::new(efs.mount_timeout);
     let mut created = false;
     loop {
         let limit = retry.attempt_limit(start.elapsed());
-        let failure = match m.mount(&efs.path, mountpoint, limit).await {
+        let failure = match m.mount(source_path(efs), mountpoint, limit).await {
             Ok(()) => return Ok(()),
+            // The access point creates its root directory itself (CreationInfo); node-agent never mounts
+            // the file system root for it, the role's IAM policy does not even allow that.
+            Err(Failure::Missing) if efs.access_point_id.is_some() => Failure::Fatal(format!(
+                "the access point's root directory {} does not exist and the access point did not create it: give the access point CreationInfo (owner 64100:64100, mode 0750)",
+                efs.path
+            )),
             Err(Failure::Missing) if !created => {
                 tracing::info!(target = %target, "the role's directory does not exist yet");
                 match m.create_dir(&efs.path, host.runtime_dir, ids, limit).await {
@@ -1019,6 +1060,7 @@ garbage line
             Path::new("/var/lib/node-agent/data"),
             EFS_MOUNT_OPTIONS,
             None,
+            None,
         );
         assert_eq!(a[..3], ["-t", "efs", "-o"]);
         assert!(a[3].starts_with("tls,iam,nfsvers=4.1,"), "{}", a[3]);
@@ -1032,8 +1074,84 @@ garbage line
             Path::new("/m"),
             "hard",
             Some(Ipv4Addr::new(10, 0, 0, 5)),
+            None,
         );
         assert_eq!(a[3], "tls,iam,hard,mounttargetip=10.0.0.5");
+    }
+
+    fn efs_settings(access_point_id: Option<&str>) -> crate::config::EfsSettings {
+        crate::config::EfsSettings {
+            file_system_id: "fs-0123456789abcdef0".into(),
+            path: "/staging/sealer".into(),
+            datadir: "/var/lib/node-agent/data".into(),
+            dns_name: "fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com".into(),
+            mount_options: EFS_MOUNT_OPTIONS.into(),
+            efs_utils: true,
+            access_point_id: access_point_id.map(str::to_owned),
+            owner: Owner::Agent,
+            mount_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn an_access_point_mounts_its_root_through_efs_utils_and_only_that_tunnel_mount_passes() {
+        let efs = efs_settings(Some("fsap-0123456789abcdef0"));
+        assert_eq!(
+            source_path(&efs),
+            "/",
+            "the access point's root is the role's directory"
+        );
+        let a = efs_utils_args(
+            &efs.file_system_id,
+            source_path(&efs),
+            &efs.datadir,
+            "hard",
+            None,
+            efs.access_point_id.as_deref(),
+        );
+        assert_eq!(
+            a,
+            [
+                "-t",
+                "efs",
+                "-o",
+                "tls,iam,hard,accesspoint=fsap-0123456789abcdef0",
+                "fs-0123456789abcdef0:/",
+                "/var/lib/node-agent/data"
+            ]
+        );
+        let dd = Path::new("/var/lib/node-agent/data");
+        let state = |line: &str| {
+            mount_state(
+                &parse_mountinfo(&format!("1 1 0:1 / {} rw - {line}", dd.display())),
+                dd,
+                &expected_source(&efs),
+            )
+        };
+        // What efs-utils' TLS tunnel shows for an access point mount.
+        assert_eq!(
+            state("nfs4 127.0.0.1:/ rw,vers=4.1,port=20127,addr=127.0.0.1"),
+            MountState::Expected
+        );
+        // The whole file system over plain NFS, or a subdirectory through the tunnel: not the access point.
+        for other in [
+            "nfs4 fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com:/ rw,addr=10.0.1.25",
+            "nfs4 127.0.0.1:/production/sealer rw,port=20127",
+            "tmpfs 127.0.0.1:/ rw",
+        ] {
+            assert!(
+                matches!(state(other), MountState::Other { .. }),
+                "{other} must be refused"
+            );
+        }
+        assert_eq!(
+            target_name(&efs),
+            "fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com:/staging/sealer (access point fsap-0123456789abcdef0)"
+        );
+        // Without one, the role's directory is mounted by its path, as before.
+        let plain = efs_settings(None);
+        assert_eq!(source_path(&plain), "/staging/sealer");
+        assert!(expected_source(&plain).hosts.contains(&plain.dns_name));
     }
 
     #[test]

@@ -613,6 +613,73 @@ async fn events_too_old_for_cloudwatch_are_counted_and_the_rest_arrive() {
     assert!(agent.terminate().success());
 }
 
+#[tokio::test]
+async fn access_denied_on_create_log_group_is_an_error_in_status_and_the_agent_log_and_shipping_goes_on(
+) {
+    let r = rig(json!([{"lines": 20, "width": 40}]), "").await;
+    // The group exists (made by Terraform), but the role may not create it.
+    r.moto
+        .logs_client()
+        .create_log_group()
+        .log_group_name(GROUP)
+        .send()
+        .await
+        .expect("create the group in moto");
+    r.proxy.set_fault(Fault::Denied("CreateLogGroup"));
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let (code, doc) = wait_for(
+        "status to report the refused CreateLogGroup",
+        Duration::from_secs(30),
+        || {
+            let (code, doc) = r.host.status();
+            let listed = doc["logs"]["errors"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty());
+            listed.then_some((code, doc))
+        },
+    );
+    let errors = &doc["logs"]["errors"];
+    assert_eq!(
+        errors.as_array().map(Vec::len),
+        Some(1),
+        "one group, one error: {doc:#}"
+    );
+    let error = errors[0].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("CreateLogGroup {GROUP}: access denied"))
+            && error.contains("logs:CreateLogGroup")
+            && error.contains("node-agent iam-policy"),
+        "{error}"
+    );
+    assert_eq!(child_stream(&doc)["setup_error"], error, "{doc:#}");
+    assert_eq!(doc["logs"]["degraded"], true, "{doc:#}");
+    assert_eq!(code, Some(1), "degraded: {doc:#}");
+    assert!(
+        doc["logs"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("error: CreateLogGroup")),
+        "{doc:#}"
+    );
+    // An error in the agent's log (stderr and its file), not a debug line.
+    let logged = |text: &str| {
+        text.lines().any(|l| {
+            l.contains("ERROR") && l.contains("CreateLogGroup") && l.contains("access denied")
+        })
+    };
+    assert!(logged(&agent.stderr()), "{}", tail(&agent.stderr()));
+    wait_for(
+        "the error in node-agent.log",
+        Duration::from_secs(10),
+        || logged(&r.host.log("node-agent")).then_some(()),
+    );
+    // The group exists, so the lines still arrive.
+    let shipped = r.wait_shipped(20, Duration::from_secs(60), &agent).await;
+    assert_eq!(shipped.len(), 20);
+    assert!(r.proxy.state().faults_served >= 1);
+    assert!(agent.terminate().success());
+}
+
 /// The status of the child's stream (`logs.streams[]`).
 fn child_stream(doc: &Value) -> Value {
     doc["logs"]["streams"]

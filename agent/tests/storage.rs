@@ -101,6 +101,50 @@ fn check_shows_the_efs_dns_name_for_the_region_and_the_owner() {
 }
 
 #[test]
+fn an_access_point_tag_is_mounted_through_efs_utils_and_plain_nfs_is_called_open() {
+    let tagged = ImdsEmulator::start(&imds_config(json!({
+        "Role": "sealer", "Environment": "staging",
+        "EfsFileSystemId": "fs-0123456789abcdef0", "EfsAccessPointId": "fsap-0123456789abcdef0",
+    })));
+    // Without efs-utils an access point cannot be mounted: refused, naming the key and the fix.
+    let host = Host::new(
+        Some(&tagged.endpoint()),
+        None,
+        "[storage]\nkind = \"efs\"\n",
+    );
+    let out = host.output(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.contains("storage.efs_access_point_id") && line.contains("storage.efs_utils = true"),
+        "{line}"
+    );
+    host.configure("[storage]\nkind = \"efs\"\nefs_utils = true\n");
+    let out = host.output(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("EFS fs-0123456789abcdef0:/staging/sealer mounted at /var/lib/node-agent/data from fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com through access point fsap-0123456789abcdef0 with efs-utils"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("TCP 2049"), "{stdout}");
+    // The same host over plain NFS: check says what that leaves open, in one line.
+    let plain = imds("sealer");
+    let host = Host::new(Some(&plain.endpoint()), None, "[storage]\nkind = \"efs\"\n");
+    let stdout = String::from_utf8_lossy(&host.output(&["check"]).stdout).into_owned();
+    let open: Vec<&str> = stdout.lines().filter(|l| l.contains("TCP 2049")).collect();
+    assert_eq!(open.len(), 1, "{stdout}");
+    assert!(
+        open[0].contains("any host that reaches TCP 2049 can mount any path"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn efs_that_cannot_be_mounted_fails_closed_naming_the_target() {
     // Whatever stops the mount here (no NFS client in the kernel, not root, nothing listening on the
     // port), the agent exits 1 naming the target, and geth never runs on the local disk.

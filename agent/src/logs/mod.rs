@@ -239,9 +239,19 @@ pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
     if lost > 0 {
         summary.push_str(&format!(", {} rotated away unshipped", bytes(lost)));
     }
+    // Every stream of a group meets the same refusal: each once.
+    let errors: std::collections::BTreeSet<&str> = streams
+        .iter()
+        .filter_map(|s| s.setup_error.as_deref())
+        .collect();
+    if let Some(first) = errors.first() {
+        summary.push_str(&format!(", error: {first}"));
+    }
     serde_json::json!({
         "summary": summary,
-        "degraded": failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS),
+        // A refused setup needs a policy fix, however well shipping goes.
+        "degraded": failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS) || !errors.is_empty(),
+        "errors": errors,
         "lag_bytes": lag,
         "streams": streams,
     })
@@ -575,6 +585,26 @@ mod tests {
         assert_eq!(v["streams"].as_array().map(Vec::len), Some(2));
         let off = status_json(&[StreamStatus::default()], 0);
         assert_eq!(off["summary"], "files only (not shipped)");
+    }
+
+    #[test]
+    fn a_refused_log_group_setup_is_an_error_in_status_even_while_shipping_works() {
+        let denied = "CreateLogGroup /g: access denied (AccessDeniedException: no): the instance role needs logs:CreateLogGroup on the log group; `node-agent iam-policy` prints the grants";
+        let s = StreamStatus {
+            shipping: true,
+            last_success_ms: Some(9_000),
+            setup_error: Some(denied.into()),
+            ..StreamStatus::default()
+        };
+        let v = status_json(&[s.clone(), s], 10_000);
+        assert_eq!(v["degraded"], true);
+        assert_eq!(v["errors"], serde_json::json!([denied]));
+        assert_eq!(
+            v["summary"],
+            format!("last shipped 1s ago, lag 0 B, error: {denied}")
+        );
+        let ok = status_json(&[StreamStatus::default()], 0);
+        assert_eq!(ok["errors"], serde_json::json!([]));
     }
 
     /// A reader that hands out the given chunks one read at a time, as a pipe would.

@@ -48,6 +48,9 @@ pub struct StreamStatus {
     pub rejected_too_new: u64,
     pub rejected_expired: u64,
     pub last_error: Option<String>,
+    /// What the instance role may not do to the group or stream (AccessDenied on CreateLogGroup,
+    /// PutRetentionPolicy, CreateLogStream): shipping may go on, but the policy needs fixing.
+    pub setup_error: Option<String>,
     /// Unix milliseconds since when calls fail without a success in between.
     pub failing_since_ms: Option<i64>,
     /// Lines the writer could not write (disk full).
@@ -218,7 +221,23 @@ enum Put {
     Done,
     /// The group or stream is gone: create it and send again.
     Missing,
+    /// The error, and whether it was AccessDenied.
+    Failed(String, bool),
+}
+
+/// Why the group or stream could not be set up.
+enum Setup {
+    /// Throttling, 5xx, network: retried.
     Failed(String),
+    /// The instance role may not: retried too (the policy may be fixed), but an error, not a warning.
+    Denied(String),
+}
+
+const ACCESS_DENIED: &str = "AccessDeniedException";
+
+/// One line for an AccessDenied: the call, the group, the service's words and the fix.
+fn denied_message(action: &str, target: &str, cause: &str) -> String {
+    format!("{action} {target}: access denied ({cause}): the instance role needs logs:{action} on the log group; `node-agent iam-policy` prints the grants")
 }
 
 impl Stream {
@@ -443,12 +462,24 @@ impl Stream {
                     st.failing_since_ms = None;
                     return;
                 }
-                Err(e) => {
+                Err(Setup::Failed(e)) => {
                     let delay = backoff.next();
                     self.failed(
                         &e,
+                        false,
                         backoff.0,
                         "cannot create the CloudWatch log stream; retrying",
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(Setup::Denied(e)) => {
+                    let delay = backoff.next();
+                    self.status().setup_error = Some(e.clone());
+                    self.failed(
+                        &e,
+                        true,
+                        backoff.0,
+                        "not allowed to create the CloudWatch log stream; retrying",
                     );
                     tokio::time::sleep(delay).await;
                 }
@@ -456,8 +487,12 @@ impl Stream {
         }
     }
 
-    async fn try_ensure(&self) -> Result<(), String> {
+    /// Creates the group, sets its retention, creates the stream. AccessDenied on the group or its
+    /// retention is an error (status and log) but not the end: a group made beforehand still takes the
+    /// stream. The stream itself is needed.
+    async fn try_ensure(&self) -> Result<(), Setup> {
         let c = &self.client.0;
+        let mut denied = Vec::new();
         if let Err(e) = c
             .create_log_group()
             .log_group_name(&self.group)
@@ -466,16 +501,17 @@ impl Stream {
         {
             match e.code() {
                 Some("ResourceAlreadyExistsException") => {}
-                // A role that may only write into a group made by Terraform: carry on to the stream.
-                Some("AccessDeniedException") => {
-                    tracing::debug!(group = %self.group, "not allowed to create the log group")
-                }
+                Some(ACCESS_DENIED) => denied.push(denied_message(
+                    "CreateLogGroup",
+                    &self.group,
+                    &error_chain(&e),
+                )),
                 _ => {
-                    return Err(format!(
+                    return Err(Setup::Failed(format!(
                         "CreateLogGroup {}: {}",
                         self.group,
                         error_chain(&e)
-                    ))
+                    )))
                 }
             }
         }
@@ -488,18 +524,34 @@ impl Stream {
                 .await
             {
                 match e.code() {
-                    Some("AccessDeniedException") => {
-                        tracing::warn!(group = %self.group, "not allowed to set the log group's retention")
-                    }
+                    Some(ACCESS_DENIED) => denied.push(denied_message(
+                        "PutRetentionPolicy",
+                        &self.group,
+                        &error_chain(&e),
+                    )),
                     _ => {
-                        return Err(format!(
+                        return Err(Setup::Failed(format!(
                             "PutRetentionPolicy {}: {}",
                             self.group,
                             error_chain(&e)
-                        ))
+                        )))
                     }
                 }
             }
+        }
+        {
+            let mut st = self.status();
+            // Once per refusal, not at every retry of the stream.
+            for d in &denied {
+                if !st
+                    .setup_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(d.as_str()))
+                {
+                    tracing::error!(group = %self.group, stream = %self.stream, error = %d, "CloudWatch Logs refused to set up the log group; shipping goes on if the group exists");
+                }
+            }
+            st.setup_error = (!denied.is_empty()).then(|| denied.join("; "));
         }
         match c
             .create_log_stream()
@@ -510,16 +562,21 @@ impl Stream {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ResourceAlreadyExistsException") => Ok(()),
-            Err(e) => Err(format!(
+            Err(e) if e.code() == Some(ACCESS_DENIED) => {
+                let target = format!("{}/{}", self.group, self.stream);
+                denied.push(denied_message("CreateLogStream", &target, &error_chain(&e)));
+                Err(Setup::Denied(denied.join("; ")))
+            }
+            Err(e) => Err(Setup::Failed(format!(
                 "CreateLogStream {}/{}: {}",
                 self.group,
                 self.stream,
                 error_chain(&e)
-            )),
+            ))),
         }
     }
 
-    fn failed(&self, error: &str, attempt: u32, what: &str) {
+    fn failed(&self, error: &str, denied: bool, attempt: u32, what: &str) {
         let retries = {
             let mut st = self.status();
             st.retries += 1;
@@ -529,7 +586,11 @@ impl Stream {
         };
         // Logged sparsely: while CloudWatch is down these lines land in the agent's own log too.
         if attempt.is_power_of_two() {
-            tracing::warn!(group = %self.group, stream = %self.stream, attempt, retries, %error, "{what}");
+            if denied {
+                tracing::error!(group = %self.group, stream = %self.stream, attempt, retries, %error, "{what}");
+            } else {
+                tracing::warn!(group = %self.group, stream = %self.stream, attempt, retries, %error, "{what}");
+            }
         }
     }
 
@@ -563,7 +624,11 @@ impl Stream {
                 Put::Done
             }
             Err(e) if e.code() == Some("ResourceNotFoundException") => Put::Missing,
-            Err(e) => Put::Failed(error_chain(&e)),
+            Err(e) if e.code() == Some(ACCESS_DENIED) => Put::Failed(
+                denied_message("PutLogEvents", &self.group, &error_chain(&e)),
+                true,
+            ),
+            Err(e) => Put::Failed(error_chain(&e), false),
         }
     }
 
@@ -595,14 +660,15 @@ impl Stream {
             Put::Missing => {
                 self.failed(
                     "the log group or stream does not exist",
+                    false,
                     backoff.0 + 1,
                     "recreating the CloudWatch log stream",
                 );
                 self.ensure().await;
                 return false;
             }
-            Put::Failed(e) => {
-                self.failed(&e, backoff.0 + 1, "PutLogEvents failed; retrying");
+            Put::Failed(e, denied) => {
+                self.failed(&e, denied, backoff.0 + 1, "PutLogEvents failed; retrying");
                 return false;
             }
         }

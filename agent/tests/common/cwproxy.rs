@@ -1,6 +1,7 @@
 //! A recording, fault-injecting HTTP proxy in front of moto for CloudWatch Logs: moto enforces neither
 //! the PutLogEvents size/count limits nor ever throttles, so this proxy checks every PutLogEvents the
-//! agent sends against CloudWatch's limits and can answer with throttling, 5xx, or a dead network.
+//! agent sends against CloudWatch's limits and can answer with throttling, 5xx, AccessDenied, or a dead
+//! network.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,9 @@ pub enum Fault {
     Unavailable(u32),
     /// Every connection is closed without an answer (CloudWatch unreachable).
     Down,
+    /// Every call of this operation (e.g. "CreateLogGroup") gets `400 AccessDeniedException`, as from a
+    /// role whose policy lacks it.
+    Denied(&'static str),
 }
 
 /// One PutLogEvents call as the agent sent it.
@@ -266,7 +270,19 @@ fn serve(conn: TcpStream, upstream: u16, state: Arc<Mutex<ProxyState>>, stop: Ar
             let _ = w.shutdown(Shutdown::Both);
             return;
         }
-        let is_put = header(&head, "x-amz-target").is_some_and(|t| t.ends_with(".PutLogEvents"));
+        let target = header(&head, "x-amz-target").unwrap_or_default();
+        let fault = lock().fault;
+        if let Fault::Denied(op) = fault {
+            if target.strip_suffix(op).is_some_and(|t| t.ends_with('.')) {
+                lock().faults_served += 1;
+                let body = format!(
+                    r#"{{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/node/i-0123456789abcdef0 is not authorized to perform: logs:{op} because no identity-based policy allows the logs:{op} action"}}"#
+                );
+                respond(&mut w, "400 Bad Request", "AccessDeniedException", &body);
+                continue;
+            }
+        }
+        let is_put = target.ends_with(".PutLogEvents");
         let mut record = None;
         if is_put {
             let json: Value = serde_json::from_slice(&body).unwrap_or_default();
