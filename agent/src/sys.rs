@@ -135,12 +135,13 @@ pub fn mount_nfs(
     }
 }
 
-/// Unmounts `target`; when it is busy, detaches it (it goes away once the last user closes it).
+/// Unmounts `target` (a link there is refused, not followed); when it is busy, detaches it (it goes away
+/// once the last user closes it).
 pub fn umount(target: &Path) -> Result<(), SysError> {
     use nix::mount::{umount2, MntFlags};
-    umount2(target, MntFlags::empty())
+    umount2(target, MntFlags::UMOUNT_NOFOLLOW)
         .or_else(|e| match e {
-            nix::Error::EBUSY => umount2(target, MntFlags::MNT_DETACH),
+            nix::Error::EBUSY => umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW),
             e => Err(e),
         })
         .map_err(|source| SysError {

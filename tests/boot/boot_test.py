@@ -1082,6 +1082,42 @@ def scenario_sealer_faults(rig: Rig, r: Results, m: Machine, doc: dict) -> None:
 
     r.check("sealer: a killed child is restarted with backoff, status shows it", kill_child)
 
+    def hostile_plant_and_restart():
+        """What a compromised child could do as node-agent: plant links (to a root-owned 0600 canary, to a
+        directory, to /dev/zero) and a FIFO in the secrets tmpfs, then kill the agent (same uid). Through
+        ExecStopPost=+cleanup, Restart= and prepare, root must neither follow nor print any of it."""
+        marker = f"CANARY-{os.getpid()}-{time.monotonic_ns()}"
+        m.exec(["sh", "-c", f"umask 077; echo {marker} > /root/canary"])
+        before = m.exec(["stat", "-c", "%u:%g %a", "/root/canary", "/etc"]).stdout
+        main = m.unit()["MainPID"]
+        as_agent = ["setpriv", "--reuid=node-agent", "--regid=node-agent", "--clear-groups", "sh", "-euc"]
+        m.exec(as_agent + ["cd /run/node-agent/secrets; ln -sfn /root/canary x; ln -sfn /root/canary sealer-password.new;"
+                           " ln -sfn /etc etc; ln -sfn /dev/zero zero; mkfifo fifo;"
+                           f" kill -9 {main}"])
+
+        def restarted():
+            u = m.unit()
+            return u if u["ActiveState"] == "active" and u["MainPID"] not in (main, "0") else None
+
+        u = wait_for("the unit to restart the killed agent", 60, restarted, 0.2)
+        m.wait_healthy()
+        after = m.exec(["stat", "-c", "%u:%g %a", "/root/canary", "/etc"]).stdout
+        expect(after == before, f"root changed what the service user pointed at: {before!r} -> {after!r}")
+        content = m.exec(["cat", "/root/canary"]).stdout.strip()
+        expect(content == marker, "the canary's content changed")
+        left = m.exec(["ls", "-A", "/run/node-agent/secrets"]).stdout.split()
+        planted = {"x", "sealer-password.new", "etc", "zero", "fifo"} & set(left)
+        expect(not planted, f"planted entries survived the restart: {sorted(planted)}")
+        status = m.exec(["/usr/local/bin/node-agent", "status"], check=False).stdout
+        text = m.journal_text()
+        expect(marker not in text + status, "the canary's content was printed")
+        expect("secrets directory emptied" in text, "ExecStopPost cleanup did not run after the kill")
+        return (f"agent {main} killed, restarted as {u['MainPID']}: canary {after.split()[0]} unchanged, "
+                f"planted links and FIFO gone, cleanup ran")
+
+    r.check("sealer: links and a FIFO planted by the service user are never followed across a restart",
+            hostile_plant_and_restart)
+
     def restart_unit():
         start = time.monotonic()
         m.exec(["systemctl", "restart", UNIT], timeout=60)
@@ -1129,8 +1165,8 @@ def scenario_sealer_faults(rig: Rig, r: Results, m: Machine, doc: dict) -> None:
         head = m.child(doc2, "geth")["chain"]
         detail = f"second boot healthy, head #{head['head'] if head else '?'}, geth init ran once over both boots"
         if shipping(doc2):
-            # One stream has seen a kill, a restart, a stop and a reboot: every line once, give or take
-            # one batch sent again.
+            # One stream has seen a child kill, an agent SIGKILL, a restart, a stop and a reboot: every line
+            # once, give or take one batch sent again (only the agent's SIGKILL can cause one).
             local, cw = wait_shipped(m, "sealer", "geth")
             runs = duplicate_runs(local, cw)
             expect(len(runs) <= 1, f"{len(runs)} runs of duplicated lines in CloudWatch (more than one batch): "
