@@ -316,6 +316,9 @@ pub struct TimeoutsFile {
     pub stop_secs: u64,
     /// How long a booting sealer waits for another sealer to release the key's lease before giving up.
     pub sealer_lease_secs: u64,
+    /// How often a running sealer confirms its lease (each check may take this long): geth is killed the
+    /// moment it is lost or unconfirmed. Well under the NFS lease (about 90 s) that protects it.
+    pub lease_check_secs: u64,
 }
 
 impl Default for TimeoutsFile {
@@ -325,6 +328,7 @@ impl Default for TimeoutsFile {
             secrets_secs: 120,
             stop_secs: 120,
             sealer_lease_secs: 60,
+            lease_check_secs: 5,
         }
     }
 }
@@ -716,6 +720,7 @@ pub struct Timeouts {
     pub secrets: Duration,
     pub stop: Duration,
     pub sealer_lease: Duration,
+    pub lease_check: Duration,
 }
 
 /// Fills `{key}` placeholders; an unknown placeholder is an error naming it.
@@ -1023,6 +1028,12 @@ impl Settings {
                 return Err(invalid(key, "must be at least 1 second".into()));
             }
         }
+        if !(1..=30).contains(&t.lease_check_secs) {
+            return Err(invalid(
+                "timeouts.lease_check_secs",
+                "must be between 1 and 30 seconds (another host may take an unconfirmed lease after the NFS lease, about 90 s)".into(),
+            ));
+        }
 
         let (user_key, user) = ("users.service", file.users.service.as_str());
         if user.is_empty() || user.starts_with("0:") || user == "root" {
@@ -1063,6 +1074,7 @@ impl Settings {
                 secrets: Duration::from_secs(t.secrets_secs),
                 stop: Duration::from_secs(t.stop_secs),
                 sealer_lease: Duration::from_secs(t.sealer_lease_secs),
+                lease_check: Duration::from_secs(t.lease_check_secs),
             },
             user: user.to_owned(),
             operators: file.users.operators.clone(),

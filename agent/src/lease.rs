@@ -12,7 +12,35 @@ use tokio::time::Instant;
 
 /// A held lease; released when dropped (or when the process dies).
 pub struct Lease {
-    _lock: Flock<std::fs::File>,
+    lock: Flock<std::fs::File>,
+    path: PathBuf,
+    holder: String,
+}
+
+impl Lease {
+    /// Confirms the lease is still this holder's: an I/O on the lock's own descriptor (once the NFS
+    /// server has taken a lock back, the client fails I/O on that descriptor with EIO), and the file,
+    /// opened again (NFS revalidates on open), still names this holder. Blocking: may wait as long as the
+    /// file system does.
+    fn confirm(&self) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        self.lock.read_at(&mut buf, 0).map_err(|e| {
+            format!(
+                "the lease's lock descriptor fails I/O ({e}): the file system took the lock back"
+            )
+        })?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        let found = read_holder(&mut file);
+        if found != format!("held by {}", self.holder) {
+            return Err(format!("{} is now {found}", self.path.display()));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,40 +81,122 @@ pub async fn acquire(path: &Path, holder: &str, wait: Duration) -> Result<Lease,
     let start = Instant::now();
     let mut logged = false;
     loop {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
-            .open(path)
-            .map_err(io)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                lock.set_len(0).map_err(io)?;
-                lock.rewind().map_err(io)?;
-                lock.write_all(holder.as_bytes())
-                    .and_then(|_| lock.sync_all())
-                    .map_err(io)?;
-                return Ok(Lease { _lock: lock });
-            }
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let who = read_holder(&mut file);
-                if start.elapsed() >= wait {
-                    return Err(LeaseError::Held {
-                        path: path.to_owned(),
-                        holder: who,
-                        waited: start.elapsed().as_secs(),
-                    });
-                }
-                if !logged {
-                    tracing::warn!(lease = %path.display(), %who, "another sealer holds the key's lease; waiting");
-                    logged = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err((_, errno)) => return Err(io(std::io::Error::from(errno))),
+        if let Some(lease) = try_take(path, holder).map_err(io)? {
+            return Ok(lease);
         }
+        let who = std::fs::File::open(path)
+            .map(|mut f| read_holder(&mut f))
+            .unwrap_or_else(|_| "holder unknown".into());
+        if start.elapsed() >= wait {
+            return Err(LeaseError::Held {
+                path: path.to_owned(),
+                holder: who,
+                waited: start.elapsed().as_secs(),
+            });
+        }
+        if !logged {
+            tracing::warn!(lease = %path.display(), %who, "another sealer holds the key's lease; waiting");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs a blocking step off the runtime's thread, giving it at most `limit`: a hard NFS mount whose
+/// server is silent blocks for as long as that lasts. `None`: no answer in time (the step goes on in the
+/// background and its result is dropped).
+async fn bounded<T: Send + 'static>(
+    limit: Duration,
+    step: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    tokio::time::timeout(limit, tokio::task::spawn_blocking(step))
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// Keeps the sealer's lease for as long as the agent runs: every `interval` it is confirmed (off the
+/// runtime's thread, within `interval`). The moment it is lost or cannot be confirmed, `fenced` is called
+/// with the reason (geth is killed at once, before another host can take the lease: the NFS lease that
+/// protects it lasts about 90 s, far longer than one interval) and the lock is let go; from then on it is
+/// taken again (never waiting) every `interval`, and `held` is called once it is held and confirmed.
+pub async fn keep(
+    lease: Lease,
+    interval: Duration,
+    mut fenced: impl FnMut(&str),
+    mut held: impl FnMut(),
+) {
+    let path = lease.path.clone();
+    let holder = lease.holder.clone();
+    let mut current = Some(std::sync::Arc::new(lease));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match current.clone() {
+            Some(lease) => {
+                let checked = bounded(interval, move || lease.confirm()).await;
+                let reason = match checked {
+                    Some(Ok(())) => continue,
+                    Some(Err(reason)) => reason,
+                    None => format!(
+                        "cannot confirm the sealer lease {} within {}s: the file system does not answer",
+                        path.display(),
+                        interval.as_secs_f64()
+                    ),
+                };
+                tracing::error!(lease = %path.display(), %reason, "sealer lease lost: geth killed, and not started again until the lease is held");
+                fenced(&reason);
+                // Let go of the lock off the runtime's thread: closing a file on a silent NFS server
+                // waits for it.
+                if let Some(old) = current.take() {
+                    drop(tokio::task::spawn_blocking(move || drop(old)));
+                }
+            }
+            None => {
+                let (p, h) = (path.clone(), holder.clone());
+                let taken = bounded(interval, move || try_take(&p, &h)).await;
+                let lease = match taken {
+                    Some(Ok(Some(lease))) => std::sync::Arc::new(lease),
+                    Some(Ok(None)) | Some(Err(_)) | None => continue,
+                };
+                let check = lease.clone();
+                if bounded(interval, move || check.confirm()).await != Some(Ok(())) {
+                    continue;
+                }
+                tracing::info!(lease = %path.display(), "sealer lease held again: geth may run");
+                current = Some(lease);
+                held();
+            }
+        }
+    }
+}
+
+/// One attempt to take the lease, without waiting: `None` when someone else holds it.
+fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            lock.write_all(holder.as_bytes())?;
+            lock.sync_all()?;
+            Ok(Some(Lease {
+                lock,
+                path: path.to_owned(),
+                holder: holder.to_owned(),
+            }))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno.into()),
     }
 }
 
@@ -107,5 +217,58 @@ mod tests {
         drop(first);
         let _second = acquire(&path, "i-bbb pid 2", Duration::ZERO).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "i-bbb pid 2");
+    }
+
+    #[tokio::test]
+    async fn a_lease_renamed_by_another_holder_is_fenced_and_taken_again_once_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease");
+        let lease = acquire(&path, "i-aaa pid 1", Duration::ZERO).await.unwrap();
+        assert_eq!(lease.confirm(), Ok(()));
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (e1, e2) = (events.clone(), events.clone());
+        let keeper = tokio::spawn(keep(
+            lease,
+            Duration::from_millis(100),
+            move |r| e1.lock().unwrap().push(format!("fenced: {r}")),
+            move || e2.lock().unwrap().push("held".into()),
+        ));
+        // Another host's agent took it over (its lease expired on the server, say): the file names it.
+        std::fs::write(&path, "i-bbb pid 2").unwrap();
+        let other = {
+            let f = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            // Our lock is let go once fenced; then the other holder's flock succeeds.
+            loop {
+                match Flock::lock(f.try_clone().unwrap(), FlockArg::LockExclusiveNonblock) {
+                    Ok(l) => break l,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err((_, e)) => panic!("never let go: {e}"),
+                }
+            }
+        };
+        let fenced_reason = events.lock().unwrap().first().cloned().unwrap();
+        assert!(
+            fenced_reason.contains("is now held by i-bbb pid 2"),
+            "{fenced_reason}"
+        );
+        // While the other holds it, it is not taken again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            events.lock().unwrap().len(),
+            1,
+            "{:?}",
+            events.lock().unwrap()
+        );
+        drop(other);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !events.lock().unwrap().contains(&"held".to_owned()) {
+            assert!(std::time::Instant::now() < deadline, "never held again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "i-aaa pid 1");
+        keeper.abort();
     }
 }

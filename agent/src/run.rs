@@ -298,8 +298,14 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         _ = tokio::signal::ctrl_c() => Ok(None),
     };
     let result = match booted {
-        Ok(Some((secrets, status_socket, logs, _lease))) => {
-            supervise(&settings, &plan, secrets, status_socket, logs, &mut sigterm).await
+        Ok(Some((secrets, status_socket, logs, lease))) => {
+            let boot = Booted {
+                secrets,
+                status_socket,
+                logs,
+                lease,
+            };
+            supervise(&settings, &plan, boot, &mut sigterm).await
         }
         Ok(None) => {
             tracing::info!("stop requested during boot: stopping before anything started");
@@ -475,14 +481,27 @@ async fn watch_imds(boot: Identity, interval: Duration, services: watch::Sender<
     }
 }
 
+/// What the boot made for the running agent.
+struct Booted {
+    secrets: Option<(secrets::Source, secrets::SecretSet)>,
+    status_socket: tokio::net::UnixListener,
+    logs: (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
+    /// The sealer's lease, kept (and geth fenced without it) for as long as the agent runs.
+    lease: Option<lease::Lease>,
+}
+
 async fn supervise(
     settings: &Settings,
     plan: &Plan,
-    secrets: Option<(secrets::Source, secrets::SecretSet)>,
-    status_socket: tokio::net::UnixListener,
-    (sinks, logs_rx): (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
+    boot: Booted,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<(), AgentError> {
+    let Booted {
+        secrets,
+        status_socket,
+        logs: (sinks, logs_rx),
+        lease,
+    } = boot;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut statuses = Vec::new();
@@ -539,6 +558,12 @@ async fn supervise(
             .unwrap_or(&plan.identity.private_ipv4);
         Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
     });
+    let (storage_tx, storage_rx) = watch::channel(status::StorageProbe::default());
+    let storage_task = tokio::spawn(status::watch_storage(
+        plan.storage.clone(),
+        Duration::from_secs(2),
+        storage_tx,
+    ));
     let sources = status::Sources {
         fixed: std::sync::Arc::new(status::Static {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -552,7 +577,6 @@ async fn supervise(
             geth_pinned: crate::version::pinned_geth(),
             user: plan.user.clone(),
             storage: storage_json(&plan.storage),
-            storage_settings: plan.storage.clone(),
             datadir: plan.storage.datadir().to_owned(),
             enode,
         }),
@@ -560,6 +584,7 @@ async fn supervise(
         secrets: secrets_rx,
         logs: logs_rx,
         services: services_rx,
+        storage: storage_rx,
     };
     let status_task = tokio::spawn(status::serve(status_socket, sources));
 
@@ -579,6 +604,24 @@ async fn supervise(
         let controls = controls.clone();
         rotation_task = Some(tokio::spawn(async move { rotation.watch(&controls).await }));
     }
+
+    // geth runs only while the sealer's lease is held: the keeper fences it the moment it is not.
+    let lease_task = lease.and_then(|lease| {
+        let i = plan.children.iter().position(|c| c.name == "geth")?;
+        let (fence, unfence) = (controls[i].clone(), controls[i].clone());
+        Some(tokio::spawn(lease::keep(
+            lease,
+            settings.timeouts.lease_check,
+            move |reason| {
+                let _ = fence.send(supervisor::Control::Fence(format!(
+                    "sealer lease not held: {reason}"
+                )));
+            },
+            move || {
+                let _ = unfence.send(supervisor::Control::Unfence);
+            },
+        )))
+    });
 
     let imds_task = (!plan.local).then(|| {
         tokio::spawn(watch_imds(
@@ -628,7 +671,10 @@ async fn supervise(
             }
         }
     }
-    for t in [rotation_task, imds_task].into_iter().flatten() {
+    for t in [rotation_task, imds_task, Some(storage_task)]
+        .into_iter()
+        .flatten()
+    {
         t.abort();
     }
     status_task.abort();
@@ -639,6 +685,10 @@ async fn supervise(
         if let Ok(Err(e)) = res {
             failure.get_or_insert(e);
         }
+    }
+    // Only now that geth is gone: a replacement may take the lease from here on.
+    if let Some(t) = lease_task {
+        t.abort();
     }
     match failure {
         Some(e) => Err(e.into()),

@@ -110,9 +110,6 @@ pub struct Static {
     pub geth_pinned: String,
     pub user: String,
     pub storage: Value,
-    /// What storage must look like, re-checked on every status query.
-    #[serde(skip)]
-    pub storage_settings: crate::config::StorageSettings,
     pub datadir: PathBuf,
     /// For the bootnode: its enode URL, derived from its key.
     pub enode: Option<String>,
@@ -127,6 +124,78 @@ pub struct Sources {
     /// Log shipping state, as its module publishes it (JSON, so status needs no knowledge of it).
     pub logs: watch::Receiver<Value>,
     pub services: watch::Receiver<Services>,
+    /// The storage, as the last probe found it (`watch_storage`): status never touches it itself.
+    pub storage: watch::Receiver<StorageProbe>,
+}
+
+/// What the last probe of the role's storage found.
+#[derive(Debug, Clone)]
+pub struct StorageProbe {
+    /// Mounted as expected with its sentinel; `Err` says what is wrong (or that it does not answer).
+    pub check: Result<(), String>,
+    pub free_bytes: Option<u64>,
+}
+
+impl Default for StorageProbe {
+    /// Before the first probe: the boot has just verified it.
+    fn default() -> Self {
+        StorageProbe {
+            check: Ok(()),
+            free_bytes: None,
+        }
+    }
+}
+
+/// How long one storage probe may take before status says the storage does not answer.
+const PROBE_ANSWER: Duration = Duration::from_secs(1);
+
+/// Probes the storage (mountinfo, the sentinel, free space) every `interval`, off the runtime's thread:
+/// on a hard NFS mount whose server is silent, a stat blocks until the server answers, and on the
+/// runtime's thread that would stop supervision, health, shipping and the watchdog with it. A probe that
+/// has not answered within a second makes the storage DOWN ("not answering") until it does; no second
+/// probe is started while one is blocked.
+pub async fn watch_storage(
+    settings: crate::config::StorageSettings,
+    interval: Duration,
+    tx: watch::Sender<StorageProbe>,
+) {
+    let datadir = settings.datadir().to_owned();
+    let mut blocked: Option<(tokio::task::JoinHandle<StorageProbe>, u64)> = None;
+    loop {
+        let (mut probe, since) = blocked.take().unwrap_or_else(|| {
+            let (s, d) = (settings.clone(), datadir.clone());
+            let probe = tokio::task::spawn_blocking(move || StorageProbe {
+                check: crate::storage::still_in_place(&s),
+                free_bytes: free_bytes(&d),
+            });
+            (probe, crate::health::now_unix())
+        });
+        match tokio::time::timeout(PROBE_ANSWER, &mut probe).await {
+            Ok(Ok(found)) => {
+                if found.check.is_ok() && tx.borrow().check.is_err() {
+                    tracing::info!(datadir = %datadir.display(), "storage answers again");
+                }
+                tx.send_replace(found);
+            }
+            Ok(Err(_)) => {}
+            Err(_) => {
+                let secs = crate::health::now_unix().saturating_sub(since);
+                let error = format!(
+                    "storage not answering: a check of {} has been waiting for {secs}s (file system server unreachable?)",
+                    datadir.display()
+                );
+                if tx.borrow().check.is_ok() {
+                    tracing::error!(datadir = %datadir.display(), "storage not answering");
+                }
+                tx.send_replace(StorageProbe {
+                    check: Err(error),
+                    free_bytes: None,
+                });
+                blocked = Some((probe, since));
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// Judges the children, the storage, and the services around them (log shipping, Secrets Manager, IMDS:
@@ -158,10 +227,10 @@ pub fn document(src: &Sources) -> Value {
         .unwrap_or(false);
     let now = crate::health::now_unix();
     let fixed = &src.fixed;
-    let free = free_bytes(&fixed.datadir);
+    let probe = src.storage.borrow().clone();
     let mut storage = fixed.storage.clone();
-    storage["free_bytes"] = free.map(Value::from).unwrap_or(Value::Null);
-    let check = crate::storage::still_in_place(&fixed.storage_settings);
+    storage["free_bytes"] = probe.free_bytes.map(Value::from).unwrap_or(Value::Null);
+    let check = probe.check;
     storage["check_ok"] = Value::from(check.is_ok());
     storage["check_error"] = check
         .as_ref()

@@ -215,6 +215,8 @@ pub enum State {
     CrashLoop,
     Stopping,
     Stopped,
+    /// Not running, and not to be started: the sealer's lease is not held (the reason says why).
+    Fenced,
 }
 
 /// A child's state, published on every change and on every health round.
@@ -263,6 +265,11 @@ impl ChildStatus {
 pub enum Control {
     /// Restart gracefully now (e.g. its secrets changed), without charging the backoff.
     Restart(String),
+    /// Kill it at once (SIGKILL to its process group, no grace) and start nothing until `Unfence`: the
+    /// sealer lost its lease, and another host may seal with the same key any moment.
+    Fence(String),
+    /// The reason to fence is gone: start again.
+    Unfence,
 }
 
 /// Health settings for the monitor.
@@ -288,7 +295,42 @@ enum Ended {
     Exited(Option<ExitStatus>),
     Unhealthy(String),
     Asked(String),
+    Fenced(String),
     Shutdown,
+}
+
+/// While fenced: waits (beating the heart, so the watchdog knows this task is alive) until `Unfence`.
+/// `false` when shutdown came first.
+async fn wait_unfenced(
+    name: &str,
+    mut reason: String,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    shutdown: &mut watch::Receiver<bool>,
+    status: &watch::Sender<ChildStatus>,
+) -> bool {
+    loop {
+        status.send_modify(|s| {
+            s.state = State::Fenced;
+            s.pid = None;
+            s.reason = Some(reason.clone());
+            s.heartbeat = Instant::now();
+        });
+        tokio::select! {
+            c = control.recv() => match c {
+                Some(Control::Unfence) => {
+                    tracing::info!(child = name, "fence lifted: starting");
+                    status.send_modify(|s| s.reason = None);
+                    return true;
+                }
+                Some(Control::Fence(why)) => reason = why,
+                // A restart asked for while fenced: the next start is one anyway.
+                Some(Control::Restart(_)) => {}
+                None => return false,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopping(shutdown) => return false,
+        }
+    }
 }
 
 /// Watches a running child: readiness first, then health every interval. Returns only when the child has
@@ -408,7 +450,13 @@ pub async fn supervise(
     sink: logs::LineSink,
 ) -> Result<(), SpawnError> {
     let mut policy = RestartPolicy::new(&policy);
+    let mut fenced: Option<String> = None;
     loop {
+        if let Some(reason) = fenced.take() {
+            if !wait_unfenced(&child.name, reason, &mut control, &mut shutdown, &status).await {
+                break;
+            }
+        }
         let mut proc = spawn(&child)?;
         let began = Instant::now();
         let pid = proc.id();
@@ -427,14 +475,39 @@ pub async fn supervise(
                 .take()
                 .map(|e| tokio::spawn(sink.clone().pump(e))),
         ];
-        let ended = tokio::select! {
-            exit = proc.wait() => Ended::Exited(exit.ok()),
-            why = monitor(&child, &rules, &status) => Ended::Unhealthy(why),
-            Some(Control::Restart(why)) = control.recv() => Ended::Asked(why),
-            _ = stopping(&mut shutdown) => Ended::Shutdown,
+        let health = monitor(&child, &rules, &status);
+        tokio::pin!(health);
+        // Nobody can ask any more once every sender is gone: then only the other arms end this run.
+        let mut asking = true;
+        let ended = loop {
+            break tokio::select! {
+                exit = proc.wait() => Ended::Exited(exit.ok()),
+                why = &mut health => Ended::Unhealthy(why),
+                c = control.recv(), if asking => match c {
+                    Some(Control::Restart(why)) => Ended::Asked(why),
+                    Some(Control::Fence(why)) => Ended::Fenced(why),
+                    Some(Control::Unfence) => continue,
+                    None => {
+                        asking = false;
+                        continue;
+                    }
+                },
+                _ = stopping(&mut shutdown) => Ended::Shutdown,
+            };
         };
         let exit = match &ended {
             Ended::Exited(exit) => *exit,
+            Ended::Fenced(why) => {
+                // No grace: every second it runs it may seal beside the lease's new holder.
+                let pid = proc.id();
+                if let Some(p) = pid {
+                    let _ = signal::killpg(Pid::from_raw(p as i32), Signal::SIGKILL);
+                }
+                let _ = proc.start_kill();
+                let exit = proc.wait().await.ok();
+                tracing::error!(child = %child.name, ?pid, reason = %why, "killed (SIGKILL): fenced");
+                exit
+            }
             _ => {
                 status.send_modify(|s| s.state = State::Stopping);
                 let exit = stop(&mut proc, &child.name, stop_timeout).await;
@@ -454,6 +527,10 @@ pub async fn supervise(
         });
         let delay = match ended {
             Ended::Shutdown => break,
+            Ended::Fenced(why) => {
+                fenced = Some(why);
+                continue;
+            }
             Ended::Asked(why) => {
                 tracing::info!(child = %child.name, %why, "restarting on request");
                 status.send_modify(|s| s.restarts += 1);
