@@ -170,4 +170,58 @@ expect_refusal a-silent-mount-target-is-abandoned-at-the-deadline /etc/node-agen
   "fs-0bbbbbbbbbbbbbbbb.efs.eu-central-1.amazonaws.com:/staging/rpc not mountable" "no answer from the mount target within"
 echo "NA-QEMU:   (gave up after $(($(date +%s) - start)) s)"
 
+# 9. The sealer's lease is fenced. The host switches the Role tag to sealer, then, on CUT-SERVER, makes the
+#    NFS server silent (it keeps the connections, answers nothing). Within two lease checks the agent
+#    SIGKILLs geth and says so (FENCED); status still answers within a second and calls the storage not
+#    answering. Once the server's NFS lease for this client expired, the host's second holder takes the
+#    lock and names itself in the lease file; then the server answers again. geth must stay dead while
+#    the second holder has the lease (STILL-FENCED), and start again only after it let go (REHELD).
+s=sealer-loses-its-lease-geth-is-fenced-until-it-is-held-again
+SEALER_CONF=/etc/node-agent/sealer.toml
+echo "NA-QEMU: ROLE-SEALER"
+sleep 3
+rm -f /tmp/geth.pid
+start_agent $SEALER_CONF /tmp/$s.log
+why=""
+if ! wait_ready /tmp/$s.log 90; then
+  fail $s "sealer not started" /tmp/$s.log
+else
+  first_geth=$(cat /tmp/geth.pid)
+  grep -q ' pid ' $DATADIR/.node-agent-sealer.lease || why="lease file not written"
+  echo "NA-QEMU: CUT-SERVER"
+  # Item: the agent never freezes on storage. The probe runs every 2 s and gives 1 s.
+  sleep 5
+  if timeout 1 node-agent status --json --config $SEALER_CONF >/tmp/$s.status 2>&1; then :; fi
+  grep -q '"check_ok": false' /tmp/$s.status && grep -q 'storage not answering' /tmp/$s.status ||
+    why="$why; status did not answer within 1 s saying the storage is not answering: $(head -c 300 /tmp/$s.status)"
+  i=0
+  while ! grep -q 'killed (SIGKILL): fenced' /tmp/$s.log && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+  if grep -q 'killed (SIGKILL): fenced' /tmp/$s.log; then
+    echo "NA-QEMU: FENCED"
+    kill -0 "$first_geth" 2>/dev/null && why="$why; geth $first_geth still alive after the fence"
+  else
+    why="$why; geth not fenced within 20 s of the cut"
+  fi
+  # The host restores the server once the second holder has the lease: reading the lease file waits
+  # for that (a hard mount), and then names the second holder.
+  i=0
+  while ! grep -q 'i-0second' $DATADIR/.node-agent-sealer.lease 2>/dev/null && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done
+  grep -q 'i-0second' $DATADIR/.node-agent-sealer.lease || why="$why; the second holder never showed in the lease file"
+  sleep 6
+  node-agent status --json --config $SEALER_CONF >/tmp/$s.status2 2>&1
+  grep -q '"state": "fenced"' /tmp/$s.status2 || why="$why; not fenced while another holds the lease: $(head -c 400 /tmp/$s.status2)"
+  [ "$(grep -c ' started child=geth' /tmp/$s.log)" = 1 ] || why="$why; geth started again while another held the lease"
+  echo "NA-QEMU: STILL-FENCED"
+  i=0
+  while ! grep -q 'sealer lease held again' /tmp/$s.log && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+  grep -q 'sealer lease held again' /tmp/$s.log || why="$why; the lease was never held again"
+  i=0
+  while [ "$(grep -c ' started child=geth' /tmp/$s.log)" -lt 2 ] && [ $i -lt 40 ]; do sleep 0.5; i=$((i + 1)); done
+  [ "$(grep -c ' started child=geth' /tmp/$s.log)" = 2 ] || why="$why; geth not started again after the lease came back"
+  echo "NA-QEMU: REHELD"
+  stop_agent || why="$why; exit $? after SIGTERM"
+  if [ -z "$why" ]; then pass $s; else fail $s "$why" /tmp/$s.log; fi
+  grep -E 'lease|fenced|storage' /tmp/$s.log | sed 's/^/NA-QEMU:   /' | head -n 12
+fi
+
 echo "NA-QEMU: DONE passed=$passed failed=$failed"
