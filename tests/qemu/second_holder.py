@@ -7,7 +7,8 @@ it until the file RELEASE exists, and lets go.
 
     second_holder.py LEASE_FILE TAKEN_FILE RELEASE_FILE RELEASED_FILE
 
-TAKEN_FILE and RELEASED_FILE get the monotonic time (host clock) of each event.
+TAKEN_FILE gets how long the lock took to get (seconds, first line: the server had to expire the first
+holder's NFS lease first); RELEASED_FILE the monotonic time of the release.
 """
 import fcntl
 import os
@@ -19,7 +20,8 @@ HOLDER = "i-0second0000000000 pid 4242"
 
 def main() -> int:
     lease, taken, release, released = sys.argv[1:5]
-    deadline = time.monotonic() + 300
+    started = time.monotonic()
+    deadline = started + 300
     while True:
         try:
             fd = os.open(lease, os.O_RDWR)
@@ -40,7 +42,7 @@ def main() -> int:
     os.pwrite(fd, HOLDER.encode(), 0)
     os.fsync(fd)
     with open(taken, "w") as f:
-        f.write(f"{now}\n")
+        f.write(f"{now - started:.1f}\n")
     while not os.path.exists(release):
         time.sleep(0.2)
     fcntl.lockf(fd, fcntl.LOCK_UN)
