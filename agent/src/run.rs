@@ -118,8 +118,10 @@ async fn prepare_storage(settings: &Settings, plan: &Plan) -> Result<(), AgentEr
 /// The private directory: must be tmpfs outside local mode (`prepare` mounts one).
 fn prepare_secrets_dir(plan: &Plan) -> Result<(), AgentError> {
     let dir = &plan.secrets_dir;
-    secrets::prepare_dir(dir)?;
-    if plan.local || sys::is_tmpfs(dir)? {
+    // Through its descriptor (this may run as root): created 0700 if missing, tightened if not.
+    let d = safefs::Dir::create_all(dir, 0o700)?;
+    d.set(0o700, None)?;
+    if plan.local || d.is_tmpfs()? {
         return Ok(());
     }
     Err(AgentError::Refused(format!(

@@ -10,7 +10,6 @@ use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -71,11 +70,6 @@ pub enum SecretError {
     Invalid { name: String, problem: String },
     #[error(transparent)]
     Fs(#[from] crate::safefs::FsError),
-    #[error("cannot write secret file {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// Where secrets come from.
@@ -532,21 +526,6 @@ pub fn validate(
             Ok(SecretValue::new(v.to_vec()))
         }
     }
-}
-
-/// Creates the private directory (0700). Idempotent; tightens the mode of an existing one.
-pub fn prepare_dir(dir: &Path) -> Result<(), SecretError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |source| SecretError::Write {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 /// Writes `value` to `path` atomically with `mode`, owned by `owner` when given (the caller is root).
@@ -1141,19 +1120,6 @@ mod tests {
         assert_eq!(
             crate::rotation::changed(&in_use, &current, &[]),
             [SecretKind::EthstatsWsSecret]
-        );
-    }
-
-    #[test]
-    fn private_directory_is_0700_even_if_it_existed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s");
-        std::fs::create_dir(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        prepare_dir(&p).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o700
         );
     }
 

@@ -1,8 +1,7 @@
-//! The one module that changes the system with raw syscalls (mount, umount, statfs) or the mount command.
+//! The one module that changes the system with raw syscalls (mount, umount) or the mount command.
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
-use nix::sys::statfs::{statfs, TMPFS_MAGIC};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -15,17 +14,6 @@ pub struct SysError {
     pub what: &'static str,
     pub path: PathBuf,
     pub source: nix::Error,
-}
-
-/// Whether `path` lies on a tmpfs (memory only: a secret written there never reaches a disk).
-pub fn is_tmpfs(path: &Path) -> Result<bool, SysError> {
-    statfs(path)
-        .map(|s| s.filesystem_type() == TMPFS_MAGIC)
-        .map_err(|source| SysError {
-            what: "cannot statfs",
-            path: path.to_owned(),
-            source,
-        })
 }
 
 /// Mounts a small private tmpfs at `target` (mode 0700, no devices, no setuid, no exec, no swap where the
