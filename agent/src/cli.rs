@@ -106,7 +106,8 @@ pub struct IamPolicyArgs {
     pub config: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub role: Role,
-    #[arg(long, value_name = "NAME")]
+    /// Environment, e.g. production.
+    #[arg(long, value_name = "NAME", value_parser = crate::config::check_environment)]
     pub environment: String,
     /// Region of the ARNs, e.g. eu-central-1.
     #[arg(long, value_name = "REGION", value_parser = parse_region)]
@@ -210,10 +211,16 @@ pub struct HostArgs {
     #[arg(long)]
     pub local: bool,
     /// Role in local mode.
-    #[arg(long, requires = "local", value_enum)]
+    #[arg(long, requires = "local", required_if_eq("local", "true"), value_enum)]
     pub role: Option<Role>,
     /// Environment in local mode, e.g. dev.
-    #[arg(long, requires = "local", value_name = "NAME")]
+    #[arg(
+        long,
+        requires = "local",
+        required_if_eq("local", "true"),
+        value_name = "NAME",
+        value_parser = crate::config::check_environment
+    )]
     pub environment: Option<String>,
     /// Instance id in local mode [default: local-<hostname>].
     #[arg(long, requires = "local", value_name = "ID")]
@@ -289,6 +296,51 @@ mod tests {
         );
         assert!(parse_role_arn("arn:aws:iam::*:role/x").is_err());
         assert!(parse_role_arn("arn:aws:iam::123456789012:user/x").is_err());
+    }
+
+    #[test]
+    fn local_mode_without_role_or_environment_is_a_usage_error_naming_the_flag() {
+        for (args, flag) in [
+            (vec!["check", "--local", "--environment", "dev"], "--role"),
+            (vec!["run", "--local", "--role", "rpc"], "--environment"),
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("node-agent").chain(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_flag_is_a_usage_error_naming_the_flag_not_a_tag() {
+        for args in [
+            vec![
+                "check",
+                "--local",
+                "--role",
+                "rpc",
+                "--environment",
+                "Dev_1",
+            ],
+            vec![
+                "iam-policy",
+                "--role",
+                "rpc",
+                "--environment",
+                "Dev_1",
+                "--region",
+                "eu-central-1",
+                "--account-id",
+                "123456789012",
+            ],
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("node-agent").chain(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("--environment") && !text.contains("instance tag"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

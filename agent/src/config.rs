@@ -413,7 +413,7 @@ impl Default for HealthFile {
 /// Why the configuration cannot be used. Each names the file or key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source} (pass --config PATH, or --local to use the built-in defaults)")]
+    #[error("cannot read config {path}: {source} (check the path given to --config)")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -631,6 +631,8 @@ pub struct Settings {
     pub local: bool,
     pub network_id: u64,
     pub genesis_path: PathBuf,
+    /// Local mode with no genesis file: the built-in dev genesis, written to `genesis_path` at start.
+    pub genesis_builtin: bool,
     pub genesis: Genesis,
     /// The address the sealer seals with (lowercase `0x…`).
     pub signer: String,
@@ -760,6 +762,18 @@ impl Settings {
         identity: &Identity,
         local: bool,
     ) -> Result<Settings, ConfigError> {
+        let genesis = Genesis::load(&file.chain.genesis)?;
+        Self::with_genesis(file, path, identity, local, genesis)
+    }
+
+    /// [`Settings::new`] with the genesis already read (the built-in one, or none needed: `iam-policy`).
+    pub fn with_genesis(
+        file: &ConfigFile,
+        path: &Path,
+        identity: &Identity,
+        local: bool,
+        genesis: Genesis,
+    ) -> Result<Settings, ConfigError> {
         let tags = HostTags::from_tags(&identity.tags)?;
         let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -772,7 +786,6 @@ impl Settings {
             ("instance_id", identity.instance_id.as_str()),
         ];
 
-        let genesis = Genesis::load(&file.chain.genesis)?;
         if file.chain.network_id == 0 {
             return Err(invalid(
                 "chain.network_id",
@@ -1059,6 +1072,7 @@ impl Settings {
             local,
             network_id: file.chain.network_id,
             genesis_path: file.chain.genesis.clone(),
+            genesis_builtin: false,
             genesis,
             signer,
             bootnodes: file.chain.bootnodes.clone(),

@@ -4,6 +4,11 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// The built-in development genesis (`resources/genesis.json`, the public dev signer): what `install`
+/// lays out without `--genesis`, and what local mode uses when no genesis file is there. Never for a
+/// real chain.
+pub const DEV: &str = include_str!("../../resources/genesis.json");
+
 /// What node-agent needs to know of the genesis.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Genesis {
@@ -62,7 +67,16 @@ impl Genesis {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        Self::parse_named(&text, path)
+    }
+
+    /// The built-in development genesis, [`DEV`].
+    pub fn dev() -> Result<Self, GenesisError> {
+        Self::parse_named(DEV.as_bytes(), Path::new("<built-in dev genesis>"))
+    }
+
+    fn parse_named(text: &[u8], path: &Path) -> Result<Self, GenesisError> {
+        Self::parse(text).map_err(|e| match e {
             ParseError::Json(source) => GenesisError::Json {
                 path: path.to_owned(),
                 source,

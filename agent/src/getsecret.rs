@@ -4,7 +4,6 @@ use crate::cli::GetSecretArgs;
 use crate::config::SecretRef;
 use crate::privileges;
 use crate::secrets::{self, SecretError, Source, Wanted};
-use std::io::Write;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +16,8 @@ pub enum GetSecretError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Owner(#[from] privileges::PrivilegeError),
-    #[error("cannot write the secret to stdout: {0}")]
-    Stdout(std::io::Error),
+    #[error(transparent)]
+    Stdout(#[from] crate::out::StdoutError),
 }
 
 pub async fn run(args: &GetSecretArgs) -> Result<(), GetSecretError> {
@@ -48,10 +47,8 @@ pub async fn run(args: &GetSecretArgs) -> Result<(), GetSecretError> {
             secrets::write_file_as(path, fetched.value.expose(), args.mode, owner)?;
         }
         None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(fetched.value.expose())
-                .and_then(|_| out.flush())
-                .map_err(GetSecretError::Stdout)?;
+            // Straight from the zeroizing buffer; a reader gone early (EPIPE) ends quietly.
+            crate::out::print(fetched.value.expose())?;
         }
     }
     Ok(())

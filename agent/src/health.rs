@@ -46,7 +46,10 @@ pub fn assess_geth(
     if s.mining == Some(false) {
         problems.push("not sealing (eth_mining is false)".to_string());
     }
-    if s.head_age_secs > max_head_age.as_secs() {
+    if s.head == 0 && s.head_age_secs > max_head_age.as_secs() {
+        // The genesis' timestamp says when the chain was designed (often 0), not how stale the node is.
+        problems.push("no block yet (head #0 is the genesis)".into());
+    } else if s.head_age_secs > max_head_age.as_secs() {
         problems.push(format!(
             "head #{} is {}s old (limit {}s)",
             s.head,
@@ -300,6 +303,16 @@ mod tests {
         );
         match assess_geth(&sample(31, 0, Some(true)), true, MAX, long, WARM) {
             Health::Unhealthy(why) => assert_eq!(why, "head #10 is 31s old (limit 30s)"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_head_at_the_genesis_is_no_block_yet_not_decades_old() {
+        let mut s = sample(1_796_058_877, 0, Some(true));
+        s.head = 0;
+        match assess_geth(&s, true, MAX, Duration::from_secs(5), WARM) {
+            Health::Warming(why) => assert_eq!(why, "no block yet (head #0 is the genesis)"),
             other => panic!("{other:?}"),
         }
     }

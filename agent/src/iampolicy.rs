@@ -13,11 +13,21 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum IamPolicyError {
     #[error(transparent)]
+    Stdout(#[from] crate::out::StdoutError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Genesis(#[from] crate::genesis::GenesisError),
     #[error("iam-policy --file-system-policy: {environment}/{role} does not keep its data on EFS (storage.kind = \"local\"): there is no file system policy to print")]
     NotEfs { environment: String, role: String },
     #[error("iam-policy --file-system-policy: {environment}/{role} has no EFS access point: pass --efs-access-point-id fsap-… or set storage.efs_access_point_id (without one, IAM cannot tell the roles' directories apart)")]
     NoAccessPoint { environment: String, role: String },
+    #[error("iam-policy: {environment}/{role} keeps its data on EFS and no file system is given, but {why}: pass --efs-file-system-id fs-… (or set storage.efs_file_system_id in the --config file)")]
+    NoFileSystem {
+        environment: String,
+        role: String,
+        why: &'static str,
+    },
     #[error("iam-policy: --role-arn {arn} is in another account than --account-id {account}")]
     OtherAccount { arn: String, account: String },
 }
@@ -206,13 +216,37 @@ pub fn file_system_policy(
     })
 }
 
-/// `node-agent iam-policy`.
+/// `node-agent iam-policy`. Runs where Terraform runs, not on a host: without `--config` and with no
+/// `/etc/node-agent/config.toml` it takes the built-in defaults, and it reads only the keys the policy
+/// depends on (no genesis: the policy does not depend on the chain's signers).
 pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
-    let path = args
-        .config
-        .as_deref()
-        .unwrap_or(Path::new(config::DEFAULT_PATH));
-    let (file, path) = ConfigFile::load(Some(path))?;
+    let default = Path::new(config::DEFAULT_PATH);
+    let path = match &args.config {
+        Some(p) => Some(p.as_path()),
+        None => Some(default).filter(|p| p.exists()),
+    };
+    let (mut file, path) = ConfigFile::load(path)?;
+    // The genesis and the signer shape the sealer's command line, never its grants.
+    file.chain.signer.clear();
+    let genesis = crate::genesis::Genesis::dev()?;
+    let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
+    let efs = file.storage.kind == config::StorageKind::Efs;
+    if efs && args.efs_file_system_id.is_none() && file.storage.efs_file_system_id.is_empty() {
+        if args.file_system_policy || file.storage.efs_utils {
+            return Err(IamPolicyError::NoFileSystem {
+                environment,
+                role,
+                why: if args.file_system_policy {
+                    "the file system policy names it"
+                } else {
+                    "storage.efs_utils = true mounts with IAM authorization"
+                },
+            });
+        }
+        // Plain NFS mounts never ask IAM: the policy is complete without the EFS statement.
+        eprintln!("node-agent: note: no EFS file system given (--efs-file-system-id or storage.efs_file_system_id): the policy has no elasticfilesystem statement, which plain NFS mounts (storage.efs_utils = false) do not use");
+        file.storage.kind = config::StorageKind::Local;
+    }
     let mut id = identity::local(args.role.as_str(), &args.environment, Some("i-any"));
     id.region = args.region.clone();
     for (tag, value) in [
@@ -223,7 +257,7 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
             id.tags.insert(tag.into(), v.clone());
         }
     }
-    let settings = Settings::new(&file, &path, &id, false)?;
+    let settings = Settings::with_genesis(&file, &path, &id, false, genesis)?;
     let plan = plan::plan(&id, &settings);
     let doc = match &args.role_arn {
         Some(arn) if args.file_system_policy => {
@@ -252,7 +286,8 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
         }
         _ => policy(&plan, &settings, &args.region, &args.account_id),
     };
-    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    crate::out::print(text + "\n")?;
     Ok(())
 }
 

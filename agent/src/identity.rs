@@ -19,11 +19,13 @@ pub struct Identity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("instance metadata service at {endpoint} unreachable after {}s: {cause} (check that the instance has IMDSv2 enabled and a hop limit of at least 1)", waited.as_secs())]
+    #[error("instance metadata service at {endpoint} unreachable after {}s: {cause} (check that the instance has IMDSv2 enabled and a hop limit of at least 1{hint})", waited.as_secs())]
     Unreachable {
         endpoint: String,
         waited: Duration,
         cause: String,
+        /// At boot, the way out for someone who is not on EC2 at all.
+        hint: &'static str,
     },
     #[error("instance tags are not readable from instance metadata (404 on /latest/meta-data/tags/instance): enable InstanceMetadataTags on the instance or its launch template (aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled)")]
     TagsDisabled,
@@ -44,14 +46,28 @@ fn status(e: &ImdsError) -> Option<u16> {
     }
 }
 
+/// What to do off EC2, where no instance metadata service will ever answer.
+const NOT_ON_EC2: &str = "; not on EC2? run without AWS with --local --role ROLE --environment ENV";
+
+/// The identity at boot: like [`from_imds`], but the first retry and the final error say how to run off EC2
+/// (`--local`), so nobody waits two minutes to learn it.
+pub async fn at_boot(deadline: Duration) -> Result<Identity, IdentityError> {
+    read_retrying(deadline, NOT_ON_EC2).await
+}
+
 /// Reads the identity, retrying while IMDS is not answering yet (early boot), up to `deadline`.
 pub async fn from_imds(deadline: Duration) -> Result<Identity, IdentityError> {
+    read_retrying(deadline, "").await
+}
+
+async fn read_retrying(deadline: Duration, hint: &'static str) -> Result<Identity, IdentityError> {
     let client = aws_config::imds::Client::builder()
         .connect_timeout(Duration::from_secs(1))
         .read_timeout(Duration::from_secs(2))
         .build();
     let endpoint = imds_endpoint();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
+    let mut first = true;
     loop {
         match read(&client).await {
             Ok(id) => return Ok(id),
@@ -62,9 +78,14 @@ pub async fn from_imds(deadline: Duration) -> Result<Identity, IdentityError> {
                         endpoint,
                         waited: backoff.waited(),
                         cause,
+                        hint,
                     });
                 };
-                tracing::warn!(%endpoint, %cause, retry_in = ?delay, "instance metadata not available yet");
+                if std::mem::take(&mut first) && !hint.is_empty() {
+                    tracing::warn!(%endpoint, %cause, retry_in = ?delay, until = ?deadline, "instance metadata not available yet; retrying (not on EC2? pass --local --role ROLE --environment ENV to run without AWS)");
+                } else {
+                    tracing::warn!(%endpoint, %cause, retry_in = ?delay, "instance metadata not available yet");
+                }
                 tokio::time::sleep(delay).await;
             }
         }

@@ -17,7 +17,7 @@ pub const UNIT: &str = include_str!("../../units/node-agent.service");
 pub const SYSUSERS: &str = include_str!("../../units/sysusers.d/node-agent.conf");
 pub const TMPFILES: &str = include_str!("../../units/tmpfiles.d/node-agent.conf");
 /// The development genesis (dev signer): installed only when `--genesis` is not given and none exists.
-const DEV_GENESIS: &str = include_str!("../../resources/genesis.json");
+const DEV_GENESIS: &str = crate::genesis::DEV;
 
 /// Where everything goes, relative to the root. Units and their companions live in the local vendor
 /// directories (`/usr/local/lib/...`), so `/etc` stays free for an operator's overrides.
@@ -102,6 +102,8 @@ pub struct Download {
 /// Any failure of `install`, naming the file, key or program it failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    #[error(transparent)]
+    Stdout(#[from] crate::out::StdoutError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -664,18 +666,22 @@ pub fn install(
 /// `node-agent install`.
 pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
     if args.print_downloads {
-        for d in downloads(crate::version::PINNED)? {
-            println!("{}\t{}\t{}\t{}", d.name, d.url, d.sha256, d.file);
-        }
+        let text: String = downloads(crate::version::PINNED)?
+            .iter()
+            .map(|d| format!("{}\t{}\t{}\t{}\n", d.name, d.url, d.sha256, d.file))
+            .collect();
+        crate::out::print(text)?;
         return Ok(());
     }
     // clap requires --root unless --print-downloads.
     let root = args.root.as_deref().unwrap_or(Path::new("/"));
     let exe = Path::new("/proc/self/exe");
     let binary = fs::read_link(exe).map_err(io_err("cannot find this program through", exe))?;
-    for line in install(root, args, crate::version::PINNED, &binary)? {
-        println!("{line}");
-    }
+    let report: String = install(root, args, crate::version::PINNED, &binary)?
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect();
+    crate::out::print(report)?;
     Ok(())
 }
 

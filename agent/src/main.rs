@@ -12,6 +12,7 @@ mod identity;
 mod install;
 mod lease;
 mod logs;
+mod out;
 mod plan;
 mod privileges;
 mod rotation;
@@ -27,13 +28,18 @@ mod version;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// The agent's own lines at info; the AWS SDK's only with `NODE_AGENT_LOG` (e.g. `debug`): the agent
+/// reports every failure itself, in the user's terms, while the SDK's warnings print its internal structs
+/// (700 characters of `ProviderError(ProviderError { source: ... })` per retry).
+const DEFAULT_LOG: &str = "node_agent=info";
+
 fn init_tracing() {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{fmt, EnvFilter, Layer as _};
     let filter =
-        EnvFilter::try_from_env("NODE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("NODE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -94,8 +100,7 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| identity::error_chain(&e)),
             cli::Command::Version { json } => {
-                version::print(json);
-                Ok(())
+                version::print(json).map_err(|e| identity::error_chain(&e))
             }
             cli::Command::Status(_) => Ok(()),
             cli::Command::GetSecret(args) => getsecret::run(&args)

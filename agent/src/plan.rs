@@ -114,6 +114,8 @@ pub struct Plan {
     pub children: Vec<ChildPlan>,
     pub agent_log: LogTarget,
     pub log_retention_days: u32,
+    /// Whether the log files are shipped to CloudWatch Logs (`logs.ship`); files only when not.
+    pub log_ship: bool,
     /// The user the agent drops to after the root-only steps.
     pub user: String,
     pub version_check: Option<VersionCheck>,
@@ -338,6 +340,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         children,
         agent_log: log("node-agent"),
         log_retention_days: settings.logs.retention_days,
+        log_ship: settings.logs.ship,
         user: settings.user.clone(),
         version_check: settings.role.runs_geth().then(|| VersionCheck {
             program: settings.binaries.geth.clone(),
@@ -368,6 +371,17 @@ fn command_line(program: &Path, args: &[String]) -> String {
         line.push_str(&shell_quote(a));
     }
     line
+}
+
+impl Plan {
+    /// Where a log file's lines go besides the file.
+    fn destination(&self, log: &LogTarget, note: &str) -> String {
+        if self.log_ship {
+            format!(" -> CloudWatch {} / {}{note}", log.group, log.stream)
+        } else {
+            " (file only: logs.ship = false)".into()
+        }
+    }
 }
 
 impl fmt::Display for Plan {
@@ -479,19 +493,17 @@ impl fmt::Display for Plan {
             )?;
             writeln!(
                 out,
-                "    log     {} -> CloudWatch {} / {}",
+                "    log     {}{}",
                 c.log.file.display(),
-                c.log.group,
-                c.log.stream
+                self.destination(&c.log, "")
             )?;
         }
+        let retention = format!(" (retention {} days)", self.log_retention_days);
         writeln!(
             out,
-            "  agent log {} -> CloudWatch {} / {} (retention {} days)",
+            "  agent log {}{}",
             self.agent_log.file.display(),
-            self.agent_log.group,
-            self.agent_log.stream,
-            self.log_retention_days
+            self.destination(&self.agent_log, &retention)
         )?;
         f.write_str(&out)
     }
@@ -651,6 +663,27 @@ mod tests {
         assert!(!text.contains("TCP 2049"), "{text}");
         assert!(
             text.contains("EFS fs-0123456789abcdef0:/production/sealer mounted at /var/lib/node-agent/data from fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com through access point fsap-0123456789abcdef0 with efs-utils"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn check_names_cloudwatch_only_when_logs_are_shipped() {
+        let (id, s) = settings("rpc", |_| {});
+        let text = plan(&id, &s).to_string();
+        assert!(
+            text.contains("    log     /var/log/node-agent/geth.log -> CloudWatch /node-agent/production/rpc / i-0abc/geth\n"),
+            "{text}"
+        );
+        let (id, s) = settings("rpc", |f| f.logs.ship = false);
+        let text = plan(&id, &s).to_string();
+        assert!(!text.contains("CloudWatch"), "{text}");
+        assert!(
+            text.contains(
+                "    log     /var/log/node-agent/geth.log (file only: logs.ship = false)\n"
+            ) && text.contains(
+                "  agent log /var/log/node-agent/node-agent.log (file only: logs.ship = false)\n"
+            ),
             "{text}"
         );
     }

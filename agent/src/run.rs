@@ -39,10 +39,16 @@ pub enum AgentError {
     Storage(#[from] storage::StorageError),
     #[error(transparent)]
     Fs(#[from] safefs::FsError),
+    #[error(transparent)]
+    Stdout(#[from] crate::out::StdoutError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
     LocalNeedsRole,
+    #[error("no configuration at {}: pass --config PATH (node-agent install lays one out), or try it without AWS: --local --role ROLE --environment ENV", config::DEFAULT_PATH)]
+    NoConfig,
+    #[error(transparent)]
+    Genesis(#[from] crate::genesis::GenesisError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -59,34 +65,71 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
     let path = match (&args.config, args.local) {
         (Some(p), _) => Some(p.as_path()),
         (None, true) if !default.exists() => None,
+        (None, false) if !default.exists() => return Err(AgentError::NoConfig),
         (None, _) => Some(default),
     };
-    let (file, path) = ConfigFile::load(path)?;
+    let (mut file, path) = ConfigFile::load(path)?;
     let identity: Identity = if args.local {
         let (Some(role), Some(env)) = (args.role, args.environment.as_deref()) else {
             return Err(AgentError::LocalNeedsRole);
         };
         identity::local(role.as_str(), env, args.instance_id.as_deref())
     } else {
-        identity::from_imds(std::time::Duration::from_secs(
+        identity::at_boot(std::time::Duration::from_secs(
             file.timeouts.imds_secs.max(1),
         ))
         .await?
     };
-    let settings = Settings::new(&file, &path, &identity, args.local)?;
+    // Local mode off a baked host: no genesis where the image puts it. The built-in dev genesis lets one
+    // try the agent anywhere; `run` writes it beside geth's socket for `geth init`.
+    let builtin = args.local
+        && file.chain.genesis == config::ChainFile::default().genesis
+        && !file.chain.genesis.exists();
+    let settings = if builtin {
+        tracing::info!(missing = %file.chain.genesis.display(), "local mode: no genesis file there; using the built-in dev genesis (set chain.genesis for another)");
+        file.chain.genesis = file.storage.runtime_dir.join(DEV_GENESIS_FILE);
+        let mut settings = Settings::with_genesis(
+            &file,
+            &path,
+            &identity,
+            args.local,
+            crate::genesis::Genesis::dev()?,
+        )?;
+        settings.genesis_builtin = true;
+        settings
+    } else {
+        Settings::new(&file, &path, &identity, args.local)?
+    };
     let plan = plan::plan(&identity, &settings);
     Ok((settings, plan))
 }
 
-/// `node-agent check`.
+/// Where `run` writes the built-in dev genesis in local mode, in `storage.runtime_dir`.
+const DEV_GENESIS_FILE: &str = "dev-genesis.json";
+
+/// `node-agent check`. With local secrets (local mode), also reads and checks them as `run` would: a
+/// missing file or a keystore that does not open fails here, not at the first start. Secrets Manager is
+/// not asked: `check` works without credentials.
 pub async fn check(args: &HostArgs, json: bool) -> Result<(), AgentError> {
-    let (_, plan) = make_plan(args).await?;
-    if json {
-        let text = serde_json::to_string_pretty(&plan).unwrap_or_default();
-        println!("{text}");
-    } else {
-        print!("{plan}");
+    let (settings, plan) = make_plan(args).await?;
+    if settings.secrets.source == config::SecretSourceKind::Local && !plan.secrets.is_empty() {
+        let source = secrets::Source::Local(settings.secrets.local_dir.clone());
+        let set = secrets::fetch_all(
+            &source,
+            &plan.secrets,
+            &settings.environment,
+            &settings.signer,
+            settings.timeouts.secrets,
+        )
+        .await?;
+        secrets::check_set(&plan.secrets, &set, &settings.signer).await?;
     }
+    let text = if json {
+        serde_json::to_string_pretty(&plan).unwrap_or_default() + "\n"
+    } else {
+        plan.to_string()
+    };
+    crate::out::print(text)?;
     Ok(())
 }
 
@@ -229,6 +272,8 @@ fn notify(state: &[sd_notify::NotifyState]) {
 pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
     tracing::info!(role = %plan.role, environment = %plan.environment, instance = %plan.identity.instance_id, "plan ready");
+    // Before any privilege drop: the record belongs to whoever started the agent, as does `status`.
+    status::record_socket(&settings.runtime_dir.join(status::SOCKET));
     for c in &plan.children {
         if !c.program.is_file() {
             return Err(AgentError::Refused(format!(
@@ -239,8 +284,12 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             )));
         }
     }
-    let genesis = std::fs::read(&settings.genesis_path)
-        .map_err(io("cannot read genesis", &settings.genesis_path))?;
+    let genesis = if settings.genesis_builtin {
+        crate::genesis::DEV.as_bytes().to_vec()
+    } else {
+        std::fs::read(&settings.genesis_path)
+            .map_err(io("cannot read genesis", &settings.genesis_path))?
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
 
@@ -290,6 +339,9 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             None => None,
         };
         if let Some(init) = &plan.init {
+            if settings.genesis_builtin {
+                write_dev_genesis(&settings.genesis_path)?;
+            }
             geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
         }
         Ok::<_, AgentError>((secrets, status_socket, (sinks, logs_status), lease))
@@ -324,6 +376,15 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         logs.shutdown().await;
     }
     result
+}
+
+/// The built-in dev genesis for `geth init`, in local mode: written temp + rename by the (unprivileged)
+/// agent into its own runtime directory.
+fn write_dev_genesis(path: &Path) -> Result<(), AgentError> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, crate::genesis::DEV)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(io("cannot write the built-in dev genesis to", path))
 }
 
 /// `node-agent cleanup` (the unit's `ExecStopPost=+`): empties the secrets directory and unmounts its
@@ -379,6 +440,11 @@ fn bind_status_socket(
     )?;
     let group = match sys::lookup_group(&settings.operators) {
         Ok(Some(gid)) => Some(gid),
+        // A laptop in local mode has no operators' group, and needs none: not worth a warning there.
+        _ if settings.local => {
+            tracing::info!(group = %settings.operators, "operators' group not found: status works for root and the service user");
+            None
+        }
         _ => {
             tracing::warn!(group = %settings.operators, "operators' group not found: status needs the service user or root");
             None

@@ -58,6 +58,12 @@ pub enum SecretError {
         waited: Duration,
         cause: String,
     },
+    #[error("secret {name}: no AWS credentials{}: {cause} (on EC2: attach an instance profile to the instance; elsewhere: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)", if waited.is_zero() { String::new() } else { format!(" after {}s", waited.as_secs()) })]
+    NoCredentials {
+        name: String,
+        waited: Duration,
+        cause: String,
+    },
     #[error("secret {name}: {cause}")]
     Other { name: String, cause: String },
     #[error("secret {name} not found in local directory {dir}: create the file {path}")]
@@ -244,7 +250,7 @@ async fn retrying<T, E, R, F, Fut>(
 ) -> Result<T, SecretError>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
 {
@@ -254,10 +260,21 @@ where
         deadline,
     );
     loop {
-        let cause = match call().await {
+        let (cause, credentials) = match call().await {
             Ok(out) => return Ok(out),
             Err(e) => match classify(&e) {
-                Class::Retry => error_chain(&e),
+                Class::Retry => (error_chain(&e), false),
+                Class::Credentials { retry: true, cause } => (cause, true),
+                Class::Credentials {
+                    retry: false,
+                    cause,
+                } => {
+                    return Err(SecretError::NoCredentials {
+                        name: name.into(),
+                        waited: Duration::ZERO,
+                        cause,
+                    })
+                }
                 Class::Final(code, message) => {
                     let name = name.to_owned();
                     // Shown after the name: " (environment staging)", or nothing for get-secret.
@@ -287,23 +304,46 @@ where
             },
         };
         let Some(delay) = backoff.next_delay() else {
-            return Err(SecretError::Unavailable {
-                name: name.into(),
-                waited: backoff.waited(),
-                cause,
+            let (name, waited) = (name.into(), backoff.waited());
+            return Err(if credentials {
+                SecretError::NoCredentials {
+                    name,
+                    waited,
+                    cause,
+                }
+            } else {
+                SecretError::Unavailable {
+                    name,
+                    waited,
+                    cause,
+                }
             });
         };
-        tracing::warn!(secret_name = name, %cause, retry_in = ?delay, "Secrets Manager not available; retrying");
+        if credentials {
+            tracing::warn!(secret_name = name, %cause, retry_in = ?delay, "no AWS credentials yet; retrying");
+        } else {
+            tracing::warn!(secret_name = name, %cause, retry_in = ?delay, "Secrets Manager not available; retrying");
+        }
         tokio::time::sleep(delay).await;
     }
 }
 
 enum Class {
     Retry,
+    /// The SDK found no credentials: not the service's fault. `retry` while a provider may still answer
+    /// (the instance metadata service early in boot); at once when no source has any.
+    Credentials {
+        retry: bool,
+        cause: String,
+    },
     Final(String, String),
 }
 
-fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
+fn classify<E, R>(e: &SdkError<E, R>) -> Class
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
     match e {
         SdkError::ServiceError(se) => {
             let err = se.err();
@@ -317,9 +357,42 @@ fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
                 _ => Class::Final(code, message),
             }
         }
-        // Dispatch failures, timeouts and unparseable responses are the network's fault: retry.
-        _ => Class::Retry,
+        // Dispatch failures, timeouts and unparseable responses are the network's fault: retry; unless the
+        // request never left because there were no credentials to sign it with.
+        _ => match credentials_error(e) {
+            Some(c) => c,
+            None => Class::Retry,
+        },
     }
+}
+
+/// The credentials problem somewhere in the SDK's chain of causes, if that is what failed.
+fn credentials_error(e: &(dyn std::error::Error + 'static)) -> Option<Class> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<CredentialsError>() {
+            let one_line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+            return Some(match c {
+                CredentialsError::CredentialsNotLoaded(_) => Class::Credentials {
+                    retry: false,
+                    cause: "none in the environment, the profile files, web identity, the container or the instance metadata service".into(),
+                },
+                CredentialsError::ProviderError(_) | CredentialsError::ProviderTimedOut(_) => {
+                    Class::Credentials {
+                        retry: true,
+                        cause: one_line(error_chain(c)),
+                    }
+                }
+                _ => Class::Credentials {
+                    retry: false,
+                    cause: one_line(error_chain(c)),
+                },
+            });
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// A JSON text read without copying its values: serde_json's `Value` would copy every string of a

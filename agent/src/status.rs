@@ -437,16 +437,20 @@ pub fn render(doc: &Value) -> String {
     let mut out = String::new();
     let h = &doc["host"];
     let a = &doc["agent"];
+    // Only geth roles run the pinned geth; the bootnode and ethstats hosts do not.
+    let pinned = match h["role"].as_str() {
+        Some("bootnode" | "ethstats") => String::new(),
+        _ => format!(", geth pinned {}", s(&doc["pinned"]["geth"])),
+    };
     let _ = writeln!(
         out,
-        "{} — {} {} on {} (agent {} up {}, geth pinned {})",
+        "{} — {} {} on {} (agent {} up {}{pinned})",
         s(&doc["overall"]).to_uppercase(),
         s(&h["environment"]),
         s(&h["role"]),
         s(&h["instance_id"]),
         s(&a["version"]),
         ago(n(&a["uptime_secs"])),
-        s(&doc["pinned"]["geth"]),
     );
     for c in doc["children"].as_array().into_iter().flatten() {
         let pid = c["pid"]
@@ -475,10 +479,14 @@ pub fn render(doc: &Value) -> String {
         }
         let chain = &c["chain"];
         if chain.is_object() {
+            // The genesis' timestamp is when the chain was designed (often 0), not an age worth showing.
+            let age = match n(&chain["head"]) {
+                0 => "(no block yet)".to_owned(),
+                _ => format!("{} old", ago(n(&chain["head_age_secs"]))),
+            };
             let mut line = format!(
-                "            chain: head #{} {} old, {} peers{}",
+                "            chain: head #{} {age}, {} peers{}",
                 n(&chain["head"]),
-                ago(n(&chain["head_age_secs"])),
                 n(&chain["peers"]),
                 if chain["syncing"].as_bool() == Some(true) {
                     ", syncing"
@@ -621,6 +629,72 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
+/// The name of the record a running agent leaves for `status` (see [`record_socket`]).
+const RECORD: &str = "status-socket";
+
+/// The invoking user's private directory for the record: `$XDG_RUNTIME_DIR/node-agent`, else
+/// `/run/user/UID/node-agent`, else `/tmp/node-agent-UID`.
+fn record_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid().as_raw();
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("node-agent"),
+        _ => {
+            let run_user = PathBuf::from(format!("/run/user/{uid}"));
+            if run_user.is_dir() {
+                run_user.join("node-agent")
+            } else {
+                PathBuf::from(format!("/tmp/node-agent-{uid}"))
+            }
+        }
+    }
+}
+
+/// The record directory, opened without following links, and only when it is this user's own and
+/// nobody else's to write (a `/tmp/node-agent-0` made by someone else is ignored, not trusted).
+fn own_record_dir(create: bool) -> Option<crate::safefs::Dir> {
+    let path = record_dir();
+    let dir = if create {
+        crate::safefs::Dir::create_all(&path, 0o700)
+    } else {
+        crate::safefs::Dir::open(&path)
+    }
+    .ok()?;
+    let st = dir.stat().ok()?;
+    (st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o077 == 0).then_some(dir)
+}
+
+/// Records where this agent's status socket is, so that `status` run by the same user without `--config`
+/// finds an agent started with one (the local quick start). Best effort: status also tries the default
+/// config's socket, and never trusts the record without the socket answering.
+pub fn record_socket(socket: &Path) {
+    let Ok(socket) = std::path::absolute(socket) else {
+        return;
+    };
+    let written = own_record_dir(true).map(|dir| {
+        let mut text = socket.into_os_string().into_encoded_bytes();
+        text.push(b'\n');
+        dir.write_file(std::ffi::OsStr::new(RECORD), &text, 0o600, None)
+    });
+    if !matches!(written, Some(Ok(()))) {
+        tracing::debug!(dir = %record_dir().display(), "cannot record the status socket for `node-agent status`");
+    }
+}
+
+/// The socket the last agent this user started recorded, if any.
+fn recorded_socket() -> Option<PathBuf> {
+    let dir = own_record_dir(false)?;
+    let bytes = dir
+        .read_file(
+            std::ffi::OsStr::new(RECORD),
+            4096,
+            crate::safefs::Part::Head,
+        )
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let path = PathBuf::from(text.trim_end_matches('\n'));
+    path.is_absolute().then_some(path)
+}
+
 /// `node-agent status`; returns the exit code.
 pub async fn command(args: &crate::cli::StatusArgs) -> u8 {
     let config_path = args
@@ -631,13 +705,22 @@ pub async fn command(args: &crate::cli::StatusArgs) -> u8 {
     let file = crate::config::ConfigFile::load(Some(&config_path))
         .map(|(f, _)| f)
         .unwrap_or_default();
-    let socket = args
+    let mut socket = args
         .socket
         .clone()
         .unwrap_or_else(|| file.storage.runtime_dir.join(SOCKET));
     let agent_log = file.logs.dir.join("node-agent.log");
+    let guessing = args.socket.is_none() && args.config.is_none();
+    if guessing && query(&socket).await.is_err() {
+        // Not the host's agent: the one this user started last, with its own --config, if it answers.
+        if let Some(recorded) = recorded_socket().filter(|r| *r != socket) {
+            if query(&recorded).await.is_ok() {
+                socket = recorded;
+            }
+        }
+    }
     loop {
-        let code = match query(&socket).await {
+        let (code, text) = match query(&socket).await {
             Ok(doc) => {
                 let code = doc["overall"]
                     .as_str()
@@ -648,30 +731,41 @@ pub async fn command(args: &crate::cli::StatusArgs) -> u8 {
                     })
                     .unwrap_or(Overall::Down)
                     .exit_code();
-                if args.json {
-                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                let text = if args.json {
+                    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
                 } else {
-                    if args.watch {
-                        print!("\x1b[H\x1b[2J");
-                    }
-                    print!("{}", printable(&render(&doc)));
-                }
-                code
+                    printable(&render(&doc))
+                };
+                (code, text)
             }
             Err(e) => {
-                if args.json {
+                let text = if args.json {
                     let doc = serde_json::json!({"schema": SCHEMA, "overall": "not_running", "error": e.to_string()});
-                    println!("{doc}");
+                    format!("{doc}\n")
                 } else {
-                    if args.watch {
-                        print!("\x1b[H\x1b[2J");
-                    }
-                    println!("{}", printable(&format!("NOT RUNNING — {e}")));
-                    print!("{}", printable(&offline_report(&agent_log)));
-                }
-                EXIT_NOT_RUNNING
+                    let hint = if guessing {
+                        "  started with --config? pass the same --config to status (or --socket PATH)\n"
+                    } else {
+                        ""
+                    };
+                    printable(&format!(
+                        "NOT RUNNING — {e}\n{hint}{}",
+                        offline_report(&agent_log)
+                    ))
+                };
+                (EXIT_NOT_RUNNING, text)
             }
         };
+        let clear = if args.watch { "\x1b[H\x1b[2J" } else { "" };
+        // The reader went away (`status | head`): done, quietly, with the verdict as the exit code.
+        match crate::out::print(format!("{clear}{text}")) {
+            Ok(true) => {}
+            Ok(false) => return code,
+            Err(e) => {
+                eprintln!("node-agent: error: {e}");
+                return code;
+            }
+        }
         if !args.watch {
             return code;
         }
@@ -767,6 +861,29 @@ mod tests {
             text.contains("secret    production/sealer/password version v2 fetched 30s ago"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn render_says_no_block_yet_at_the_genesis_and_names_geth_only_for_geth_roles() {
+        let doc = |role: &str, head: u64| {
+            serde_json::json!({
+                "overall": "degraded", "host": {"role": role}, "pinned": {"geth": "1.13.15"},
+                "children": [{"name": "geth", "state": "ready",
+                    "chain": {"head": head, "head_age_secs": 1_796_058_877u64, "peers": 0}}],
+            })
+        };
+        let text = render(&doc("sealer", 0));
+        assert!(
+            text.contains("chain: head #0 (no block yet), 0 peers"),
+            "{text}"
+        );
+        assert!(!text.contains("d old"), "{text}");
+        assert!(text.contains(", geth pinned 1.13.15)"), "{text}");
+        assert!(render(&doc("rpc", 7)).contains("chain: head #7 20787d old"));
+        for role in ["bootnode", "ethstats"] {
+            let text = render(&doc(role, 0));
+            assert!(!text.contains("geth pinned"), "{role}: {text}");
+        }
     }
 
     #[test]

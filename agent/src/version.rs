@@ -18,7 +18,8 @@ fn pinned() -> toml::Table {
     PINNED.parse().unwrap_or_default()
 }
 
-pub fn print(json: bool) {
+/// `node-agent version`.
+pub fn print(json: bool) -> Result<(), crate::out::StdoutError> {
     let agent = env!("CARGO_PKG_VERSION");
     let table = pinned();
     let component = |name: &str, key: &str| -> String {
@@ -29,30 +30,23 @@ pub fn print(json: bool) {
             .unwrap_or_default()
             .to_owned()
     };
-    if json {
+    let text = if json {
         let doc = serde_json::json!({
             "node_agent": agent,
             "geth": {"version": component("geth", "version"), "commit": component("geth", "commit")},
             "ethstats": {"name": component("ethstats", "name"), "version": component("ethstats", "version")},
         });
-        println!("{doc}");
+        format!("{doc}\n")
     } else {
-        println!("node-agent {agent}");
-        println!(
-            "geth {} ({})",
-            component("geth", "version"),
-            component("geth", "commit")
-        );
-        println!(
-            "bootnode {} (from the geth alltools archive)",
-            component("geth", "version")
-        );
-        println!(
-            "ethstats {} {}",
+        let geth = component("geth", "version");
+        format!(
+            "node-agent {agent}\ngeth {geth} ({})\nbootnode {geth} (from the geth alltools archive)\nethstats {} {}\n",
+            component("geth", "commit"),
             component("ethstats", "name"),
             component("ethstats", "version")
-        );
-    }
+        )
+    };
+    crate::out::print(text).map(drop)
 }
 
 #[cfg(test)]
