@@ -483,6 +483,10 @@ fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
                 .unwrap_or_default();
             match (&c.reason, &c.chain) {
                 (Some(r), _) => format!("{} {state} ({r})", c.name),
+                (None, Some(chain)) if chain.head == 0 => format!(
+                    "{} {state}, head #0 (no block yet), {} peers",
+                    c.name, chain.peers
+                ),
                 (None, Some(chain)) => format!(
                     "{} {state}, head #{} {}s old, {} peers",
                     c.name, chain.head, chain.head_age_secs, chain.peers
