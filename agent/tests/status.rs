@@ -179,7 +179,14 @@ fn storage_gone_from_under_the_node_is_down() {
     agent.wait_ready();
     status_until(&host, "healthy", |code, _| code == 0);
     std::fs::remove_file(host.path("data/dev/rpc/.node-agent-storage.json")).unwrap();
-    let (code, doc) = status_json(&host);
+    // The storage is probed every 2 s (off the agent's main thread): the next probe sees it.
+    let start = std::time::Instant::now();
+    let (code, doc) = status_until(&host, "storage down", |code, _| code == 2);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(code, 2);
     assert_eq!(doc["storage"]["check_ok"], false);
     assert!(
