@@ -223,6 +223,24 @@ fn notify(state: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(state);
 }
 
+/// Awaits `work` (a part of the stop), feeding systemd's watchdog meanwhile, for at most `limit`: a
+/// graceful stop of geth may take longer than `WatchdogSec`, yet is bounded by its own timeouts, so it
+/// is given that long; a stop that overruns them is left to the watchdog.
+async fn fed_while<F: std::future::Future>(work: F, limit: Duration) -> F::Output {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return work.await;
+    };
+    let until = Instant::now() + limit;
+    let mut tick = tokio::time::interval(period / 2);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick(), if Instant::now() < until => notify(&[sd_notify::NotifyState::Watchdog]),
+        }
+    }
+}
+
 /// `node-agent run`.
 pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
@@ -313,7 +331,13 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             // Into the agent's log file (and CloudWatch) too, not only stderr.
             tracing::error!("{}", crate::identity::error_chain(e));
         }
-        logs.shutdown().await;
+        // Each writer may take 5 s, then the shippers `stop_flush_secs`.
+        let writers = Duration::from_secs(5 * (plan.children.len() as u64 + 1));
+        fed_while(
+            logs.shutdown(),
+            writers + Duration::from_secs(settings.logs.stop_flush_secs + 10),
+        )
+        .await;
     }
     result
 }
@@ -635,11 +659,16 @@ async fn supervise(
     drop(controls);
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(Err(e)) = res {
-            failure.get_or_insert(e);
+    // The children stop side by side: SIGTERM, SIGKILL after `stop_secs`, then their output drained.
+    let stop_limit = settings.timeouts.stop + Duration::from_secs(15);
+    let stopped = async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                failure.get_or_insert(e);
+            }
         }
-    }
+    };
+    fed_while(stopped, stop_limit).await;
     match failure {
         Some(e) => Err(e.into()),
         None => {

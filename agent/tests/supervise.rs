@@ -393,3 +393,65 @@ fn prepare_as_root_then_run_unprivileged_as_the_unit_does() {
         error_line(&out)
     );
 }
+
+#[test]
+fn the_watchdog_is_fed_while_a_slow_child_stops() {
+    let host = Host::new(None, None, "[timeouts]\nstop_secs = 20\n");
+    // geth takes 6 s to stop gracefully: three times WatchdogSec.
+    geth_faults(&host.path("data/dev/rpc"), json!({"shutdown_delay": 6}));
+    let mut notify = NotifySocket::new();
+    let log = host.path("agent.stderr");
+    let child = host
+        .command(&["run"])
+        .args(LOCAL_RPC)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent { child, stderr: log };
+    agent.wait_ready();
+    wait_for("watchdog pings", Duration::from_secs(10), || {
+        notify.saw("WATCHDOG=1").then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_for("STOPPING=1", Duration::from_secs(5), || {
+        notify.saw("STOPPING=1").then_some(())
+    });
+    let stopping_at = std::time::Instant::now();
+    let mut last_ping = stopping_at;
+    let mut longest = Duration::ZERO;
+    let mut seen = notify.messages().len();
+    let status = loop {
+        let exited = agent.child.try_wait().unwrap();
+        let msgs = notify.messages();
+        if msgs[seen..]
+            .iter()
+            .any(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        {
+            last_ping = std::time::Instant::now();
+        }
+        seen = msgs.len();
+        longest = longest.max(last_ping.elapsed());
+        if let Some(status) = exited {
+            break status;
+        }
+        assert!(stopping_at.elapsed() < Duration::from_secs(30), "no exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(
+        stopping_at.elapsed() >= Duration::from_secs(5),
+        "geth did not take its time to stop"
+    );
+    assert!(
+        longest < Duration::from_millis(1900),
+        "no WATCHDOG=1 for {longest:?} while stopping (WatchdogSec 2s):\n{}",
+        agent.stderr()
+    );
+}
