@@ -7,7 +7,8 @@ use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
 use crate::{
-    geth, lease, logs, privileges, rotation, safefs, secrets, status, storage, supervisor, sys,
+    geth, lease, logs, privileges, rotation, runlock, safefs, secrets, status, storage, supervisor,
+    sys,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub enum AgentError {
     Storage(#[from] storage::StorageError),
     #[error(transparent)]
     Fs(#[from] safefs::FsError),
+    #[error(transparent)]
+    RunLock(#[from] runlock::RunLockError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -177,6 +180,18 @@ fn fresh_secrets_dir(plan: &Plan, owner: safefs::Owner) -> Result<(), AgentError
     Ok(())
 }
 
+/// One agent per runtime directory (see `runlock`), taken before anything is changed. Root hands the
+/// lock file to the service user, who takes the same lock in `run` once `prepare` has exited.
+fn lock_runtime(settings: &Settings, plan: &Plan) -> Result<runlock::RunLock, AgentError> {
+    let owner = if nix::unistd::geteuid().is_root() {
+        let account = privileges::resolve(&plan.user)?;
+        Some((account.uid.as_raw(), account.gid.as_raw()))
+    } else {
+        None
+    };
+    Ok(runlock::acquire_at(&settings.runtime_dir, owner)?)
+}
+
 /// `node-agent prepare`: the root-only boot steps, then exit.
 pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
@@ -185,6 +200,7 @@ pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
             "prepare mounts storage and the secrets tmpfs: run it as root (the unit runs it as ExecStartPre=+)".into(),
         ));
     }
+    let _lock = lock_runtime(&settings, &plan)?;
     let account = privileges::resolve(&plan.user)?;
     root_steps(&settings, &plan, account).await?;
     tracing::info!(user = %plan.user, "prepared storage, directories and the secrets tmpfs");
@@ -244,6 +260,8 @@ async fn fed_while<F: std::future::Future>(work: F, limit: Duration) -> F::Outpu
 /// `node-agent run`.
 pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
+    // Held until the very end: the secrets are wiped and the logs flushed under it.
+    let _lock = lock_runtime(&settings, &plan)?;
     tracing::info!(role = %plan.role, environment = %plan.environment, instance = %plan.identity.instance_id, "plan ready");
     for c in &plan.children {
         if !c.program.is_file() {
@@ -348,6 +366,18 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
 pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
     let path = config.unwrap_or(Path::new(config::DEFAULT_PATH));
     let (file, _) = ConfigFile::load(Some(path).filter(|p| p.exists()))?;
+    // Not while an agent runs on these secrets (a hand-run cleanup). No runtime directory: no agent ran.
+    let _lock = match safefs::Dir::open(&file.storage.runtime_dir) {
+        Ok(runtime) => {
+            let st = runtime.stat()?;
+            let owner = nix::unistd::geteuid()
+                .is_root()
+                .then_some((st.st_uid, st.st_gid));
+            Some(runlock::acquire(&runtime, owner)?)
+        }
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
     let dir_path = &file.secrets.dir;
     let dir = match safefs::Dir::open(dir_path) {
         Ok(d) => d,
