@@ -246,7 +246,7 @@ mod tests {
             changed(&in_use, &now, &[]),
             [SealerKeystore, SealerPassword]
         );
-        assert!(changed(&in_use, &now, &[now.clone()]).is_empty());
+        assert!(changed(&in_use, &now, std::slice::from_ref(&now)).is_empty());
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Bisect {
     /// A batch of `len` events.
     pub fn new(len: usize) -> Bisect {
         Bisect {
-            todo: if len > 0 { vec![0..len] } else { Vec::new() },
+            todo: std::iter::once(0..len).filter(|r| !r.is_empty()).collect(),
         }
     }
 
