@@ -15,6 +15,8 @@ pub struct GethSample {
     pub head_age_secs: u64,
     pub peers: u64,
     pub syncing: bool,
+    /// The highest block the peers announced (`eth_syncing`'s `highestBlock`), while syncing.
+    pub highest: Option<u64>,
     /// For a sealer: whether its address is in `clique_getSigners`.
     pub authorised: Option<bool>,
     /// For a sealer: whether geth is sealing (`eth_mining`).
@@ -27,46 +29,73 @@ pub enum Health {
     Healthy,
     /// Not held against the child yet (warm-up), with what is not yet right.
     Warming(String),
+    /// Wrong in a way restarting geth cannot fix (an upstream stall, no peers, a sealer voted out of the
+    /// signer set): reported in status, never restarted for.
+    External(String),
+    /// Wrong in a way a restart can fix (a wedged IPC, a head stuck while peers advance).
     Unhealthy(String),
 }
 
-/// Judges a geth sample. Pure: the rules and the time since start come in as values.
+/// Judges a geth sample. `head_still_for`: how long the head's number has not moved (as seen by the
+/// agent's own samples). Pure: the rules and the times come in as values.
 pub fn assess_geth(
     s: &GethSample,
     sealer: bool,
     max_head_age: Duration,
     since_start: Duration,
     warmup: Duration,
+    head_still_for: Duration,
 ) -> Health {
     if s.authorised == Some(false) {
-        // Never improves by waiting: the key or the genesis is wrong.
-        return Health::Unhealthy("the sealer's address is not in clique_getSigners".into());
+        // Never improves by waiting or restarting: the signer set or the key is wrong.
+        return Health::External(
+            "the sealer's address is not in clique_getSigners (voted out of the signer set, or the wrong key)"
+                .into(),
+        );
     }
-    let mut problems = Vec::new();
+    let mut fixable = Vec::new();
+    let mut external = Vec::new();
     if s.mining == Some(false) {
-        problems.push("not sealing (eth_mining is false)".to_string());
+        fixable.push("not sealing (eth_mining is false)".to_string());
     }
-    if s.head == 0 && s.head_age_secs > max_head_age.as_secs() {
-        // The genesis' timestamp says when the chain was designed (often 0), not how stale the node is.
-        problems.push("no block yet (head #0 is the genesis)".into());
-    } else if s.head_age_secs > max_head_age.as_secs() {
-        problems.push(format!(
-            "head #{} is {}s old (limit {}s)",
-            s.head,
-            s.head_age_secs,
-            max_head_age.as_secs()
-        ));
+    let (head, age, limit) = (s.head, s.head_age_secs, max_head_age.as_secs());
+    // The genesis' timestamp says when the chain was designed (often 0), not how stale the node is.
+    let genesis = "no block yet (head #0 is the genesis)";
+    match s.highest.filter(|h| *h > head) {
+        Some(h) if head_still_for > max_head_age => fixable.push(format!(
+            "head #{head} stuck for {}s while peers are at #{h}",
+            head_still_for.as_secs()
+        )),
+        Some(h) if head == 0 && age > limit => {
+            external.push(format!("syncing: {genesis}, peers are at #{h}"))
+        }
+        Some(h) if age > limit => {
+            external.push(format!("syncing: head #{head} is {age}s old, peers are at #{h}"))
+        }
+        None if head == 0 && age > limit => external.push(genesis.into()),
+        None if age > limit => external.push(format!(
+            "chain stalled upstream: head #{head} is {age}s old (limit {limit}s) and no peer is ahead"
+        )),
+        _ => {}
     }
     // A lone sealer has no peers and that is fine; a node that must sync does need them.
     if !sealer && s.peers == 0 {
-        problems.push("no peers".into());
+        external.push("no peers".into());
     }
-    if problems.is_empty() {
-        Health::Healthy
-    } else if since_start < warmup {
-        Health::Warming(problems.join(", "))
+    let warming = since_start < warmup;
+    if !fixable.is_empty() {
+        fixable.append(&mut external);
+        match warming {
+            true => Health::Warming(fixable.join(", ")),
+            false => Health::Unhealthy(fixable.join(", ")),
+        }
+    } else if !external.is_empty() {
+        match warming {
+            true => Health::Warming(external.join(", ")),
+            false => Health::External(external.join(", ")),
+        }
     } else {
-        Health::Unhealthy(problems.join(", "))
+        Health::Healthy
     }
 }
 
@@ -184,10 +213,11 @@ pub async fn sample_geth(
         "net_peerCount",
         &ipc_call(ipc, "net_peerCount", json!([])).await?,
     )?;
-    let syncing = !matches!(
-        ipc_call(ipc, "eth_syncing", json!([])).await?,
-        Value::Bool(false)
-    );
+    let sync = ipc_call(ipc, "eth_syncing", json!([])).await?;
+    let syncing = !matches!(sync, Value::Bool(false));
+    let highest = sync
+        .get("highestBlock")
+        .and_then(|v| hex_u64("eth_syncing", v).ok());
     let mining = match signer {
         None => None,
         Some(_) => Some(matches!(
@@ -215,6 +245,7 @@ pub async fn sample_geth(
         head_age_secs: now_unix.saturating_sub(ts),
         peers,
         syncing,
+        highest,
         authorised,
         mining,
     })
@@ -286,6 +317,7 @@ mod tests {
             head_age_secs,
             peers,
             syncing: false,
+            highest: None,
             authorised,
             mining: authorised,
         }
@@ -293,54 +325,90 @@ mod tests {
 
     const MAX: Duration = Duration::from_secs(30);
     const WARM: Duration = Duration::from_secs(120);
+    const LONG: Duration = Duration::from_secs(600);
+    const STILL: Duration = Duration::ZERO;
 
     #[test]
-    fn a_fresh_head_is_healthy_and_a_stalled_one_is_not() {
-        let long = Duration::from_secs(600);
+    fn a_fresh_head_is_healthy_and_a_stalled_chain_nobody_is_ahead_of_is_external() {
         assert_eq!(
-            assess_geth(&sample(5, 0, Some(true)), true, MAX, long, WARM),
+            assess_geth(&sample(5, 0, Some(true)), true, MAX, LONG, WARM, STILL),
             Health::Healthy
         );
-        match assess_geth(&sample(31, 0, Some(true)), true, MAX, long, WARM) {
-            Health::Unhealthy(why) => assert_eq!(why, "head #10 is 31s old (limit 30s)"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            assess_geth(&sample(31, 0, Some(true)), true, MAX, LONG, WARM, LONG),
+            Health::External(
+                "chain stalled upstream: head #10 is 31s old (limit 30s) and no peer is ahead"
+                    .into()
+            )
+        );
     }
 
     #[test]
     fn a_head_at_the_genesis_is_no_block_yet_not_decades_old() {
         let mut s = sample(1_796_058_877, 0, Some(true));
         s.head = 0;
-        match assess_geth(&s, true, MAX, Duration::from_secs(5), WARM) {
+        match assess_geth(&s, true, MAX, Duration::from_secs(5), WARM, STILL) {
             Health::Warming(why) => assert_eq!(why, "no block yet (head #0 is the genesis)"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn warm_up_forgives_stale_heads_and_missing_peers_but_not_a_wrong_signer() {
+    fn a_head_stuck_while_peers_advance_is_for_a_restart_but_a_moving_sync_is_not() {
+        let behind = GethSample {
+            highest: Some(50),
+            syncing: true,
+            ..sample(300, 3, None)
+        };
+        assert_eq!(
+            assess_geth(&behind, false, MAX, LONG, WARM, Duration::from_secs(31)),
+            Health::Unhealthy("head #10 stuck for 31s while peers are at #50".into())
+        );
+        assert_eq!(
+            assess_geth(&behind, false, MAX, LONG, WARM, Duration::from_secs(5)),
+            Health::External("syncing: head #10 is 300s old, peers are at #50".into())
+        );
+    }
+
+    #[test]
+    fn warm_up_forgives_stale_heads_and_missing_peers_and_a_wrong_signer_is_external() {
         let early = Duration::from_secs(10);
         assert!(matches!(
-            assess_geth(&sample(999, 0, None), false, MAX, early, WARM),
+            assess_geth(&sample(999, 0, None), false, MAX, early, WARM, STILL),
             Health::Warming(_)
         ));
         assert!(matches!(
-            assess_geth(&sample(1, 1, Some(false)), true, MAX, early, WARM),
-            Health::Unhealthy(_)
+            assess_geth(&sample(1, 1, Some(false)), true, MAX, early, WARM, STILL),
+            Health::External(_)
+        ));
+        assert!(matches!(
+            assess_geth(&sample(1, 1, Some(false)), true, MAX, LONG, WARM, STILL),
+            Health::External(_)
         ));
     }
 
     #[test]
-    fn an_rpc_node_without_peers_is_unhealthy_after_warm_up_but_a_lone_sealer_is_fine() {
-        let long = Duration::from_secs(600);
+    fn an_rpc_node_without_peers_is_reported_after_warm_up_but_a_lone_sealer_is_fine() {
         assert_eq!(
-            assess_geth(&sample(1, 0, None), false, MAX, long, WARM),
-            Health::Unhealthy("no peers".into())
+            assess_geth(&sample(1, 0, None), false, MAX, LONG, WARM, STILL),
+            Health::External("no peers".into())
         );
         assert_eq!(
-            assess_geth(&sample(1, 0, Some(true)), true, MAX, long, WARM),
+            assess_geth(&sample(1, 0, Some(true)), true, MAX, LONG, WARM, STILL),
             Health::Healthy
         );
+    }
+
+    #[test]
+    fn a_sealer_that_does_not_seal_is_for_a_restart() {
+        let s = GethSample {
+            mining: Some(false),
+            ..sample(1, 0, Some(true))
+        };
+        assert!(matches!(
+            assess_geth(&s, true, MAX, LONG, WARM, STILL),
+            Health::Unhealthy(_)
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod plan;
 mod privileges;
 mod rotation;
 mod run;
+mod runlock;
 mod safefs;
 mod secrets;
 mod status;

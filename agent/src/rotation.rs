@@ -9,21 +9,37 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// Which secrets moved, given the versions in use, the versions now current and the versions already
-/// refused. Pure.
+/// The versions of every secret at one poll: what a refusal is recorded against.
+pub type Combination = Vec<(SecretKind, String)>;
+
+/// How many refused combinations are remembered (the oldest is forgotten first: at worst it is tried,
+/// and refused, once more).
+const REFUSALS_KEPT: usize = 64;
+
+/// Which secrets moved, given the versions in use, the versions now current and the combinations
+/// already refused. A refusal holds for exactly the versions it was made with: a new keystore refused
+/// with the old password is tried again once its new password arrives. Pure.
 pub fn changed(
     in_use: &[(SecretKind, String)],
     current: &[(SecretKind, String)],
-    refused: &[(SecretKind, String)],
+    refused: &[Combination],
 ) -> Vec<SecretKind> {
+    if refused.iter().any(|r| r.as_slice() == current) {
+        return Vec::new();
+    }
     current
         .iter()
-        .filter(|(k, v)| {
-            let used = in_use.iter().find(|(u, _)| u == k).map(|(_, uv)| uv);
-            used != Some(v) && !refused.contains(&(*k, v.clone()))
-        })
+        .filter(|(k, v)| in_use.iter().find(|(u, _)| u == k).map(|(_, uv)| uv) != Some(v))
         .map(|(k, _)| *k)
         .collect()
+}
+
+/// Records that `current` was refused.
+fn refuse(refused: &mut Vec<Combination>, current: &[(SecretKind, String)]) {
+    if refused.len() >= REFUSALS_KEPT {
+        refused.remove(0);
+    }
+    refused.push(current.to_vec());
 }
 
 /// Indexes of the children using any of `kinds`, each once. Pure.
@@ -69,7 +85,7 @@ pub struct Rotation {
 impl Rotation {
     /// Polls forever (the task is dropped at shutdown).
     pub async fn watch(mut self, controls: &[UnboundedSender<Control>]) {
-        let mut refused: Vec<(SecretKind, String)> = Vec::new();
+        let mut refused: Vec<Combination> = Vec::new();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -137,7 +153,7 @@ impl Rotation {
     /// One poll. `Ok(Some(kinds))` when new versions were installed.
     async fn round(
         &mut self,
-        refused: &mut Vec<(SecretKind, String)>,
+        refused: &mut Vec<Combination>,
     ) -> Result<Option<Vec<SecretKind>>, RoundError> {
         let mut current = Vec::new();
         for s in &self.plan.secrets {
@@ -180,18 +196,14 @@ impl Rotation {
                     },
                 ),
                 Err(e) if refuses_version(&e) => {
-                    refused.push((s.kind, version));
+                    refuse(refused, &current);
                     return Err(RoundError::Refused(e));
                 }
                 Err(e) => return Err(RoundError::Unreachable(e)),
             }
         }
         if let Err(e) = secrets::check_set(&self.plan.secrets, &candidate, &self.signer).await {
-            for k in &kinds {
-                if let Some((_, v)) = current.iter().find(|(c, _)| c == k) {
-                    refused.push((*k, v.clone()));
-                }
-            }
+            refuse(refused, &current);
             return Err(RoundError::Refused(e));
         }
         secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate, None)
@@ -226,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn only_moved_and_not_yet_refused_versions_count() {
+    fn only_moved_versions_not_refused_in_this_combination_count() {
         let in_use = v(&[(SealerKeystore, "a"), (SealerPassword, "b")]);
         assert!(changed(&in_use, &in_use, &[]).is_empty());
         let now = v(&[(SealerKeystore, "a2"), (SealerPassword, "b2")]);
@@ -234,7 +246,34 @@ mod tests {
             changed(&in_use, &now, &[]),
             [SealerKeystore, SealerPassword]
         );
-        let refused = v(&[(SealerKeystore, "a2")]);
-        assert_eq!(changed(&in_use, &now, &refused), [SealerPassword]);
+        assert!(changed(&in_use, &now, std::slice::from_ref(&now)).is_empty());
+    }
+
+    #[test]
+    fn a_keystore_refused_with_the_old_password_is_tried_again_with_the_new_one() {
+        let in_use = v(&[(SealerKeystore, "a"), (SealerPassword, "b")]);
+        let keystore_first = v(&[(SealerKeystore, "a2"), (SealerPassword, "b")]);
+        let mut refused = Vec::new();
+        assert_eq!(
+            changed(&in_use, &keystore_first, &refused),
+            [SealerKeystore]
+        );
+        refuse(&mut refused, &keystore_first);
+        assert!(changed(&in_use, &keystore_first, &refused).is_empty());
+        let then_password = v(&[(SealerKeystore, "a2"), (SealerPassword, "b2")]);
+        assert_eq!(
+            changed(&in_use, &then_password, &refused),
+            [SealerKeystore, SealerPassword]
+        );
+    }
+
+    #[test]
+    fn refusals_kept_are_bounded() {
+        let mut refused = Vec::new();
+        for i in 0..200 {
+            refuse(&mut refused, &v(&[(SealerKeystore, &i.to_string())]));
+        }
+        assert_eq!(refused.len(), REFUSALS_KEPT);
+        assert_eq!(refused[REFUSALS_KEPT - 1], v(&[(SealerKeystore, "199")]));
     }
 }

@@ -7,7 +7,8 @@ use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
 use crate::{
-    geth, lease, logs, privileges, rotation, safefs, secrets, status, storage, supervisor, sys,
+    geth, lease, logs, privileges, rotation, runlock, safefs, secrets, status, storage, supervisor,
+    sys,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub enum AgentError {
     Fs(#[from] safefs::FsError),
     #[error(transparent)]
     Stdout(#[from] crate::out::StdoutError),
+    #[error(transparent)]
+    RunLock(#[from] runlock::RunLockError),
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -222,6 +225,18 @@ fn fresh_secrets_dir(plan: &Plan, owner: safefs::Owner) -> Result<(), AgentError
     Ok(())
 }
 
+/// One agent per runtime directory (see `runlock`), taken before anything is changed. Root hands the
+/// lock file to the service user, who takes the same lock in `run` once `prepare` has exited.
+fn lock_runtime(settings: &Settings, plan: &Plan) -> Result<runlock::RunLock, AgentError> {
+    let owner = if nix::unistd::geteuid().is_root() {
+        let account = privileges::resolve(&plan.user)?;
+        Some((account.uid.as_raw(), account.gid.as_raw()))
+    } else {
+        None
+    };
+    Ok(runlock::acquire_at(&settings.runtime_dir, owner)?)
+}
+
 /// `node-agent prepare`: the root-only boot steps, then exit.
 pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
@@ -230,6 +245,7 @@ pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
             "prepare mounts storage and the secrets tmpfs: run it as root (the unit runs it as ExecStartPre=+)".into(),
         ));
     }
+    let _lock = lock_runtime(&settings, &plan)?;
     let account = privileges::resolve(&plan.user)?;
     root_steps(&settings, &plan, account).await?;
     tracing::info!(user = %plan.user, "prepared storage, directories and the secrets tmpfs");
@@ -268,9 +284,29 @@ fn notify(state: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(state);
 }
 
+/// Awaits `work` (a part of the stop), feeding systemd's watchdog meanwhile, for at most `limit`: a
+/// graceful stop of geth may take longer than `WatchdogSec`, yet is bounded by its own timeouts, so it
+/// is given that long; a stop that overruns them is left to the watchdog.
+async fn fed_while<F: std::future::Future>(work: F, limit: Duration) -> F::Output {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return work.await;
+    };
+    let until = Instant::now() + limit;
+    let mut tick = tokio::time::interval(period / 2);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick(), if Instant::now() < until => notify(&[sd_notify::NotifyState::Watchdog]),
+        }
+    }
+}
+
 /// `node-agent run`.
 pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
+    // Held until the very end: the secrets are wiped and the logs flushed under it.
+    let _lock = lock_runtime(&settings, &plan)?;
     tracing::info!(role = %plan.role, environment = %plan.environment, instance = %plan.identity.instance_id, "plan ready");
     // Before any privilege drop: the record belongs to whoever started the agent, as does `status`.
     status::record_socket(&settings.runtime_dir.join(status::SOCKET));
@@ -373,7 +409,13 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             // Into the agent's log file (and CloudWatch) too, not only stderr.
             tracing::error!("{}", crate::identity::error_chain(e));
         }
-        logs.shutdown().await;
+        // Each writer may take 5 s, then the shippers `stop_flush_secs`.
+        let writers = Duration::from_secs(5 * (plan.children.len() as u64 + 1));
+        fed_while(
+            logs.shutdown(),
+            writers + Duration::from_secs(settings.logs.stop_flush_secs + 10),
+        )
+        .await;
     }
     result
 }
@@ -393,6 +435,18 @@ fn write_dev_genesis(path: &Path) -> Result<(), AgentError> {
 pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
     let path = config.unwrap_or(Path::new(config::DEFAULT_PATH));
     let (file, _) = ConfigFile::load(Some(path).filter(|p| p.exists()))?;
+    // Not while an agent runs on these secrets (a hand-run cleanup). No runtime directory: no agent ran.
+    let _lock = match safefs::Dir::open(&file.storage.runtime_dir) {
+        Ok(runtime) => {
+            let st = runtime.stat()?;
+            let owner = nix::unistd::geteuid()
+                .is_root()
+                .then_some((st.st_uid, st.st_gid));
+            Some(runlock::acquire(&runtime, owner)?)
+        }
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
     let dir_path = &file.secrets.dir;
     let dir = match safefs::Dir::open(dir_path) {
         Ok(d) => d,
@@ -753,11 +807,16 @@ async fn supervise(
     drop(controls);
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(Err(e)) = res {
-            failure.get_or_insert(e);
+    // The children stop side by side: SIGTERM, SIGKILL after `stop_secs`, then their output drained.
+    let stop_limit = settings.timeouts.stop + Duration::from_secs(15);
+    let stopped = async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                failure.get_or_insert(e);
+            }
         }
-    }
+    };
+    fed_while(stopped, stop_limit).await;
     // Only now that geth is gone: a replacement may take the lease from here on.
     if let Some(t) = lease_task {
         t.abort();

@@ -344,6 +344,68 @@ impl Dir {
         self.sync()
     }
 
+    /// Opens the regular file `name` here for reading and writing, creating it with `mode` when missing
+    /// (never truncated, a link there refused, a FIFO or device refused). When `owner` is given, the
+    /// file's owner and mode are set on its descriptor. A file this user may only read is opened
+    /// read-only (the bool says whether it is writable).
+    pub fn open_shared_file(
+        &self,
+        name: &OsStr,
+        mode: u32,
+        owner: Owner,
+    ) -> Result<(std::fs::File, bool), FsError> {
+        let path = self.child(name);
+        let flags = OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let open = |access| {
+            nix::fcntl::openat(
+                Some(self.raw()),
+                name,
+                flags | access,
+                Mode::from_bits_truncate(mode),
+            )
+        };
+        let (fd, writable) = match open(OFlag::O_RDWR) {
+            Ok(fd) => (Ok(fd), true),
+            Err(Errno::EACCES) => (open(OFlag::O_RDONLY), false),
+            Err(e) => (Err(e), true),
+        };
+        let fd = fd.map_err(|e| match e {
+            Errno::ELOOP => FsError::refused(
+                "refusing",
+                &path,
+                format!("{} is a symbolic link (root does not follow links others can plant; remove it)", path.display()),
+            ),
+            e => FsError::new("cannot open", &path, e),
+        })?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let st = nix::sys::stat::fstat(file.as_raw_fd())
+            .map_err(|e| FsError::new("cannot stat", &path, e))?;
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(FsError::refused(
+                "refusing",
+                &path,
+                format!("{} is not a regular file (remove it)", path.display()),
+            ));
+        }
+        if let Some((uid, gid)) = owner {
+            if (st.st_uid, st.st_gid) != (uid, gid) {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| FsError {
+                    what: "cannot change the owner of",
+                    path: path.clone(),
+                    source: e,
+                })?;
+            }
+            nix::sys::stat::fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))
+                .map_err(|e| FsError::new("cannot set the mode of", &path, e))?;
+        }
+        Ok((file, writable))
+    }
+
     /// fsync of the directory itself (a rename in it is durable after this).
     pub fn sync(&self) -> Result<(), FsError> {
         nix::unistd::fsync(self.raw()).map_err(|e| FsError::new("cannot fsync", &self.path, e))

@@ -53,7 +53,18 @@ impl RestartPolicy {
     /// Decides the next restart after a run of `ran_for`. `jitter` in [0, 1) spreads restarts of many
     /// hosts over ±20% of the delay.
     pub fn on_exit(&mut self, ran_for: Duration, jitter: f64) -> Verdict {
-        if ran_for >= self.stable_after {
+        self.next(ran_for >= self.stable_after, jitter)
+    }
+
+    /// Decides the restart after failed health checks. However long the run, only a healthy stretch of
+    /// `stable_after` resets the backoff: consecutive restarts that did not help escalate, towards
+    /// crash-loop, like quick exits.
+    pub fn on_unhealthy(&mut self, healthy_for: Duration, jitter: f64) -> Verdict {
+        self.next(healthy_for >= self.stable_after, jitter)
+    }
+
+    fn next(&mut self, stable: bool, jitter: f64) -> Verdict {
+        if stable {
             self.quick_failures = 0;
         }
         let base = crate::backoff::doubling(self.initial, self.max, self.quick_failures.min(20));
@@ -293,7 +304,8 @@ impl HealthRules {
 /// Why the run phase of one process ended.
 enum Ended {
     Exited(Option<ExitStatus>),
-    Unhealthy(String),
+    /// Why, and the longest healthy stretch of the run.
+    Unhealthy(String, Duration),
     Asked(String),
     Fenced(String),
     Shutdown,
@@ -333,15 +345,30 @@ async fn wait_unfenced(
     }
 }
 
+/// How long geth's head number has not moved, from the agent's own samples.
+struct HeadTrack {
+    head: Option<u64>,
+    since: Instant,
+}
+
 /// Watches a running child: readiness first, then health every interval. Returns only when the child has
-/// been unhealthy for longer than the grace period (or never became ready within warm-up + grace).
+/// been unhealthy, in a way a restart can fix, for longer than the grace period (or never became ready
+/// within warm-up + grace), with the longest healthy stretch of the run. Conditions a restart cannot fix
+/// are shown in status and logged when they start and end.
 async fn monitor(
     child: &ChildPlan,
     rules: &HealthRules,
     status: &watch::Sender<ChildStatus>,
-) -> String {
+) -> (String, Duration) {
     let began = Instant::now();
     let mut unhealthy_since: Option<Instant> = None;
+    let mut healthy_since: Option<Instant> = None;
+    let mut longest_healthy = Duration::ZERO;
+    let mut external = false;
+    let mut track = HeadTrack {
+        head: None,
+        since: Instant::now(),
+    };
     let mut ready = false;
     loop {
         let verdict = if !ready {
@@ -369,8 +396,19 @@ async fn monitor(
                 )),
             }
         } else {
-            check(child, rules, began.elapsed(), status).await
+            check(child, rules, began.elapsed(), status, &mut track).await
         };
+        match &verdict {
+            Health::Healthy => {
+                let since = *healthy_since.get_or_insert_with(Instant::now);
+                longest_healthy = longest_healthy.max(since.elapsed());
+            }
+            _ => healthy_since = None,
+        }
+        if external && !matches!(verdict, Health::External(_)) {
+            external = false;
+            tracing::info!(child = %child.name, "external condition cleared");
+        }
         match verdict {
             Health::Healthy | Health::Warming(_) => {
                 if unhealthy_since.take().is_some() {
@@ -386,10 +424,22 @@ async fn monitor(
                     s.heartbeat = Instant::now();
                 });
             }
+            Health::External(why) => {
+                unhealthy_since = None;
+                if !external {
+                    external = true;
+                    tracing::warn!(child = %child.name, %why, "a condition restarting cannot fix; reported, not restarted");
+                }
+                status.send_modify(|s| {
+                    s.state = State::Ready;
+                    s.reason = Some(format!("{why} (external: not restarted)"));
+                    s.heartbeat = Instant::now();
+                });
+            }
             Health::Unhealthy(why) => {
                 let since = *unhealthy_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= rules.grace {
-                    return why;
+                    return (why, longest_healthy);
                 }
                 tracing::warn!(child = %child.name, %why, grace_left = ?rules.grace.saturating_sub(since.elapsed()), "unhealthy");
                 status.send_modify(|s| {
@@ -409,6 +459,7 @@ async fn check(
     rules: &HealthRules,
     since_start: Duration,
     status: &watch::Sender<ChildStatus>,
+    track: &mut HeadTrack,
 ) -> Health {
     match &child.probe {
         Probe::Geth {
@@ -417,16 +468,24 @@ async fn check(
             max_head_age_secs,
         } => match health::sample_geth(ipc, signer.as_deref(), health::now_unix()).await {
             Ok(sample) => {
+                if track.head != Some(sample.head) {
+                    *track = HeadTrack {
+                        head: Some(sample.head),
+                        since: Instant::now(),
+                    };
+                }
                 let verdict = health::assess_geth(
                     &sample,
                     signer.is_some(),
                     Duration::from_secs(*max_head_age_secs),
                     since_start,
                     rules.warmup,
+                    track.since.elapsed(),
                 );
                 status.send_modify(|s| s.chain = Some(sample));
                 verdict
             }
+            // No answer on the IPC socket: a wedged geth, which a restart does fix.
             Err(e) => Health::Unhealthy(e.to_string()),
         },
         probe => match health::ready(probe).await {
@@ -482,7 +541,7 @@ pub async fn supervise(
         let ended = loop {
             break tokio::select! {
                 exit = proc.wait() => Ended::Exited(exit.ok()),
-                why = &mut health => Ended::Unhealthy(why),
+                (why, healthy) = &mut health => Ended::Unhealthy(why, healthy),
                 c = control.recv(), if asking => match c {
                     Some(Control::Restart(why)) => Ended::Asked(why),
                     Some(Control::Fence(why)) => Ended::Fenced(why),
@@ -536,13 +595,17 @@ pub async fn supervise(
                 status.send_modify(|s| s.restarts += 1);
                 continue;
             }
-            Ended::Unhealthy(why) => {
-                tracing::error!(child = %child.name, %why, "unhealthy past the grace period; restarted");
+            Ended::Unhealthy(why, healthy_for) => {
+                let verdict = policy.on_unhealthy(healthy_for, rand::random::<f64>());
+                tracing::error!(child = %child.name, %why, restart_in = ?verdict.delay(), "unhealthy past the grace period; restarted");
+                if let Verdict::CrashLoop(d) = verdict {
+                    tracing::error!(child = %child.name, restart_in = ?d, "child is crash-looping; still restarting");
+                }
                 status.send_modify(|s| {
                     s.unhealthy_restarts += 1;
                     s.reason = Some(why);
                 });
-                policy.on_exit(began.elapsed(), rand::random::<f64>())
+                verdict
             }
             Ended::Exited(_) => {
                 let ran_for = began.elapsed();
@@ -688,6 +751,22 @@ mod tests {
             );
             assert!(delays.len() >= 10, "{delays:?}");
         }
+    }
+
+    #[test]
+    fn unhealthy_restarts_escalate_into_crash_loop_however_long_each_run_unless_it_was_healthy_long_enough(
+    ) {
+        let mut p = policy();
+        let delays: Vec<Verdict> = (0..7)
+            .map(|_| p.on_unhealthy(Duration::from_secs(5), 0.5))
+            .collect();
+        let secs: Vec<u64> = delays.iter().map(|v| v.delay().as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60]);
+        assert!(matches!(delays[5], Verdict::CrashLoop(_)));
+        assert_eq!(
+            p.on_unhealthy(Duration::from_secs(60), 0.5),
+            Verdict::Backoff(Duration::from_secs(1))
+        );
     }
 
     #[test]

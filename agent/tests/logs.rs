@@ -822,3 +822,84 @@ async fn a_full_log_disk_loses_counted_lines_only_keeps_the_child_running_and_re
     r.proxy.assert_limits_kept();
     assert!(agent.terminate().success(), "{}", agent.stderr());
 }
+
+#[tokio::test]
+async fn an_event_cloudwatch_refuses_as_invalid_is_set_aside_counted_and_the_rest_arrive() {
+    let poison: Vec<u8> = b"this event is refused\n".to_vec();
+    let r = rig(
+        json!([{"lines": 30}, {"raw": poison}, {"lines": 30}, {"touch": "done"}]),
+        "",
+    )
+    .await;
+    r.proxy.set_fault(Fault::Invalid("is refused"));
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    r.wait_mark("done", Duration::from_secs(20), &agent);
+    let shipped = r.wait_shipped(60, Duration::from_secs(60), &agent).await;
+    let written: Vec<String> = r
+        .file_lines()
+        .into_iter()
+        .filter(|l| !l.contains("is refused"))
+        .collect();
+    assert_same_lines(&shipped, &written);
+    // Status is published every second or so.
+    let doc = wait_for("the rejection in status", Duration::from_secs(10), || {
+        let (_, doc) = r.host.status();
+        (child_stream(&doc)["rejected_invalid"] == 1).then_some(doc)
+    });
+    let stream = child_stream(&doc);
+    assert!(
+        stream["last_rejected"]
+            .as_str()
+            .is_some_and(|e| e.contains("InvalidParameterException")),
+        "{doc:#}"
+    );
+    assert!(
+        doc["logs"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("1 events rejected by CloudWatch")),
+        "{doc:#}"
+    );
+    assert!(
+        agent.stderr().contains("set aside"),
+        "{}",
+        tail(&agent.stderr())
+    );
+    r.proxy.assert_limits_kept();
+    assert!(agent.terminate().success());
+}
+
+#[tokio::test]
+async fn a_log_file_truncated_by_copytruncate_keeps_shipping_every_line_written_after() {
+    let r = rig(
+        json!([{"lines": 20}, {"touch": "before"}, {"wait": "truncated"}, {"lines": 40}, {"touch": "after"}]),
+        "",
+    )
+    .await;
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    r.wait_mark("before", Duration::from_secs(20), &agent);
+    let before = r.wait_shipped(20, Duration::from_secs(60), &agent).await;
+    // copytruncate: copy the file aside, then truncate it in place (the writer keeps its descriptor).
+    let log = r.host.path("logs/bootnode.log");
+    std::fs::copy(&log, r.host.path("bootnode.log.copy")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // At once more than the file held before: its size alone does not tell.
+    std::fs::write(r.mark("truncated"), "").unwrap();
+    r.wait_mark("after", Duration::from_secs(20), &agent);
+    let shipped = r.wait_shipped(60, Duration::from_secs(60), &agent).await;
+    let after = r.file_lines();
+    assert_eq!(after.len(), 40);
+    assert_same_lines(&shipped[before.len()..], &after);
+    assert!(
+        agent.stderr().contains("truncated"),
+        "{}",
+        tail(&agent.stderr())
+    );
+    assert!(agent.terminate().success());
+}

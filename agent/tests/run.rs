@@ -237,3 +237,78 @@ fn first_boot_initialises_the_datadir_once() {
         again.stderr()
     );
 }
+
+/// Runs `node-agent ARGS` to its end, killing it (and failing) if it is still running after `limit`.
+fn output_within(host: &Host, args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = host
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start node-agent");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`node-agent {}` still running after {limit:?}:\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_second_agent_on_the_same_runtime_directory_exits_at_once_and_changes_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let host = Host::new(None, None, "");
+    let mut agent = host.spawn_run(&["--local", "--role", "rpc", "--environment", "dev"]);
+    agent.wait_ready();
+    let child = agent.the_child();
+    let socket = host.path("run/status.sock");
+    let socket_inode = std::fs::metadata(&socket).unwrap().ino();
+    let secrets: Vec<_> = std::fs::read_dir(host.secrets_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!secrets.is_empty());
+    let holder = format!("pid {}", agent.pid());
+    // The same role again (an operator trying it by hand), another role on the same runtime directory,
+    // the root steps, and the secrets cleanup.
+    for args in [
+        &["run", "--local", "--role", "rpc", "--environment", "dev"][..],
+        &["run", "--local", "--role", "sealer", "--environment", "dev"],
+        &[
+            "prepare",
+            "--local",
+            "--role",
+            "rpc",
+            "--environment",
+            "dev",
+        ],
+        &["cleanup"],
+    ] {
+        let out = output_within(&host, args, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let line = error_line(&out);
+        assert!(
+            line.contains("another node-agent") && line.contains(&holder),
+            "{args:?}: {line}"
+        );
+    }
+    assert_eq!(children_of(agent.pid()), [child]);
+    assert_eq!(std::fs::metadata(&socket).unwrap().ino(), socket_inode);
+    let now: Vec<_> = std::fs::read_dir(host.secrets_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(now, secrets, "the secrets directory changed");
+    let (code, doc) = host.status();
+    assert_ne!(code, Some(3), "status says NOT RUNNING: {doc}");
+    assert_eq!(doc["agent"]["pid"], agent.pid(), "{doc}");
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+}

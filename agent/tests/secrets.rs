@@ -404,3 +404,75 @@ fn secrets_changing_together_cause_one_restart() {
     );
     assert!(agent.terminate().success());
 }
+
+/// The dev signer's keystore re-encrypted with `password` (the key stays the chain's signer).
+fn keystore_with_password(dir: &std::path::Path, password: &str) -> Vec<u8> {
+    let fixtures = repo().join("tests/fixtures/secrets/dev/sealer");
+    let key = eth_keystore::decrypt_key(
+        fixtures.join("keystore"),
+        std::fs::read(fixtures.join("password")).unwrap(),
+    )
+    .unwrap();
+    let mut rng = rand::thread_rng();
+    eth_keystore::encrypt_key(dir, &mut rng, &key, password, Some("rekeyed")).unwrap();
+    // The library leaves out geth's "address" field: the fixture's, as the key is the same.
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("keystore")).unwrap()).unwrap();
+    let mut ks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("rekeyed")).unwrap()).unwrap();
+    ks["address"] = fixture["address"].clone();
+    serde_json::to_vec(&ks).unwrap()
+}
+
+#[test]
+fn a_new_keystore_and_its_new_password_rotated_a_poll_apart_are_installed_together() {
+    let host = Host::new(None, None, "[secrets]\nrotation_interval_secs = 1\n");
+    let local = host.path("secrets");
+    assert!(std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("tests/fixtures/secrets"))
+        .arg(&local)
+        .status()
+        .unwrap()
+        .success());
+    host.configure(&format!("[secrets]\nlocal_dir = \"{}\"\n", local.display()));
+    let rekeyed = keystore_with_password(host.dir.path(), "the-new-password");
+
+    let mut agent = host.spawn_run(&["--local", "--role", "sealer", "--environment", "dev"]);
+    agent.wait_ready();
+    let first = agent.the_child();
+    // The keystore first: with the old password it cannot be used yet, and is refused.
+    std::fs::write(local.join("dev/sealer/keystore"), &rekeyed).unwrap();
+    wait_for("the refusal", Duration::from_secs(20), || {
+        agent
+            .stderr()
+            .contains("secret rotation: new version refused")
+            .then_some(())
+    });
+    // A poll later, its password: the pair is new and is tried again, and installed.
+    std::fs::write(local.join("dev/sealer/password"), "the-new-password").unwrap();
+    let start = std::time::Instant::now();
+    let second = loop {
+        if let Some(p) = children_of(agent.pid()).into_iter().find(|p| *p != first) {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "geth not restarted on the new pair:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        std::fs::read(host.secrets_dir().join("sealer-password")).unwrap(),
+        b"the-new-password"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(children_of(agent.pid()), [second], "{}", agent.stderr());
+    let stderr = agent.stderr();
+    assert!(
+        stderr.contains("rotated secrets: dev/sealer/keystore, dev/sealer/password"),
+        "{stderr}"
+    );
+    assert!(agent.terminate().success());
+}

@@ -131,31 +131,103 @@ fn a_crashing_child_is_restarted_with_growing_delays_then_reported_as_crash_loop
     assert!(agent.terminate().success(), "{}", agent.stderr());
 }
 
+/// `restart_in=…` of the restarts after failed health checks, in seconds.
+fn unhealthy_delays(stderr: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("unhealthy past the grace period"))
+        .filter_map(|l| l.split("restart_in=").nth(1))
+        .filter_map(|v| {
+            let v = v.split_whitespace().next()?;
+            match v.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().ok().map(|x| x / 1000.0),
+                None => v.strip_suffix('s')?.parse().ok(),
+            }
+        })
+        .collect()
+}
+
 #[test]
-fn a_stalled_sealer_is_unhealthy_and_restarted() {
+fn conditions_a_restart_cannot_fix_are_reported_not_restarted() {
+    // A chain stalled upstream (no peer is ahead), and an rpc node without peers.
+    for (args, faults, reason) in [
+        (
+            LOCAL_SEALER,
+            json!({"period": 0.5, "stall_head_after": 2}),
+            "no peer is ahead",
+        ),
+        (LOCAL_RPC, json!({"peers": 0}), "no peers"),
+    ] {
+        let host = Host::new(
+            None,
+            None,
+            "[health]\nmax_head_age_secs = 2\nwarmup_secs = 0\ngrace_secs = 1\n",
+        );
+        geth_faults(&host.path(&format!("data/dev/{}", args[2])), faults);
+        let mut agent = host.spawn_run(&args);
+        agent.wait_ready();
+        let first = agent.the_child();
+        let doc = wait_for("the condition in status", Duration::from_secs(30), || {
+            let (code, doc) = host.status();
+            let r = doc["children"][0]["reason"].as_str().unwrap_or_default();
+            (code == Some(1) && r.contains(reason)).then_some(doc)
+        });
+        let child = &doc["children"][0];
+        assert_eq!(child["state"], "ready", "{doc}");
+        assert!(
+            child["reason"].as_str().unwrap().contains("not restarted"),
+            "{doc}"
+        );
+        // Well past the grace period: the same geth.
+        std::thread::sleep(Duration::from_secs(6));
+        assert_eq!(children_of(agent.pid()), [first], "{}", agent.stderr());
+        let stderr = agent.stderr();
+        assert!(
+            !stderr.contains("unhealthy past the grace period"),
+            "{stderr}"
+        );
+        assert_eq!(host.status().1["children"][0]["unhealthy_restarts"], 0);
+        assert!(agent.terminate().success());
+    }
+}
+
+#[test]
+fn a_head_stuck_while_peers_advance_is_restarted_with_a_backoff_that_escalates_into_crash_loop() {
+    // Each run is longer than stable_after, its healthy part shorter: consecutive unhealthy restarts
+    // escalate.
     let host = Host::new(
         None,
         None,
-        "[health]\nmax_head_age_secs = 2\nwarmup_secs = 0\ngrace_secs = 2\n",
+        "[health]\nmax_head_age_secs = 2\nwarmup_secs = 0\ngrace_secs = 3\n\
+         [restart]\ninitial_backoff_ms = 400\nmax_backoff_secs = 10\nstable_after_secs = 5\ncrash_loop_after = 2\n",
     );
+    // Each run: about 3 s healthy (1 s of blocks, then a head that is not yet 2 s old), then stuck
+    // with peers 50 blocks ahead, restarted 3 s later.
     geth_faults(
-        &host.path("data/dev/sealer"),
-        json!({"period": 0.5, "stall_head_after": 2}),
+        &host.path("data/dev/rpc"),
+        json!({"period": 0.5, "stall_head_after": 1, "peers_ahead": 50}),
     );
-    let mut agent = host.spawn_run(&LOCAL_SEALER);
+    let mut agent = host.spawn_run(&LOCAL_RPC);
     agent.wait_ready();
-    let first = agent.the_child();
-    wait_for("an unhealthy restart", Duration::from_secs(60), || {
-        agent
+    wait_for("three unhealthy restarts", Duration::from_secs(90), || {
+        (agent
             .stderr()
-            .contains("unhealthy past the grace period; restarted")
+            .matches("unhealthy past the grace period")
+            .count()
+            >= 3)
             .then_some(())
     });
     let stderr = agent.stderr();
-    assert!(stderr.contains("s old (limit 2s)"), "{stderr}");
-    wait_for("a new geth", Duration::from_secs(30), || {
-        children_of(agent.pid()).into_iter().find(|p| *p != first)
-    });
+    assert!(
+        stderr.contains("child is crash-looping; still restarting"),
+        "{stderr}"
+    );
+    let delays = unhealthy_delays(&stderr);
+    assert!(
+        delays.len() >= 3 && delays.windows(2).all(|w| w[1] > w[0]),
+        "delays do not grow: {delays:?}\n{stderr}"
+    );
+    assert!(stderr.contains("while peers are at #"), "{stderr}");
     assert!(agent.terminate().success());
 }
 
@@ -391,5 +463,67 @@ fn prepare_as_root_then_run_unprivileged_as_the_unit_does() {
         error_line(&out).contains("run it as root"),
         "{}",
         error_line(&out)
+    );
+}
+
+#[test]
+fn the_watchdog_is_fed_while_a_slow_child_stops() {
+    let host = Host::new(None, None, "[timeouts]\nstop_secs = 20\n");
+    // geth takes 6 s to stop gracefully: three times WatchdogSec.
+    geth_faults(&host.path("data/dev/rpc"), json!({"shutdown_delay": 6}));
+    let mut notify = NotifySocket::new();
+    let log = host.path("agent.stderr");
+    let child = host
+        .command(&["run"])
+        .args(LOCAL_RPC)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent { child, stderr: log };
+    agent.wait_ready();
+    wait_for("watchdog pings", Duration::from_secs(10), || {
+        notify.saw("WATCHDOG=1").then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_for("STOPPING=1", Duration::from_secs(5), || {
+        notify.saw("STOPPING=1").then_some(())
+    });
+    let stopping_at = std::time::Instant::now();
+    let mut last_ping = stopping_at;
+    let mut longest = Duration::ZERO;
+    let mut seen = notify.messages().len();
+    let status = loop {
+        let exited = agent.child.try_wait().unwrap();
+        let msgs = notify.messages();
+        if msgs[seen..]
+            .iter()
+            .any(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        {
+            last_ping = std::time::Instant::now();
+        }
+        seen = msgs.len();
+        longest = longest.max(last_ping.elapsed());
+        if let Some(status) = exited {
+            break status;
+        }
+        assert!(stopping_at.elapsed() < Duration::from_secs(30), "no exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(
+        stopping_at.elapsed() >= Duration::from_secs(5),
+        "geth did not take its time to stop"
+    );
+    assert!(
+        longest < Duration::from_millis(1900),
+        "no WATCHDOG=1 for {longest:?} while stopping (WatchdogSec 2s):\n{}",
+        agent.stderr()
     );
 }

@@ -172,10 +172,90 @@ pub fn split(raw: &[u8], max: usize) -> Vec<Piece> {
     out
 }
 
+/// Sending a batch part by part after CloudWatch refused it as invalid (an error retrying cannot fix):
+/// the refused part is halved until each refused event is alone, so that it can be set aside and every
+/// other event shipped, in order. Pure: the caller sends the parts.
+#[derive(Debug)]
+pub struct Bisect {
+    /// The parts still to send, the next one last.
+    todo: Vec<std::ops::Range<usize>>,
+}
+
+impl Bisect {
+    /// A batch of `len` events.
+    pub fn new(len: usize) -> Bisect {
+        Bisect {
+            todo: std::iter::once(0..len).filter(|r| !r.is_empty()).collect(),
+        }
+    }
+
+    /// The next part to send.
+    pub fn next_part(&mut self) -> Option<std::ops::Range<usize>> {
+        self.todo.pop()
+    }
+
+    /// `part` was refused as invalid: `true` when it is one event, to set aside; otherwise its halves
+    /// are sent next, the first first.
+    pub fn refused(&mut self, part: std::ops::Range<usize>) -> bool {
+        if part.len() <= 1 {
+            return true;
+        }
+        let mid = part.start + part.len() / 2;
+        self.todo.push(mid..part.end);
+        self.todo.push(part.start..mid);
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::logs::checkpoint::FileId;
+
+    /// Runs a bisection against a service that refuses any part holding a bad event: (events shipped in
+    /// order, events set aside, calls made).
+    fn bisect(len: usize, bad: &[usize]) -> (Vec<usize>, Vec<usize>, usize) {
+        let (mut shipped, mut aside, mut calls) = (Vec::new(), Vec::new(), 0);
+        let mut b = Bisect::new(len);
+        while let Some(part) = b.next_part() {
+            calls += 1;
+            if part.clone().any(|i| bad.contains(&i)) {
+                if b.refused(part.clone()) {
+                    aside.push(part.start);
+                }
+            } else {
+                shipped.extend(part);
+            }
+        }
+        (shipped, aside, calls)
+    }
+
+    #[test]
+    fn a_refused_batch_is_halved_until_only_the_bad_events_are_left_out() {
+        let (shipped, aside, calls) = bisect(10, &[3, 7]);
+        assert_eq!(aside, [3, 7]);
+        assert_eq!(shipped, [0, 1, 2, 4, 5, 6, 8, 9]);
+        assert!(calls <= 1 + 2 * 2 * 4, "{calls} calls");
+        assert_eq!(bisect(1, &[0]), (vec![], vec![0], 1));
+        assert_eq!(bisect(0, &[]), (vec![], vec![], 0));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bisection_ships_every_good_event_in_order_and_sets_aside_exactly_the_bad_ones(
+            len in 1usize..3000,
+            bad in proptest::collection::btree_set(0usize..3000, 0..6),
+        ) {
+            let bad: Vec<usize> = bad.into_iter().filter(|i| *i < len).collect();
+            let (shipped, aside, calls) = bisect(len, &bad);
+            proptest::prop_assert_eq!(&aside, &bad);
+            let good: Vec<usize> = (0..len).filter(|i| !bad.contains(i)).collect();
+            proptest::prop_assert_eq!(shipped, good);
+            // At most two calls per level per bad event, plus the first.
+            let levels = usize::BITS - len.leading_zeros();
+            proptest::prop_assert!(calls <= 1 + 2 * bad.len() * levels as usize);
+        }
+    }
 
     const F: FileId = FileId { dev: 1, ino: 2 };
 

@@ -207,7 +207,7 @@ pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
     let lost: u64 = streams.iter().map(|s| s.lost_bytes).sum();
     let rejected: u64 = streams
         .iter()
-        .map(|s| s.rejected_too_old + s.rejected_too_new + s.rejected_expired)
+        .map(|s| s.rejected_too_old + s.rejected_too_new + s.rejected_expired + s.rejected_invalid)
         .sum();
     let mut summary = if !shipping {
         "files only (not shipped)".to_owned()

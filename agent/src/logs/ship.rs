@@ -6,7 +6,7 @@
 //! files grow and shipping catches up afterwards.
 
 use super::batch::{self, Batch, Batcher, Event};
-use super::checkpoint::{Checkpoint, FileId, Pos};
+use super::checkpoint::{self, fingerprint, Checkpoint, FileId, Pos};
 use super::stamp;
 use super::writer::{ChainFile, Shared};
 use crate::identity::error_chain;
@@ -47,6 +47,10 @@ pub struct StreamStatus {
     pub rejected_too_old: u64,
     pub rejected_too_new: u64,
     pub rejected_expired: u64,
+    /// Events CloudWatch refused as invalid (retrying cannot help): set aside, lost.
+    pub rejected_invalid: u64,
+    /// Why the last event was set aside.
+    pub last_rejected: Option<String>,
     pub last_error: Option<String>,
     /// What the instance role may not do to the group or stream (AccessDenied on CreateLogGroup,
     /// PutRetentionPolicy, CreateLogStream): shipping may go on, but the policy needs fixing.
@@ -114,18 +118,46 @@ struct Reader {
     filled: usize,
     start: u64,
     last_ts: Option<i64>,
+    /// Fingerprint of the file's first bytes when first read (see [`Reader::truncated`]).
+    head: (u64, u64),
 }
 
 impl Reader {
     fn new(id: FileId, file: impl Into<Arc<std::fs::File>>, offset: u64) -> Reader {
+        let file = file.into();
+        let head = fingerprint(&file, checkpoint::HEAD).unwrap_or((0, 0));
         Reader {
             id,
-            file: file.into(),
+            file,
             buf: Vec::new(),
             filled: 0,
             start: offset,
             last_ts: None,
+            head,
         }
+    }
+
+    /// Whether another program truncated the file under us (copytruncate): it is shorter than what was
+    /// read from it, or its first bytes are not the ones it began with (it was truncated and has grown
+    /// again since, possibly past where we are).
+    fn truncated(&mut self) -> bool {
+        let Ok(meta) = self.file.metadata() else {
+            return false;
+        };
+        if meta.len() < self.start + self.filled as u64 {
+            return true;
+        }
+        match fingerprint(&self.file, self.head.0) {
+            Ok(now) if now != self.head => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if self.head.0 < checkpoint::HEAD && meta.len() > self.head.0 {
+            if let Ok(longer) = fingerprint(&self.file, checkpoint::HEAD) {
+                self.head = longer;
+            }
+        }
+        false
     }
 
     /// Reads the next chunk; 0 at end of file.
@@ -223,6 +255,8 @@ enum Put {
     Missing,
     /// The error, and whether it was AccessDenied.
     Failed(String, bool),
+    /// Refused for what it holds: the same events would be refused again.
+    Invalid(String),
 }
 
 /// Why the group or stream could not be set up.
@@ -274,6 +308,12 @@ impl Stream {
             }
             if batcher.is_empty() {
                 pending_since = None;
+            }
+            if reader.truncated() {
+                self.restart_truncated(&mut reader, &mut batcher, &mut open, &mut backoff)
+                    .await;
+                pending_since = None;
+                continue;
             }
             let n = reader.read_more().await.unwrap_or(0);
             if n > 0 {
@@ -342,6 +382,44 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Another program truncated the file being read (copytruncate). What was read before it goes out
+    /// first, in one attempt (the rest of the old content is in that program's copy; what cannot be sent
+    /// is counted as lost), then shipping starts again at the file's start, where the writer (appending)
+    /// puts every line written since.
+    async fn restart_truncated(
+        &self,
+        reader: &mut Reader,
+        batcher: &mut Batcher,
+        open: &mut VecDeque<(FileId, Arc<std::fs::File>)>,
+        backoff: &mut Backoff,
+    ) {
+        let read_to = reader.start + reader.filled as u64;
+        let file = self.status().file.clone();
+        tracing::warn!(file = %file.display(), read_to, "log file truncated by another program (copytruncate?); shipping on from its new start");
+        let mut lost = 0;
+        while let Some(b) = batcher.next_any() {
+            let bytes = b.bytes as u64;
+            if lost > 0 || !self.send(b, open, backoff).await {
+                lost += bytes;
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(file = %file.display(), lost_bytes = lost, "lines read before the truncation could not be shipped; they are in the copy made by the truncating program");
+            self.status().lost_bytes += lost;
+        }
+        let (id, f, last_ts) = (reader.id, reader.file.clone(), reader.last_ts);
+        *reader = Reader::new(id, f, 0);
+        reader.last_ts = last_ts;
+        self.advance(
+            Pos {
+                file: id,
+                offset: 0,
+            },
+            open,
+        )
+        .await;
     }
 
     /// Opens the file and offset to resume from: the checkpoint's file (found by identity and
@@ -624,12 +702,44 @@ impl Stream {
                 Put::Done
             }
             Err(e) if e.code() == Some("ResourceNotFoundException") => Put::Missing,
+            Err(e) if e.code() == Some("InvalidParameterException") => {
+                Put::Invalid(error_chain(&e))
+            }
             Err(e) if e.code() == Some(ACCESS_DENIED) => Put::Failed(
                 denied_message("PutLogEvents", &self.group, &error_chain(&e)),
                 true,
             ),
             Err(e) => Put::Failed(error_chain(&e), false),
         }
+    }
+
+    /// Sends `events`. When CloudWatch refuses them as invalid, sends them again part by part
+    /// ([`batch::Bisect`]) until each refused event is alone, sets those aside (counted, logged, in
+    /// status) and ships the rest. Any other failure ends it: the whole batch is sent again later (parts
+    /// accepted meanwhile are sent twice, as after a crash).
+    async fn put_or_set_aside(&self, events: Vec<InputLogEvent>) -> Put {
+        let mut parts = batch::Bisect::new(events.len());
+        while let Some(part) = parts.next_part() {
+            let answer = if part.len() == events.len() {
+                self.put(events.clone()).await
+            } else {
+                self.put(events[part.clone()].to_vec()).await
+            };
+            match answer {
+                Put::Done => {}
+                Put::Invalid(why) => {
+                    if parts.refused(part.clone()) {
+                        let bytes = events[part.start].message().len();
+                        tracing::error!(group = %self.group, stream = %self.stream, bytes, error = %why, "CloudWatch refused a log event as invalid; set aside (lost), shipping the rest");
+                        let mut st = self.status();
+                        st.rejected_invalid += 1;
+                        st.last_rejected = Some(why);
+                    }
+                }
+                other => return other,
+            }
+        }
+        Put::Done
     }
 
     /// Sends one batch; once CloudWatch accepted it, moves the checkpoint past it. `false` when it must
@@ -655,8 +765,8 @@ impl Stream {
                     .ok()
             })
             .collect();
-        match self.put(events).await {
-            Put::Done => {}
+        match self.put_or_set_aside(events).await {
+            Put::Done | Put::Invalid(_) => {}
             Put::Missing => {
                 self.failed(
                     "the log group or stream does not exist",

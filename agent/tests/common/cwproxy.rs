@@ -23,6 +23,9 @@ pub enum Fault {
     /// Every call of this operation (e.g. "CreateLogGroup") gets `400 AccessDeniedException`, as from a
     /// role whose policy lacks it.
     Denied(&'static str),
+    /// Every PutLogEvents holding an event whose message contains this text gets
+    /// `400 InvalidParameterException`, as for an event the service will never take.
+    Invalid(&'static str),
 }
 
 /// One PutLogEvents call as the agent sent it.
@@ -316,6 +319,12 @@ fn serve(conn: TcpStream, upstream: u16, state: Arc<Mutex<ProxyState>>, stop: Ar
                     "503 Service Unavailable",
                     "ServiceUnavailableException",
                     r#"{"__type":"ServiceUnavailableException","message":"try again"}"#,
+                )),
+                Fault::Invalid(text) if put.messages.iter().any(|m| m.contains(text)) => Some((
+                    s.fault,
+                    "400 Bad Request",
+                    "InvalidParameterException",
+                    r#"{"__type":"InvalidParameterException","message":"Log event rejected: invalid content"}"#,
                 )),
                 _ => None,
             };
