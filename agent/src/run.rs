@@ -117,15 +117,7 @@ pub async fn check(args: &HostArgs, json: bool) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
     if settings.secrets.source == config::SecretSourceKind::Local && !plan.secrets.is_empty() {
         let source = secrets::Source::Local(settings.secrets.local_dir.clone());
-        let set = secrets::fetch_all(
-            &source,
-            &plan.secrets,
-            &settings.environment,
-            &settings.signer,
-            settings.timeouts.secrets,
-        )
-        .await?;
-        secrets::check_set(&plan.secrets, &set, &settings.signer).await?;
+        fetch_checked(&source, &settings, &plan).await?;
     }
     let text = if json {
         serde_json::to_string_pretty(&plan).unwrap_or_default() + "\n"
@@ -252,6 +244,25 @@ pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Every secret of the plan, fetched and checked one by one and as a set (what `run` writes, what
+/// `check` proves can be written).
+async fn fetch_checked(
+    source: &secrets::Source,
+    settings: &Settings,
+    plan: &Plan,
+) -> Result<secrets::SecretSet, AgentError> {
+    let set = secrets::fetch_all(
+        source,
+        &plan.secrets,
+        &settings.environment,
+        &settings.signer,
+        settings.timeouts.secrets,
+    )
+    .await?;
+    secrets::check_set(&plan.secrets, &set, &settings.signer).await?;
+    Ok(set)
+}
+
 /// Fetches every secret and renders the files built from them.
 async fn materialize_secrets(
     settings: &Settings,
@@ -263,15 +274,7 @@ async fn materialize_secrets(
     }
     prepare_secrets_dir(plan)?;
     let source = secrets::Source::new(&settings.secrets, &plan.identity.region).await;
-    let set = secrets::fetch_all(
-        &source,
-        &plan.secrets,
-        &settings.environment,
-        &settings.signer,
-        settings.timeouts.secrets,
-    )
-    .await?;
-    secrets::check_set(&plan.secrets, &set, &settings.signer).await?;
+    let set = fetch_checked(&source, settings, plan).await?;
     secrets::write_all(&plan.secrets, &plan.rendered, &set, owner)?;
     for s in &plan.secrets {
         tracing::info!(secret_name = %s.reference.name, file = %s.file.display(), "secret written");

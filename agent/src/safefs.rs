@@ -373,14 +373,7 @@ impl Dir {
             Err(Errno::EACCES) => (open(OFlag::O_RDONLY), false),
             Err(e) => (Err(e), true),
         };
-        let fd = fd.map_err(|e| match e {
-            Errno::ELOOP => FsError::refused(
-                "refusing",
-                &path,
-                format!("{} is a symbolic link (root does not follow links others can plant; remove it)", path.display()),
-            ),
-            e => FsError::new("cannot open", &path, e),
-        })?;
+        let fd = fd.map_err(|e| open_failed(&path, e))?;
         // SAFETY: openat returned a new descriptor that nothing else owns.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let st = nix::sys::stat::fstat(file.as_raw_fd())
@@ -418,17 +411,14 @@ impl Dir {
         let fd = nix::fcntl::openat(
             Some(self.raw()),
             name,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| match e {
-            Errno::ELOOP => FsError::refused(
-                "refusing",
-                &path,
-                format!("{} is a symbolic link (root does not follow links others can plant; remove it)", path.display()),
-            ),
-            e => FsError::new("cannot open", &path, e),
-        })?;
+        .map_err(|e| open_failed(&path, e))?;
         // SAFETY: openat returned a new descriptor that nothing else owns.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         read_regular(file, &path, limit, part)
@@ -486,6 +476,21 @@ impl Dir {
             }
         }
         Ok(())
+    }
+}
+
+/// An `O_NOFOLLOW` open that failed: a link there is named as one (ELOOP), anything else as it is.
+fn open_failed(path: &Path, e: Errno) -> FsError {
+    match e {
+        Errno::ELOOP => FsError::refused(
+            "refusing",
+            path,
+            format!(
+                "{} is a symbolic link (root does not follow links others can plant; remove it)",
+                path.display()
+            ),
+        ),
+        e => FsError::new("cannot open", path, e),
     }
 }
 
