@@ -1,6 +1,7 @@
 # Packer template for a node-agent AMI: Debian 12 with the static node-agent, geth + bootnode and the ethstats
-# server at the versions pinned in resources/versions.toml, installed by `node-agent install` (the same step
-# the tests run) and the unit enabled. One AMI serves every role: the role comes from the instance's tags.
+# server at the versions pinned in resources/versions.toml (geth checked by sha256 and by its signature,
+# ethstats by commit: bake/provision.sh), installed by `node-agent install` (the same step the tests run)
+# and the unit enabled. One AMI serves every role: the role comes from the instance's tags.
 #
 #   bake/build -var genesis=path/to/your-genesis.json          (checks the pins, builds, then packer build)
 #   packer validate -var genesis=resources/genesis.json bake/   (offline)
@@ -119,6 +120,13 @@ build {
   provisioner "file" {
     source      = local.config
     destination = "${local.staging}/config.toml"
+  }
+
+  # The geth Linux builder's public key (geth.signing_key in resources/versions.toml): provision.sh checks
+  # the geth archive's signature against it, and its fingerprint against the pin.
+  provisioner "file" {
+    source      = "${path.root}/../resources/geth-linux-builder.asc"
+    destination = "${local.staging}/geth-linux-builder.asc"
   }
 
   provisioner "shell" {

@@ -181,12 +181,14 @@ pub struct InstallArgs {
     /// Root to install into: / when baking a host, a scratch directory in tests.
     #[arg(long, value_name = "DIR", required_unless_present = "print_downloads")]
     pub root: Option<PathBuf>,
-    /// The geth alltools archive (geth + bootnode); its sha256 must match geth.sha256 in versions.toml.
+    /// The geth alltools archive (geth + bootnode); its sha256 must match geth.sha256 in the pins. (Its
+    /// signature is checked before, by the bake: bake/provision.sh.)
     #[arg(long, value_name = "PATH")]
     pub geth_archive: Option<PathBuf>,
-    /// The ethstats server's source archive; its sha256 must match ethstats.sha256.
-    #[arg(long, value_name = "PATH")]
-    pub ethstats_archive: Option<PathBuf>,
+    /// A git clone of the ethstats server checked out at ethstats.commit of the pins; that commit's tree
+    /// is installed (git archive).
+    #[arg(long, value_name = "DIR")]
+    pub ethstats_source: Option<PathBuf>,
     /// The chain's genesis [default: keep the installed one, else the built-in development genesis].
     #[arg(long, value_name = "PATH")]
     pub genesis: Option<PathBuf>,
@@ -194,9 +196,14 @@ pub struct InstallArgs {
     /// systemctl, all with --root).
     #[arg(long)]
     pub enable: bool,
-    /// Print the pinned downloads (name, URL, sha256, file name; tab-separated) and exit. Fails while a
-    /// checksum or commit in versions.toml is empty.
-    #[arg(long, conflicts_with_all = ["root", "geth_archive", "ethstats_archive", "genesis", "enable"])]
+    /// A versions.toml to use instead of the built-in one, for the bake's tests (a throwaway-signed
+    /// archive) and for baking other versions; a release bake uses the built-in pins.
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<PathBuf>,
+    /// Print the pinned downloads as key=value lines (geth.url, geth.sha256, geth.file,
+    /// geth.signature_url, geth.signing_key, geth.signing_key_fingerprint, ethstats.repository,
+    /// ethstats.commit) and exit. Fails while a pin is empty or malformed.
+    #[arg(long, conflicts_with_all = ["root", "geth_archive", "ethstats_source", "genesis", "enable"])]
     pub print_downloads: bool,
 }
 

@@ -1,8 +1,9 @@
 //! `node-agent install --root DIR`: lays out everything a host needs under DIR (this binary, the systemd
 //! unit, the sysusers.d and tmpfiles.d files, the default configuration unless one exists, the genesis) and
-//! installs the pinned downloads (geth + bootnode, the ethstats server) only after their sha256 matched
-//! `resources/versions.toml`. The Packer bake and the boot test both run it, so what is tested is what is
-//! baked. Order: every check first (pins, checksums, archive contents), then the files, then `--enable`.
+//! installs the pinned downloads only once they match `resources/versions.toml` (or a `--pins` file):
+//! geth + bootnode from an archive with the pinned sha256, the ethstats server from a git clone at the
+//! pinned commit. (The archive's signature is the bake's check, before this one: bake/provision.sh.)
+//! The Packer bake and the boot test both run it, so what is tested is what is baked. Order: every check first (pins, checksums, archive contents), then the files, then `--enable`.
 
 use crate::cli::InstallArgs;
 use sha2::{Digest, Sha256};
@@ -88,15 +89,55 @@ impl Entry {
     }
 }
 
-/// One pinned download, as the bake fetches it.
+/// Where the built-in pins come from, as errors name them.
+pub const BUILT_IN_PINS: &str = "resources/versions.toml";
+
+/// The geth alltools archive, as the bake fetches and checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Download {
-    /// `geth` or `ethstats`: the table in versions.toml.
-    pub name: &'static str,
+pub struct GethPin {
     pub url: String,
+    /// Lowercase hex.
     pub sha256: String,
     /// The file name to save it as (the URL's last segment).
     pub file: String,
+    /// The detached OpenPGP signature: `url` + `.asc`.
+    pub signature_url: String,
+    /// The signer's public key: a file name in `resources/` (the bake uploads it beside the binary).
+    pub signing_key: String,
+    /// The signer's primary key fingerprint: 40 uppercase hex digits.
+    pub signing_key_fingerprint: String,
+}
+
+/// The ethstats server, pinned by commit: the bake clones `repository` and checks out `commit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EthstatsPin {
+    pub repository: String,
+    /// 40 lowercase hex digits.
+    pub commit: String,
+}
+
+/// Everything the bake fetches, from a versions.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pins {
+    pub geth: GethPin,
+    pub ethstats: EthstatsPin,
+}
+
+impl Pins {
+    /// `key=value` lines for the bake's shell script (`install --print-downloads`).
+    pub fn lines(&self) -> Vec<String> {
+        let (g, e) = (&self.geth, &self.ethstats);
+        vec![
+            format!("geth.url={}", g.url),
+            format!("geth.sha256={}", g.sha256),
+            format!("geth.file={}", g.file),
+            format!("geth.signature_url={}", g.signature_url),
+            format!("geth.signing_key={}", g.signing_key),
+            format!("geth.signing_key_fingerprint={}", g.signing_key_fingerprint),
+            format!("ethstats.repository={}", e.repository),
+            format!("ethstats.commit={}", e.commit),
+        ]
+    }
 }
 
 /// Any failure of `install`, naming the file, key or program it failed on.
@@ -111,18 +152,23 @@ pub enum InstallError {
         source: io::Error,
     },
     #[error(
-        "resources/versions.toml: {key} is empty, and the bake refuses unpinned downloads: set it from a \
-         trusted copy (see the comment above it) and rebuild node-agent"
+        "{pins}: {key} is empty, and the bake refuses unpinned downloads: set it from a trusted copy \
+         (README \"Pins\") and rebuild node-agent"
     )]
-    Unpinned { key: String },
-    #[error("resources/versions.toml: {key}: {problem}")]
-    BadPin { key: String, problem: String },
+    Unpinned { pins: String, key: String },
+    #[error("{pins}: {key}: {problem}")]
+    BadPin {
+        pins: String,
+        key: String,
+        problem: String,
+    },
     #[error(
-        "{path}: sha256 {actual} does not match {key} = {expected} in resources/versions.toml: refusing to \
-         install it (a different or corrupted download)"
+        "{path}: sha256 {actual} does not match {key} = {expected} in {pins}: refusing to install it \
+         (a different or corrupted download)"
     )]
     ChecksumMismatch {
         path: PathBuf,
+        pins: String,
         key: String,
         expected: String,
         actual: String,
@@ -147,86 +193,105 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> I
     }
 }
 
-/// The pinned downloads from a versions.toml text; fails closed on an empty checksum or commit.
-pub fn downloads(pins: &str) -> Result<Vec<Download>, InstallError> {
-    let table: toml::Table = pins
+/// `n` hex digits, case-folded.
+fn is_hex(s: &str, n: usize) -> bool {
+    s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The pins from a versions.toml text (`origin` names it in errors); fails closed on any empty or
+/// malformed value, before anything is fetched.
+pub fn pins(text: &str, origin: &str) -> Result<Pins, InstallError> {
+    let bad = |key: &str, problem: String| InstallError::BadPin {
+        pins: origin.to_owned(),
+        key: key.to_owned(),
+        problem,
+    };
+    let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| InstallError::BadPin {
-            key: "(file)".into(),
-            problem: e.message().to_owned(),
-        })?;
+        .map_err(|e: toml::de::Error| bad("(file)", e.message().to_owned()))?;
     let get = |name: &str, key: &str| -> Result<String, InstallError> {
-        table
+        let full = format!("{name}.{key}");
+        let value = table
             .get(name)
             .and_then(|t| t.get(key))
             .and_then(|v| v.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| InstallError::BadPin {
-                key: format!("{name}.{key}"),
-                problem: "missing (a string is expected)".into(),
-            })
-    };
-    let mut out = Vec::new();
-    for name in ["geth", "ethstats"] {
-        let mut url = get(name, "url")?;
-        if url.contains("{commit}") {
-            let commit = get(name, "commit")?;
-            if commit.is_empty() {
-                return Err(InstallError::Unpinned {
-                    key: format!("{name}.commit"),
-                });
-            }
-            if !commit.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(InstallError::BadPin {
-                    key: format!("{name}.commit"),
-                    problem: format!("{commit:?} is not a commit id (hex digits)"),
-                });
-            }
-            url = url.replace("{commit}", &commit);
-        }
-        let sha256 = get(name, "sha256")?.to_ascii_lowercase();
-        if sha256.is_empty() {
+            .ok_or_else(|| bad(&full, "missing (a string is expected)".into()))?;
+        if value.is_empty() {
             return Err(InstallError::Unpinned {
-                key: format!("{name}.sha256"),
+                pins: origin.to_owned(),
+                key: full,
             });
         }
-        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(InstallError::BadPin {
-                key: format!("{name}.sha256"),
-                problem: format!("{sha256:?} is not 64 hex digits"),
-            });
-        }
-        let file = url
-            .rsplit('/')
-            .next()
-            .filter(|f| !f.is_empty())
-            .ok_or_else(|| InstallError::BadPin {
-                key: format!("{name}.url"),
-                problem: format!("{url:?} does not end in a file name"),
-            })?;
-        let file = if name == "ethstats" {
-            // GitHub names commit archives `<commit>.tar.gz`; keep the project in the local name.
-            format!("ethstats-server-{file}")
-        } else {
-            file.to_owned()
-        };
-        out.push(Download {
-            name,
+        Ok(value.to_owned())
+    };
+    let url = get("geth", "url")?;
+    let sha256 = get("geth", "sha256")?.to_ascii_lowercase();
+    if !is_hex(&sha256, 64) {
+        return Err(bad(
+            "geth.sha256",
+            format!("{sha256:?} is not 64 hex digits"),
+        ));
+    }
+    let file = url
+        .rsplit('/')
+        .next()
+        .filter(|f| !f.is_empty() && url.contains('/'))
+        .ok_or_else(|| bad("geth.url", format!("{url:?} does not end in a file name")))?
+        .to_owned();
+    let signing_key = get("geth", "signing_key")?;
+    if signing_key.contains('/') || signing_key.starts_with('.') {
+        return Err(bad(
+            "geth.signing_key",
+            format!("{signing_key:?} is not a file name in resources/"),
+        ));
+    }
+    // Fingerprints are often written in groups of four: compare them without spaces, in uppercase.
+    let fingerprint: String = get("geth", "signing_key_fingerprint")?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if !is_hex(&fingerprint, 40) {
+        return Err(bad(
+            "geth.signing_key_fingerprint",
+            format!("{fingerprint:?} is not a v4 fingerprint (40 hex digits)"),
+        ));
+    }
+    let commit = get("ethstats", "commit")?.to_ascii_lowercase();
+    if !is_hex(&commit, 40) {
+        return Err(bad(
+            "ethstats.commit",
+            format!("{commit:?} is not a full commit id (40 hex digits)"),
+        ));
+    }
+    Ok(Pins {
+        geth: GethPin {
+            signature_url: format!("{url}.asc"),
             url,
             sha256,
             file,
-        });
-    }
-    Ok(out)
+            signing_key,
+            signing_key_fingerprint: fingerprint,
+        },
+        ethstats: EthstatsPin {
+            repository: get("ethstats", "repository")?,
+            commit,
+        },
+    })
 }
 
 /// Copies the archive at `source` into the private directory `scratch` through one open descriptor,
 /// hashing exactly the bytes written, and checks them against the pin. Returns the copy, rewound, for
 /// `unpack`: what is unpacked is what was verified, whatever happens at `source` after it was opened
 /// (a path re-opened after the check could have been swapped in between).
-fn take_verified(source: &Path, pin: &Download, scratch: &Path) -> Result<fs::File, InstallError> {
+fn take_verified(
+    source: &Path,
+    sha256: &str,
+    origin: &str,
+    scratch: &Path,
+) -> Result<fs::File, InstallError> {
     let mut input = fs::File::open(source).map_err(io_err("cannot open", source))?;
-    let copy_path = scratch.join(format!("{}.tar.gz", pin.name));
+    let copy_path = scratch.join("geth.tar.gz");
     let mut copy = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -252,11 +317,12 @@ fn take_verified(source: &Path, pin: &Download, scratch: &Path) -> Result<fs::Fi
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    if actual != pin.sha256 {
+    if actual != sha256 {
         return Err(InstallError::ChecksumMismatch {
             path: source.to_owned(),
-            key: format!("{}.sha256", pin.name),
-            expected: pin.sha256.clone(),
+            pins: origin.to_owned(),
+            key: "geth.sha256".into(),
+            expected: sha256.to_owned(),
             actual,
         });
     }
@@ -333,7 +399,7 @@ pub fn geth_layout(unpacked_top: &Path) -> Vec<Entry> {
     ]
 }
 
-/// The ethstats app from an unpacked source archive, its wrapper, and the link to the secret.
+/// The ethstats app from its exported source tree, its wrapper, and the link to the secret.
 pub fn ethstats_layout(unpacked_top: &Path) -> Vec<Entry> {
     vec![
         Entry::Tree {
@@ -611,45 +677,127 @@ fn enable(root: &Path) -> Result<Vec<String>, InstallError> {
     ])
 }
 
+/// The name errors give the pins: the `--pins` file, else the built-in versions.toml.
+fn pins_origin(args: &InstallArgs) -> String {
+    match &args.pins {
+        Some(p) => p.display().to_string(),
+        None => BUILT_IN_PINS.to_owned(),
+    }
+}
+
+/// Exports the pinned commit's tree from the git checkout `repo` into `into` (`git archive`, so only the
+/// committed files: no `.git`, nothing untracked or modified), after checking that the checkout is at
+/// that commit. Returns the exported directory.
+fn export_commit(
+    repo: &Path,
+    commit: &str,
+    origin: &str,
+    into: &Path,
+) -> Result<PathBuf, InstallError> {
+    let refuse = |problem: String| InstallError::Archive {
+        archive: repo.to_owned(),
+        problem,
+    };
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+        .output()
+        .map_err(|e| refuse(format!("cannot run git: {e}")))?;
+    if !head.status.success() {
+        return Err(refuse(
+            "is not a git checkout with a commit (clone the pinned repository there)".into(),
+        ));
+    }
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    if head != commit {
+        return Err(refuse(format!(
+            "is at commit {head}, but ethstats.commit = {commit} in {origin}: check out the pinned \
+             commit (git checkout --detach {commit})"
+        )));
+    }
+    fs::create_dir(into).map_err(io_err("cannot create", into))?;
+    let mut git = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "archive",
+            "--format=tar",
+            "--prefix=ethstats-server/",
+            commit,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| refuse(format!("cannot run git archive: {e}")))?;
+    let tar = git.stdout.take().map(|out| {
+        Command::new("tar")
+            .args(["-xf", "-", "-C"])
+            .arg(into)
+            .args(["--no-same-owner", "--no-same-permissions"])
+            .stdin(Stdio::from(out))
+            .output()
+    });
+    let git = git
+        .wait_with_output()
+        .map_err(|e| refuse(format!("git archive: {e}")))?;
+    if !git.status.success() {
+        return Err(refuse(format!(
+            "git archive {commit} failed: {}",
+            String::from_utf8_lossy(&git.stderr).trim()
+        )));
+    }
+    match tar {
+        Some(Ok(t)) if t.status.success() => {}
+        Some(Ok(t)) => {
+            return Err(refuse(format!(
+                "tar failed: {}",
+                String::from_utf8_lossy(&t.stderr).trim()
+            )))
+        }
+        Some(Err(e)) => return Err(refuse(format!("cannot run tar: {e}"))),
+        None => return Err(refuse("git archive gave no output".into())),
+    }
+    Ok(into.join("ethstats-server"))
+}
+
 /// Everything `install` does, with the pins and the binary as values (tests pass their own).
 pub fn install(
     root: &Path,
     args: &InstallArgs,
-    pins: &str,
+    pins_text: &str,
     binary: &Path,
 ) -> Result<Vec<String>, InstallError> {
     let mut entries = base_layout(binary, args.genesis.as_deref());
     let mut report = Vec::new();
     let scratch = private_scratch()?;
-    let archives: [(&str, Option<&PathBuf>); 2] = [
-        ("geth", args.geth_archive.as_ref()),
-        ("ethstats", args.ethstats_archive.as_ref()),
-    ];
-    if archives.iter().any(|(_, a)| a.is_some()) {
-        let pins = downloads(pins)?;
-        for (name, archive) in archives {
-            let Some(archive) = archive else { continue };
-            let pin = pins
-                .iter()
-                .find(|p| p.name == name)
-                .ok_or_else(|| InstallError::BadPin {
-                    key: name.into(),
-                    problem: "missing".into(),
-                })?;
-            let verified = take_verified(archive, pin, scratch.path())?;
+    if args.geth_archive.is_some() || args.ethstats_source.is_some() {
+        let origin = pins_origin(args);
+        let pins = pins(pins_text, &origin)?;
+        if let Some(archive) = &args.geth_archive {
+            let verified = take_verified(archive, &pins.geth.sha256, &origin, scratch.path())?;
             report.push(format!(
                 "verified  {} (sha256 {})",
                 archive.display(),
-                pin.sha256
+                pins.geth.sha256
             ));
-            let into = scratch.path().join(name);
+            let into = scratch.path().join("geth");
             fs::create_dir(&into).map_err(io_err("cannot create", &into))?;
             let top = unpack(archive, verified, &into)?;
-            let more = match name {
-                "geth" => geth_layout(&top),
-                _ => ethstats_layout(&top),
-            };
+            let more = geth_layout(&top);
             check_sources(archive, &more)?;
+            entries.extend(more);
+        }
+        if let Some(repo) = &args.ethstats_source {
+            let into = scratch.path().join("ethstats");
+            let top = export_commit(repo, &pins.ethstats.commit, &origin, &into)?;
+            report.push(format!(
+                "verified  {} (commit {})",
+                repo.display(),
+                pins.ethstats.commit
+            ));
+            let more = ethstats_layout(&top);
+            check_sources(repo, &more)?;
             entries.extend(more);
         }
     }
@@ -665,10 +813,19 @@ pub fn install(
 
 /// `node-agent install`.
 pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
+    let given;
+    let pins_text = match &args.pins {
+        Some(p) => {
+            given = fs::read_to_string(p).map_err(io_err("cannot read the pins file", p))?;
+            given.as_str()
+        }
+        None => crate::version::PINNED,
+    };
     if args.print_downloads {
-        let text: String = downloads(crate::version::PINNED)?
+        let text: String = pins(pins_text, &pins_origin(args))?
+            .lines()
             .iter()
-            .map(|d| format!("{}\t{}\t{}\t{}\n", d.name, d.url, d.sha256, d.file))
+            .map(|line| format!("{line}\n"))
             .collect();
         crate::out::print(text)?;
         return Ok(());
@@ -677,10 +834,17 @@ pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
     let root = args.root.as_deref().unwrap_or(Path::new("/"));
     let exe = Path::new("/proc/self/exe");
     let binary = fs::read_link(exe).map_err(io_err("cannot find this program through", exe))?;
-    let report: String = install(root, args, crate::version::PINNED, &binary)?
-        .iter()
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let mut report = String::new();
+    if let Some(p) = &args.pins {
+        report.push_str(&format!(
+            "pins      {} (given with --pins, not the built-in ones)\n",
+            p.display()
+        ));
+    }
+    for line in install(root, args, pins_text, &binary)? {
+        report.push_str(&line);
+        report.push('\n');
+    }
     crate::out::print(report)?;
     Ok(())
 }
@@ -707,9 +871,10 @@ mod tests {
         InstallArgs {
             root: Some(root.to_owned()),
             geth_archive: None,
-            ethstats_archive: None,
+            ethstats_source: None,
             genesis: None,
             enable: false,
+            pins: None,
             print_downloads: false,
         }
     }
@@ -751,73 +916,128 @@ mod tests {
         crate::genesis::encode_hex(&Sha256::digest(fs::read(path).unwrap()))
     }
 
-    fn pins_for(geth: &Path, ethstats: Option<&Path>) -> String {
-        let e = ethstats.map(sha256_file).unwrap_or_default();
+    /// Pins for a test archive; the ethstats commit is a made-up one unless given.
+    fn pins_for(geth: &Path, ethstats_commit: Option<&str>) -> String {
         format!(
             "[geth]\nversion = \"1.13.15\"\nurl = \"https://example.invalid/geth-alltools.tar.gz\"\n\
-             sha256 = \"{}\"\n[ethstats]\ncommit = \"abc123\"\n\
-             url = \"https://example.invalid/archive/{{commit}}.tar.gz\"\nsha256 = \"{e}\"\n",
-            sha256_file(geth)
+             sha256 = \"{}\"\nsigning_key = \"test.asc\"\n\
+             signing_key_fingerprint = \"{}\"\n[ethstats]\ncommit = \"{}\"\n\
+             repository = \"https://example.invalid/ethstats-server.git\"\n",
+            sha256_file(geth),
+            "AB".repeat(20),
+            ethstats_commit.unwrap_or(&"0a".repeat(20)),
         )
     }
 
-    #[test]
-    fn the_shipped_pins_fail_closed_while_a_checksum_is_empty() {
-        let pins: toml::Table = crate::version::PINNED.parse().unwrap();
-        let geth_sha = pins["geth"]["sha256"].as_str().unwrap();
-        match downloads(crate::version::PINNED) {
-            Err(InstallError::Unpinned { key }) => {
-                assert!(
-                    key.ends_with(".sha256") || key.ends_with(".commit"),
-                    "{key}"
-                )
-            }
-            Ok(d) => assert!(d.iter().all(|d| d.sha256.len() == 64), "{d:?}"),
-            Err(e) => panic!("versions.toml must parse into pins: {e}"),
+    /// A git repository with one commit of `files`; returns it and the commit id.
+    fn git_repo(dir: &Path, files: &[(&str, &str, u32)]) -> (PathBuf, String) {
+        let repo = dir.join("ethstats-clone");
+        for (name, body, m) in files {
+            let p = repo.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, body).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(*m)).unwrap();
         }
-        // Refusal names the key to fill, so the bake's error tells the user what to do.
-        if geth_sha.is_empty() {
-            let e = downloads(crate::version::PINNED).unwrap_err().to_string();
-            assert!(
-                e.contains("geth.sha256") && e.contains("trusted copy"),
-                "{e}"
-            );
-        }
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        git(&["init", "-q"]);
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "pinned"]);
+        let commit = git(&["rev-parse", "HEAD"]);
+        (repo, commit)
     }
 
     #[test]
-    fn downloads_expand_the_commit_and_name_the_local_file() {
-        let pins = "[geth]\nurl = \"https://h/builds/geth-alltools-linux-amd64-1.13.15-c5ba367e.tar.gz\"\n\
-                    sha256 = \"AB\"\n[ethstats]\ncommit = \"0a1b\"\nurl = \"https://h/archive/{commit}.tar.gz\"\n\
-                    sha256 = \"\"\n";
-        // Not 64 hex digits: refused before anything is downloaded.
-        let e = downloads(pins).unwrap_err().to_string();
-        assert!(
-            e.contains("geth.sha256") && e.contains("64 hex digits"),
-            "{e}"
-        );
-        let good = pins
-            .replace("\"AB\"", &format!("\"{}\"", "AB".repeat(32)))
-            .replace(
-                "sha256 = \"\"",
-                &format!("sha256 = \"{}\"", "cd".repeat(32)),
-            );
-        let d = downloads(&good).unwrap();
+    fn the_shipped_pins_are_complete() {
+        let p = pins(crate::version::PINNED, BUILT_IN_PINS)
+            .unwrap_or_else(|e| panic!("resources/versions.toml must give every pin: {e}"));
+        // The checked facts of the reference (guix-crypto's geth-binary.hashes, the builder's key).
         assert_eq!(
-            d[0].file,
+            p.geth.sha256,
+            "2f153cdcd9801d748d8f812cce9d7a432d155f52eb78018d09d881dfe354dfdd"
+        );
+        assert_eq!(
+            p.geth.file,
             "geth-alltools-linux-amd64-1.13.15-c5ba367e.tar.gz"
         );
+        assert_eq!(p.geth.signature_url, format!("{}.asc", p.geth.url));
+        assert!(p.geth.url.starts_with("https://"));
         assert_eq!(
-            d[0].sha256,
-            "ab".repeat(32),
-            "checksums are compared lowercase"
+            p.geth.signing_key_fingerprint,
+            "FDE5A1A044FA13D2F7ADA019A61A13569BA28146"
         );
-        assert_eq!(d[1].url, "https://h/archive/0a1b.tar.gz");
-        assert_eq!(d[1].file, "ethstats-server-0a1b.tar.gz");
-        let no_commit = good.replace("commit = \"0a1b\"", "commit = \"\"");
-        assert!(
-            matches!(downloads(&no_commit), Err(InstallError::Unpinned { key }) if key == "ethstats.commit")
+        assert_eq!(p.geth.signing_key, "geth-linux-builder.asc");
+        assert_eq!(
+            p.ethstats.commit,
+            "afaed6757842baff82dec8c9e0a01c661bbb88ab"
         );
+        assert!(p.ethstats.repository.starts_with("https://"));
+        let lines = p.lines();
+        assert!(lines.contains(&format!("geth.sha256={}", p.geth.sha256)));
+        assert!(lines.iter().all(|l| l.split_once('=').is_some()));
+    }
+
+    #[test]
+    fn pins_refuse_empty_and_malformed_values_naming_the_key() {
+        let good = pins_for(Path::new("/dev/null"), None);
+        let p = pins(&good, "t.toml").unwrap();
+        assert_eq!(p.geth.file, "geth-alltools.tar.gz");
+        let spaced = good.replace(
+            &"AB".repeat(20),
+            "fde5 a1a0 44fa 13d2 f7ad  a019 a61a 1356 9ba2 8146",
+        );
+        assert_eq!(
+            pins(&spaced, "t.toml")
+                .unwrap()
+                .geth
+                .signing_key_fingerprint,
+            "FDE5A1A044FA13D2F7ADA019A61A13569BA28146",
+            "fingerprints compare without spaces, uppercase"
+        );
+        let sha = sha256_file(Path::new("/dev/null"));
+        for (from, to, key, says) in [
+            (sha.as_str(), "", "geth.sha256", "is empty"),
+            (sha.as_str(), "AB", "geth.sha256", "64 hex digits"),
+            ("test.asc", "", "geth.signing_key", "is empty"),
+            ("test.asc", "../k.asc", "geth.signing_key", "file name"),
+            (
+                &"AB".repeat(20),
+                "ABCD",
+                "geth.signing_key_fingerprint",
+                "40 hex",
+            ),
+            (&"0a".repeat(20), "", "ethstats.commit", "is empty"),
+            (
+                &"0a".repeat(20),
+                "main",
+                "ethstats.commit",
+                "full commit id",
+            ),
+        ] {
+            let e = pins(&good.replace(from, to), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("t.toml: {key}")) && e.contains(says),
+                "{key} {to:?}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -904,18 +1124,19 @@ mod tests {
                 ("clef", "not wanted", 0o755),
             ],
         );
-        let ethstats = tar_gz(
+        let (clone, commit) = git_repo(
             t.path(),
-            "ethstats-server-abc123",
             &[
                 ("app.js", "// app", 0o600),
                 ("bin/www", "#!/usr/bin/env node", 0o700),
             ],
         );
-        let pins = pins_for(&geth, Some(&ethstats));
+        // Neither untracked files nor the clone's .git are installed: only the pinned commit's tree.
+        fs::write(clone.join("untracked.js"), "// not committed").unwrap();
+        let pins = pins_for(&geth, Some(&commit));
         let mut a = args(&root);
         a.geth_archive = Some(geth);
-        a.ethstats_archive = Some(ethstats);
+        a.ethstats_source = Some(clone);
         for _ in 0..2 {
             install(&root, &a, &pins, &bin).unwrap();
             assert_eq!(
@@ -929,6 +1150,7 @@ mod tests {
             assert_eq!(mode(&app), 0o755);
             assert_eq!(mode(&app.join("app.js")), 0o644);
             assert_eq!(mode(&app.join("bin/www")), 0o755);
+            assert!(!app.join(".git").exists() && !app.join("untracked.js").exists());
             assert_eq!(
                 fs::read_link(root.join(paths::ETHSTATS_SECRET_LINK)).unwrap(),
                 Path::new("/run/node-agent/secrets/ws_secret.json")
@@ -943,6 +1165,32 @@ mod tests {
     }
 
     #[test]
+    fn an_ethstats_clone_at_another_commit_is_refused_before_anything_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let bin = fake_binary(t.path());
+        let (clone, commit) = git_repo(t.path(), &[("app.js", "// app", 0o644)]);
+        let mut a = args(&root);
+        a.ethstats_source = Some(clone.clone());
+        let pins = pins_for(Path::new("/dev/null"), None);
+        let e = install(&root, &a, &pins, &bin).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "is at commit {commit}, but ethstats.commit = {}",
+                "0a".repeat(20)
+            )) && e.contains("git checkout --detach"),
+            "{e}"
+        );
+        a.ethstats_source = Some(t.path().join("nothing"));
+        let e = install(&root, &a, &pins, &bin).unwrap_err().to_string();
+        assert!(e.contains("is not a git checkout"), "{e}");
+        assert!(
+            !root.exists(),
+            "nothing may be installed when a check fails"
+        );
+    }
+
+    #[test]
     fn a_tampered_archive_is_refused_before_anything_is_written() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
@@ -952,19 +1200,16 @@ mod tests {
             "geth-x",
             &[("geth", "a", 0o755), ("bootnode", "b", 0o755)],
         );
-        let pins = pins_for(&geth, None);
-        // The ethstats pin is empty: a geth-only install still needs every pin filled (fail closed).
+        // The ethstats commit is empty: a geth-only install still needs every pin filled (fail closed).
+        let pins = pins_for(&geth, Some(""));
         let mut a = args(&root);
         a.geth_archive = Some(geth.clone());
         let e = install(&root, &a, &pins, &bin).unwrap_err();
         assert!(
-            matches!(&e, InstallError::Unpinned { key } if key == "ethstats.sha256"),
+            matches!(&e, InstallError::Unpinned { key, .. } if key == "ethstats.commit"),
             "{e}"
         );
-        let pins = pins.replace(
-            "sha256 = \"\"\n",
-            &format!("sha256 = \"{}\"\n", "0".repeat(64)),
-        );
+        let pins = pins_for(&geth, None);
         fs::write(&geth, b"not the archive that was pinned").unwrap();
         let e = install(&root, &a, &pins, &bin).unwrap_err();
         let msg = e.to_string();
@@ -996,10 +1241,7 @@ mod tests {
             "geth-swapped",
             &[("geth", "swapped geth", 0o755), ("bootnode", "b", 0o755)],
         );
-        let pins = pins_for(&pinned, None).replace(
-            "sha256 = \"\"\n",
-            &format!("sha256 = \"{}\"\n", "0".repeat(64)),
-        );
+        let pins = pins_for(&pinned, None);
         let fifo = t.path().join("geth.tar.gz");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -1083,10 +1325,7 @@ mod tests {
         let root = t.path().join("root");
         let bin = fake_binary(t.path());
         let geth = tar_gz(t.path(), "geth-linux-amd64", &[("geth", "a", 0o755)]);
-        let pins = pins_for(&geth, None).replace(
-            "sha256 = \"\"\n",
-            &format!("sha256 = \"{}\"\n", "0".repeat(64)),
-        );
+        let pins = pins_for(&geth, None);
         let mut a = args(&root);
         a.geth_archive = Some(geth);
         let e = install(&root, &a, &pins, &bin).unwrap_err().to_string();

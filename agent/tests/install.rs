@@ -101,40 +101,54 @@ fn install_lays_out_the_running_binary_units_config_and_genesis() {
 }
 
 #[test]
-fn pinned_downloads_fail_closed_while_a_checksum_is_empty() {
-    let pins: toml::Table = fs::read_to_string(
+fn print_downloads_gives_the_shipped_pins_and_an_empty_pin_fails_closed() {
+    let list = agent(&["install", "--print-downloads"]);
+    assert!(list.status.success(), "{}", text(&list));
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    for want in [
+        "geth.url=https://gethstore.blob.core.windows.net/builds/geth-alltools-linux-amd64-1.13.15-c5ba367e.tar.gz",
+        "geth.sha256=2f153cdcd9801d748d8f812cce9d7a432d155f52eb78018d09d881dfe354dfdd",
+        "geth.signature_url=https://gethstore.blob.core.windows.net/builds/geth-alltools-linux-amd64-1.13.15-c5ba367e.tar.gz.asc",
+        "geth.signing_key=geth-linux-builder.asc",
+        "geth.signing_key_fingerprint=FDE5A1A044FA13D2F7ADA019A61A13569BA28146",
+        "ethstats.commit=afaed6757842baff82dec8c9e0a01c661bbb88ab",
+    ] {
+        assert!(stdout.lines().any(|l| l == want), "{want} not in:\n{stdout}");
+    }
+
+    // A pins file with an empty checksum: refused, naming the file and the key, before anything else.
+    let t = tempfile::tempdir().unwrap();
+    let shipped = fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/versions.toml"),
     )
-    .unwrap()
-    .parse()
     .unwrap();
-    let unpinned = pins["geth"]["sha256"].as_str() == Some("")
-        || pins["ethstats"]["sha256"].as_str() == Some("")
-        || pins["ethstats"]["commit"].as_str() == Some("");
-    let list = agent(&["install", "--print-downloads"]);
-    if !unpinned {
-        assert!(list.status.success(), "{}", text(&list));
-        assert!(String::from_utf8_lossy(&list.stdout).starts_with("geth\thttps://"));
-        return;
-    }
+    let pins = t.path().join("pins.toml");
+    fs::write(
+        &pins,
+        shipped.replace(
+            "2f153cdcd9801d748d8f812cce9d7a432d155f52eb78018d09d881dfe354dfdd",
+            "",
+        ),
+    )
+    .unwrap();
+    let p = pins.to_str().unwrap();
+    let list = agent(&["install", "--print-downloads", "--pins", p]);
     assert_eq!(list.status.code(), Some(1), "{}", text(&list));
     let err = String::from_utf8_lossy(&list.stderr);
     assert!(
-        err.starts_with("node-agent: error: resources/versions.toml: "),
+        err.starts_with(&format!("node-agent: error: {p}: geth.sha256 is empty")),
         "{err}"
     );
-    assert!(
-        err.contains("is empty") && err.contains("trusted copy"),
-        "{err}"
-    );
+    assert!(err.contains("trusted copy"), "{err}");
 
     // An archive is never installed against an empty pin, whatever it holds.
-    let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("geth.tar.gz");
     fs::write(&archive, b"anything").unwrap();
     let root = t.path().join("root");
     let out = agent(&[
         "install",
+        "--pins",
+        p,
         "--root",
         root.to_str().unwrap(),
         "--geth-archive",

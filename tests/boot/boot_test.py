@@ -410,7 +410,7 @@ esac
 exec /opt/node-agent-standins/geth "$@"
 """
 
-# What `node-agent install --ethstats-archive` lays out, with the stand-in in place of `node app.js`.
+# What `node-agent install --ethstats-source` lays out, with the stand-in in place of `node app.js`.
 ETHSTATS_WRAPPER = """#!/bin/sh
 # node-agent boot test: the ethstats-server stand-in in place of the pinned app (see node-agent install).
 cd /opt/ethstats-server || exit 1
