@@ -103,16 +103,24 @@ pub async fn acquire(path: &Path, holder: &str, wait: Duration) -> Result<Lease,
 }
 
 /// Runs a blocking step off the runtime's thread, giving it at most `limit`: a hard NFS mount whose
-/// server is silent blocks for as long as that lasts. `None`: no answer in time (the step goes on in the
-/// background and its result is dropped).
+/// server is silent blocks for as long as that lasts. `None`: no answer in time. At most one step is in
+/// flight: one that has not answered is kept in `pending` and waited for again next time, never started
+/// twice (over a long outage, a new thread every check would pile up blocked threads).
 async fn bounded<T: Send + 'static>(
+    pending: &mut Option<tokio::task::JoinHandle<T>>,
     limit: Duration,
     step: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    tokio::time::timeout(limit, tokio::task::spawn_blocking(step))
-        .await
-        .ok()
-        .and_then(Result::ok)
+    let mut handle = pending
+        .take()
+        .unwrap_or_else(|| tokio::task::spawn_blocking(step));
+    match tokio::time::timeout(limit, &mut handle).await {
+        Ok(done) => done.ok(),
+        Err(_) => {
+            *pending = Some(handle);
+            None
+        }
+    }
 }
 
 /// Keeps the sealer's lease for as long as the agent runs: every `interval` it is confirmed (off the
@@ -129,6 +137,8 @@ pub async fn keep(
     let path = lease.path.clone();
     let holder = lease.holder.clone();
     let mut current = Some(std::sync::Arc::new(lease));
+    let mut confirming = None;
+    let mut taking = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -136,7 +146,7 @@ pub async fn keep(
         tick.tick().await;
         match current.clone() {
             Some(lease) => {
-                let checked = bounded(interval, move || lease.confirm()).await;
+                let checked = bounded(&mut confirming, interval, move || lease.confirm()).await;
                 let reason = match checked {
                     Some(Ok(())) => continue,
                     Some(Err(reason)) => reason,
@@ -148,25 +158,29 @@ pub async fn keep(
                 };
                 tracing::error!(lease = %path.display(), %reason, "sealer lease lost: geth killed, and not started again until the lease is held");
                 fenced(&reason);
-                // Let go of the lock off the runtime's thread: closing a file on a silent NFS server
-                // waits for it.
+                // The lock goes with the last reference: a check still blocked holds one until the file
+                // system answers; the rest is dropped off the runtime's thread (closing a file on a
+                // silent NFS server waits for it).
+                confirming = None;
                 if let Some(old) = current.take() {
                     drop(tokio::task::spawn_blocking(move || drop(old)));
                 }
             }
             None => {
                 let (p, h) = (path.clone(), holder.clone());
-                let taken = bounded(interval, move || try_take(&p, &h)).await;
-                let lease = match taken {
-                    Some(Ok(Some(lease))) => std::sync::Arc::new(lease),
-                    Some(Ok(None)) | Some(Err(_)) | None => continue,
-                };
-                let check = lease.clone();
-                if bounded(interval, move || check.confirm()).await != Some(Ok(())) {
+                // Taken and confirmed in one step, so a lease that fails its check is let go off the
+                // runtime's thread too.
+                let taken = bounded(&mut taking, interval, move || {
+                    let lease = try_take(&p, &h).ok().flatten()?;
+                    lease.confirm().ok()?;
+                    Some(lease)
+                })
+                .await;
+                let Some(Some(lease)) = taken else {
                     continue;
-                }
+                };
                 tracing::info!(lease = %path.display(), "sealer lease held again: geth may run");
-                current = Some(lease);
+                current = Some(std::sync::Arc::new(lease));
                 held();
             }
         }
