@@ -9,7 +9,8 @@ what it proves. Outline:
   and a pins file (versions.toml) naming that archive's sha256, that key and its fingerprint: the same
   checks as the release's pins, with test values (`node-agent install --pins`).
 - The ethstats server from ../shared/vendor/ethstats-server-afaed67.tar.gz (or $ETHSTATS_SERVER_ARCHIVE),
-  committed into a local git repository: the pins name that commit.
+  committed into a local git repository: the pins name that commit. Without that fixture, a minimal
+  stand-in repository takes its place (said loudly): everything else is tested the same.
 - The boot test's cached Debian 12 rootfs, plus a cached layer with the packages provision.sh wants
   (gpg, git, nodejs, npm, curl), under an overlay per run. provision.sh runs in it with systemd-nspawn
   (not booted: a plain command), GETH_ARCHIVE/GETH_SIGNATURE/ETHSTATS_REPOSITORY pointing at the local
@@ -210,10 +211,16 @@ def signed_fixtures(tmp: Path, gpg: Gpg) -> dict:
     other_sig = tmp / "other-key.asc"
     gpg.sign(other, archive, other_sig)
 
-    # The ethstats server at a fixed commit (fixed author and dates: the same id every run).
+    # The ethstats server at a fixed commit (fixed author and dates: the same id every run): the real one
+    # when its fixture is here, else a minimal stand-in repository (package.json and lockfile with no
+    # modules, a dist script, an app.js serving HTTP), so the geth checks and the whole provision flow
+    # still run.
     repo = tmp / "ethstats-server"
     repo.mkdir()
-    run(["tar", "-xzf", VENDOR, "-C", repo, "--strip-components=1"])
+    if VENDOR.exists():
+        run(["tar", "-xzf", VENDOR, "-C", repo, "--strip-components=1"])
+    else:
+        write_standin_ethstats(repo)
     genv = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
             "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "2025-12-02T00:00:00Z",
             "GIT_COMMITTER_DATE": "2025-12-02T00:00:00Z"}
@@ -223,6 +230,18 @@ def signed_fixtures(tmp: Path, gpg: Gpg) -> dict:
     return {"signer": signer, "other": other, "signer_key": signer_key, "other_key": other_key,
             "archive": archive, "sha256": sha256, "good_sig": good_sig, "bad_sig": bad_sig,
             "other_sig": other_sig, "repo": repo, "commit": commit}
+
+
+def write_standin_ethstats(repo: Path) -> None:
+    package = {"name": "ethstats-server", "version": "0.0.0", "private": True,
+               "scripts": {"dist": "mkdir -p dist && echo dashboard > dist/index.html"}}
+    lock = {"name": "ethstats-server", "version": "0.0.0", "lockfileVersion": 3, "requires": True,
+            "packages": {"": {"name": "ethstats-server", "version": "0.0.0"}}}
+    (repo / "package.json").write_text(json.dumps(package, indent=2) + "\n")
+    (repo / "package-lock.json").write_text(json.dumps(lock, indent=2) + "\n")
+    (repo / "app.js").write_text(
+        "require('http').createServer((q, r) => r.end('stand-in ethstats-server\\n'))"
+        ".listen(Number(process.env.PORT || 3000));\n")
 
 
 def pins_toml(sha256: str, fingerprint: str, commit: str) -> str:
@@ -249,10 +268,11 @@ def main() -> int:
     ap.add_argument("--agent", required=True, type=Path)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    if not VENDOR.exists():
-        log(f"SKIPPED: tests/bake needs the ethstats-server fixture {VENDOR} (a git archive of the pinned "
-            "commit; set ETHSTATS_SERVER_ARCHIVE): the bake's checks were NOT tested")
-        return 0
+    real_ethstats = VENDOR.exists()
+    if not real_ethstats:
+        log(f"NOTE: no ethstats-server fixture at {VENDOR} (a git archive of the pinned commit; set "
+            "ETHSTATS_SERVER_ARCHIVE): the geth checks and the provision flow run in full, but with a minimal "
+            "stand-in ethstats-server: its real modules and dashboard build are NOT tested")
     start = time.monotonic()
     RUNS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="run-", dir=RUNS))
@@ -341,8 +361,8 @@ def main() -> int:
         b = nspawn(merged, ["sh", "-c", "/usr/local/bin/bootnode -h 2>&1"])
         check("-nodekey" in b.stdout, "/usr/local/bin/bootnode installed", b.stdout)
         app = merged / "opt/ethstats-server"
-        check((app / "app.js").is_file() and (app / "node_modules/primus").is_dir()
-              and (app / "node_modules/express").is_dir() and not (app / ".git").exists(),
+        modules = (app / "node_modules/primus").is_dir() and (app / "node_modules/express").is_dir()
+        check((app / "app.js").is_file() and (modules or not real_ethstats) and not (app / ".git").exists(),
               "/opt/ethstats-server has app.js and node_modules (npm ci), no .git")
         check((app / "dist").is_dir(), "the dashboard was built (npm run dist)")
         check((merged / "usr/local/bin/ethstats-server").is_file(), "the ethstats-server wrapper installed")
