@@ -536,11 +536,23 @@ fn sync_parent(path: &Path) -> Result<(), InstallError> {
 }
 
 /// Copies a tree with normalised modes: directories 0755, files 0755 when any execute bit was set, else
-/// 0644. Symlinks are copied as links.
+/// 0644. Symlinks are copied as links. `to` must not exist yet. Modes are set on each new file's and
+/// directory's own descriptor (created `O_EXCL`, never through a link).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), InstallError> {
-    fs::create_dir(to).map_err(io_err("cannot create", to))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(0o755))
-        .map_err(io_err("cannot set the mode of", to))?;
+    let fs_err = |e: crate::sys::safefs::FsError| InstallError::Io {
+        what: e.what,
+        path: e.path,
+        source: e.source,
+    };
+    let (parent, name) = crate::sys::safefs::split(to).map_err(fs_err)?;
+    let (_, created) = crate::sys::safefs::Dir::open(parent)
+        .and_then(|p| p.make_dir(name, 0o755, None))
+        .map_err(fs_err)?;
+    if !created {
+        return Err(io_err("cannot create", to)(
+            io::ErrorKind::AlreadyExists.into(),
+        ));
+    }
     for e in fs::read_dir(from).map_err(io_err("cannot list", from))? {
         let e = e.map_err(io_err("cannot list", from))?;
         let src = e.path();
@@ -552,13 +564,21 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), InstallError> {
         } else if meta.is_dir() {
             copy_tree(&src, &dst)?;
         } else {
-            fs::copy(&src, &dst).map_err(io_err("cannot copy to", &dst))?;
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 0o755
             } else {
                 0o644
             };
-            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+            let mut input = fs::File::open(&src).map_err(io_err("cannot open", &src))?;
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&dst)
+                .map_err(io_err("cannot create", &dst))?;
+            io::copy(&mut input, &mut out).map_err(io_err("cannot copy to", &dst))?;
+            out.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(io_err("cannot set the mode of", &dst))?;
         }
     }

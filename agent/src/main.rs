@@ -18,7 +18,6 @@ mod privileges;
 mod rotation;
 mod run;
 mod runlock;
-mod safefs;
 mod secrets;
 mod status;
 mod storage;

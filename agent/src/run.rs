@@ -6,9 +6,9 @@ use crate::config::{self, ConfigFile, Settings, StorageSettings};
 use crate::identity::{self, Identity};
 use crate::plan::{self, Plan};
 use crate::supervisor::ChildStatus;
+use crate::sys::safefs;
 use crate::{
-    geth, lease, logs, privileges, rotation, runlock, safefs, secrets, status, storage, supervisor,
-    sys,
+    geth, lease, logs, privileges, rotation, runlock, secrets, status, storage, supervisor, sys,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! flock(2) on a local file system (the runtime directory is on /run, a tmpfs): released when the holder
 //! exits, however it exits. The holder's pid is written into the file for the message of the one refused.
 
-use crate::safefs::{self, Dir, Owner};
+use crate::sys::safefs::{self, Dir, Owner};
 use nix::fcntl::{Flock, FlockArg};
 use std::ffi::OsStr;
 use std::io::{Read as _, Seek as _, Write as _};

@@ -75,7 +75,7 @@ pub enum SecretError {
     #[error("secret {name}: {problem}")]
     Invalid { name: String, problem: String },
     #[error(transparent)]
-    Fs(#[from] crate::safefs::FsError),
+    Fs(#[from] crate::sys::safefs::FsError),
 }
 
 /// Where secrets come from.
@@ -613,8 +613,8 @@ pub fn write_file_as(
     owner: Option<crate::privileges::Account>,
 ) -> Result<(), SecretError> {
     let owner = owner.map(|a| (a.uid.as_raw(), a.gid.as_raw()));
-    let (parent, name) = crate::safefs::split(path)?;
-    crate::safefs::Dir::create_all_owned(parent, 0o700, owner)?
+    let (parent, name) = crate::sys::safefs::split(path)?;
+    crate::sys::safefs::Dir::create_all_owned(parent, 0o700, owner)?
         .write_file(name, value, mode, owner)?;
     Ok(())
 }
@@ -622,7 +622,7 @@ pub fn write_file_as(
 /// Removes everything in the private directory (never following a link planted there); called when the
 /// agent stops, and by `node-agent cleanup` after it.
 pub fn wipe_dir(dir: &Path) {
-    match crate::safefs::Dir::open(dir).and_then(|d| d.empty()) {
+    match crate::sys::safefs::Dir::open(dir).and_then(|d| d.empty()) {
         Ok(()) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => tracing::warn!(error = %e, "cannot empty the secrets directory"),

@@ -601,7 +601,7 @@ pub fn offline_report(agent_log: &Path) -> String {
     }
     // Read as root, from a directory the service user writes: never through a link, never a FIFO or a
     // device, and only the end of it.
-    match crate::safefs::read_file(agent_log, OFFLINE_TAIL, crate::safefs::Part::Tail) {
+    match crate::sys::safefs::read_file(agent_log, OFFLINE_TAIL, crate::sys::safefs::Part::Tail) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
@@ -651,12 +651,12 @@ fn record_dir() -> PathBuf {
 
 /// The record directory, opened without following links, and only when it is this user's own and
 /// nobody else's to write (a `/tmp/node-agent-0` made by someone else is ignored, not trusted).
-fn own_record_dir(create: bool) -> Option<crate::safefs::Dir> {
+fn own_record_dir(create: bool) -> Option<crate::sys::safefs::Dir> {
     let path = record_dir();
     let dir = if create {
-        crate::safefs::Dir::create_all(&path, 0o700)
+        crate::sys::safefs::Dir::create_all(&path, 0o700)
     } else {
-        crate::safefs::Dir::open(&path)
+        crate::sys::safefs::Dir::open(&path)
     }
     .ok()?;
     let st = dir.stat().ok()?;
@@ -687,7 +687,7 @@ fn recorded_socket() -> Option<PathBuf> {
         .read_file(
             std::ffi::OsStr::new(RECORD),
             4096,
-            crate::safefs::Part::Head,
+            crate::sys::safefs::Part::Head,
         )
         .ok()?;
     let text = String::from_utf8(bytes).ok()?;

@@ -20,7 +20,7 @@
 //! Any failure stops the boot: geth never starts on the local root disk.
 
 use crate::config::{Role, StorageSettings};
-use crate::safefs::Dir;
+use crate::sys::safefs::Dir;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -523,7 +523,7 @@ pub enum StorageError {
     #[error("storage: amazon-efs-utils is not installed (no mount.efs in /sbin, /usr/sbin): install it or set storage.efs_utils = false")]
     NoEfsUtils,
     #[error("storage: {0}")]
-    Fs(#[from] crate::safefs::FsError),
+    Fs(#[from] crate::sys::safefs::FsError),
     #[error("storage: {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -655,7 +655,7 @@ fn resolve_owner(owner: &Owner) -> Result<Option<(u32, u32)>, StorageError> {
 /// The bool: whether it was created here (an existing directory is never re-owned: its contents would not
 /// follow). Through descriptors: its parents may belong to the service user.
 fn create_owned_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<(Dir, bool), StorageError> {
-    let (parent, name) = crate::safefs::split(dir)?;
+    let (parent, name) = crate::sys::safefs::split(dir)?;
     // Another host of the same role may create it at the same moment: theirs is as good as ours.
     Ok(Dir::create_all(parent, 0o755)?.make_dir(name, 0o750, ids)?)
 }
@@ -694,7 +694,7 @@ const SENTINEL_MAX: usize = 64 * 1024;
 fn check_or_create_sentinel(datadir: &Dir, expected: &Sentinel) -> Result<(), StorageError> {
     let name = std::ffi::OsStr::new(SENTINEL);
     let path = datadir.path().join(SENTINEL);
-    match datadir.read_file(name, SENTINEL_MAX, crate::safefs::Part::Head) {
+    match datadir.read_file(name, SENTINEL_MAX, crate::sys::safefs::Part::Head) {
         Ok(bytes) => {
             let found: Sentinel =
                 serde_json::from_slice(&bytes).map_err(|e| StorageError::BadSentinel {
@@ -820,7 +820,7 @@ impl Mounter<'_> {
     ) -> Result<(), Failure> {
         let fatal = |e: StorageError| Failure::Fatal(crate::identity::error_chain(&e));
         let mp = root_mountpoint(runtime_dir);
-        let (parent, name) = crate::safefs::split(&mp).map_err(|e| fatal(e.into()))?;
+        let (parent, name) = crate::sys::safefs::split(&mp).map_err(|e| fatal(e.into()))?;
         let parent = Dir::create_all(parent, 0o755).map_err(|e| fatal(e.into()))?;
         let (dir, _) = parent
             .make_dir(name, 0o700, None)
