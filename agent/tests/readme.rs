@@ -1,4 +1,4 @@
-//! The README cannot drift: every command in its `sh`/`bash` blocks runs here and must succeed, except the
+//! The README and the manual (docs/) cannot drift: every command in their `sh`/`bash` blocks runs here and must succeed, except the
 //! ones listed in `SKIPPED` with the reason each cannot run in a test. `cargo run --` stands for the binary
 //! under test (a nested cargo would wait for this build's lock), and `node-agent` is found on PATH.
 
@@ -95,7 +95,18 @@ fn comments_and_continuations_are_read_like_a_shell_reads_them() {
 #[test]
 fn every_command_in_the_readme_runs() {
     let repo = repo();
-    let readme = std::fs::read_to_string(repo.join("README.md")).expect("README.md");
+    // The front page and the manual under docs/.
+    let mut readme = std::fs::read_to_string(repo.join("README.md")).expect("README.md");
+    let mut docs: Vec<_> = std::fs::read_dir(repo.join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    for p in docs {
+        readme.push('\n');
+        readme.push_str(&std::fs::read_to_string(&p).expect("a docs page"));
+    }
     let commands = readme_commands(&readme);
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_node-agent"));
     let path = format!(
