@@ -244,17 +244,41 @@ fn imds() -> ImdsEmulator {
     ImdsEmulator::start(&imds_config(json!({"Role": "rpc", "Environment": "dev"})))
 }
 
+/// Every test's start: a host booted once (its directories now the service user's) and a fresh canary
+/// with its state before anything was planted.
+struct Scene {
+    imds: ImdsEmulator,
+    host: Host,
+    canary: Canary,
+    before: Vec<(String, u32, u32, u32, Vec<u8>)>,
+}
+
+fn scene() -> Scene {
+    let imds = imds();
+    let host = host(&imds);
+    first_boot(&host);
+    let canary = Canary::new();
+    let before = canary.state();
+    Scene {
+        imds,
+        host,
+        canary,
+        before,
+    }
+}
+
 #[test]
 fn links_fifos_and_devices_planted_in_the_secrets_directory_are_removed_never_followed() {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
-    let imds = imds();
-    let host = host(&imds);
-    first_boot(&host);
-    let canary = Canary::new();
-    let before = canary.state();
+    let Scene {
+        imds: _imds,
+        host,
+        canary,
+        before,
+    } = scene();
     let secrets = host.secrets_dir();
     let plant = || {
         as_service_user(&format!(
@@ -282,11 +306,12 @@ fn a_local_data_directory_swapped_for_a_link_is_refused_naming_it() {
         eprintln!("skipped: needs root");
         return;
     }
-    let imds = imds();
-    let host = host(&imds);
-    first_boot(&host);
-    let canary = Canary::new();
-    let before = canary.state();
+    let Scene {
+        imds: _imds,
+        host,
+        canary,
+        before,
+    } = scene();
     let data = host.path("data");
     let plant = || {
         as_service_user(&format!(
@@ -312,11 +337,12 @@ fn a_sentinel_planted_as_a_link_fifo_or_device_is_refused_without_hanging_or_pri
         eprintln!("skipped: needs root");
         return;
     }
-    let imds = imds();
-    let host = host(&imds);
-    first_boot(&host);
-    let canary = Canary::new();
-    let before = canary.state();
+    let Scene {
+        imds: _imds,
+        host,
+        canary,
+        before,
+    } = scene();
     let datadir = host.path("data/dev/rpc");
     for target in [
         canary.file.display().to_string(),
@@ -354,11 +380,12 @@ fn logs_and_sockets_planted_as_links_or_fifos_are_neither_followed_nor_printed()
         eprintln!("skipped: needs root");
         return;
     }
-    let imds = imds();
-    let host = host(&imds);
-    first_boot(&host);
-    let canary = Canary::new();
-    let before = canary.state();
+    let Scene {
+        imds: _imds,
+        host,
+        canary,
+        before,
+    } = scene();
     for fifo in [false, true] {
         let plant = || {
             let agent_log = if fifo {
