@@ -1,6 +1,6 @@
 //! Command-line definitions only.
 
-use crate::config::Role;
+use crate::host::Role;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 

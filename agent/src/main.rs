@@ -1,29 +1,32 @@
 //! node-agent: bootstraps one host of a private geth Clique chain on AWS and supervises its role.
 
+// Leaves: no crate module below them.
 mod backoff;
+mod clock;
+mod error;
+mod host;
+mod out;
+mod sys;
+
+// What the host is and what it is told.
+mod chain;
 mod cli;
 mod config;
-mod genesis;
-mod geth;
-mod getsecret;
-mod health;
-mod iampolicy;
-mod identity;
-mod install;
+mod imds;
+mod plan;
+
+// What the boot and the runtime act on.
 mod lease;
 mod logs;
-mod out;
-mod plan;
 mod privileges;
-mod rotation;
-mod run;
-mod runlock;
 mod secrets;
 mod status;
 mod storage;
-mod supervisor;
-mod sys;
-mod version;
+
+// The pipeline: boot → serve; and the other commands.
+mod boot;
+mod cmd;
+mod serve;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -92,28 +95,28 @@ fn main() -> ExitCode {
     }
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Run(args) => run::run(&args).await.map_err(|e| identity::error_chain(&e)),
-            cli::Command::Prepare(args) => run::prepare(&args)
+            cli::Command::Run(args) => boot::run(&args).await.map_err(|e| error::error_chain(&e)),
+            cli::Command::Prepare(args) => boot::prepare(&args)
                 .await
-                .map_err(|e| identity::error_chain(&e)),
-            cli::Command::Check { host, json } => run::check(&host, json)
+                .map_err(|e| error::error_chain(&e)),
+            cli::Command::Check { host, json } => boot::check(&host, json)
                 .await
-                .map_err(|e| identity::error_chain(&e)),
+                .map_err(|e| error::error_chain(&e)),
             cli::Command::Version { json } => {
-                version::print(json).map_err(|e| identity::error_chain(&e))
+                cmd::version::print(json).map_err(|e| error::error_chain(&e))
             }
             cli::Command::Status(_) => Ok(()),
-            cli::Command::GetSecret(args) => getsecret::run(&args)
+            cli::Command::GetSecret(args) => cmd::getsecret::run(&args)
                 .await
-                .map_err(|e| identity::error_chain(&e)),
+                .map_err(|e| error::error_chain(&e)),
             cli::Command::IamPolicy(args) => {
-                iampolicy::run(&args).map_err(|e| identity::error_chain(&e))
+                cmd::iampolicy::run(&args).map_err(|e| error::error_chain(&e))
             }
             cli::Command::Install(args) => {
-                install::run(&args).map_err(|e| identity::error_chain(&e))
+                cmd::install::run(&args).map_err(|e| error::error_chain(&e))
             }
             cli::Command::Cleanup { config } => {
-                run::cleanup(config.as_deref()).map_err(|e| identity::error_chain(&e))
+                boot::cleanup(config.as_deref()).map_err(|e| error::error_chain(&e))
             }
         }
     });

@@ -1,8 +1,10 @@
 //! The plan: everything this host will do, computed as a pure function of its identity and settings.
 //! `check` prints it; `run` carries it out. Nothing here touches the system.
 
-use crate::config::{fill, Role, SecretRef, Settings, StorageSettings};
-use crate::identity::Identity;
+use crate::chain::geth::{InitPlan, VersionCheck};
+use crate::config::{fill, SecretRef, Settings, StorageSettings};
+use crate::host::Role;
+use crate::imds::Identity;
 use serde::Serialize;
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -71,25 +73,6 @@ pub enum Probe {
     Udp { port: u16 },
     /// A TCP port accepting connections on loopback (the ethstats dashboard).
     Tcp { port: u16 },
-}
-
-/// The geth version check before the first start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VersionCheck {
-    pub program: PathBuf,
-    /// The pinned version, e.g. `1.13.15`.
-    pub required: String,
-    /// A sealer refuses any other version (1.14+ cannot seal Clique); other roles warn.
-    pub strict: bool,
-}
-
-/// A one-shot command run before the children, when its condition holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InitPlan {
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    /// Human description of when it runs.
-    pub when: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -344,7 +327,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         user: settings.user.clone(),
         version_check: settings.role.runs_geth().then(|| VersionCheck {
             program: settings.binaries.geth.clone(),
-            required: crate::version::pinned_geth(),
+            required: crate::chain::pins::pinned_geth(),
             strict: settings.role == Role::Sealer,
         }),
         sealer_lease: (settings.role == Role::Sealer)

@@ -9,7 +9,7 @@ use super::batch::{self, Batch, Batcher, Event};
 use super::checkpoint::{self, fingerprint, Checkpoint, FileId, Pos};
 use super::stamp;
 use super::writer::{ChainFile, Shared};
-use crate::identity::error_chain;
+use crate::error::error_chain;
 use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use serde::Serialize;

@@ -226,6 +226,13 @@ pub fn group_gid(text: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// Bytes available to an unprivileged user on the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(path)
+        .ok()
+        .map(|s| s.blocks_available() * s.fragment_size())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

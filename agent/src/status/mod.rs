@@ -2,7 +2,9 @@
 //! one JSON document back); the command renders it for humans or prints the JSON, and maps it to an exit
 //! code for scripts and load-balancer checks.
 
-use crate::supervisor::{ChildStatus, State};
+pub mod model;
+
+use model::{ChildStatus, State};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -146,58 +148,6 @@ impl Default for StorageProbe {
     }
 }
 
-/// How long one storage probe may take before status says the storage does not answer.
-const PROBE_ANSWER: Duration = Duration::from_secs(1);
-
-/// Probes the storage (mountinfo, the sentinel, free space) every `interval`, off the runtime's thread:
-/// on a hard NFS mount whose server is silent, a stat blocks until the server answers, and on the
-/// runtime's thread that would stop supervision, health, shipping and the watchdog with it. A probe that
-/// has not answered within a second makes the storage DOWN ("not answering") until it does; no second
-/// probe is started while one is blocked.
-pub async fn watch_storage(
-    settings: crate::config::StorageSettings,
-    interval: Duration,
-    tx: watch::Sender<StorageProbe>,
-) {
-    let datadir = settings.datadir().to_owned();
-    let mut blocked: Option<(tokio::task::JoinHandle<StorageProbe>, u64)> = None;
-    loop {
-        let (mut probe, since) = blocked.take().unwrap_or_else(|| {
-            let (s, d) = (settings.clone(), datadir.clone());
-            let probe = tokio::task::spawn_blocking(move || StorageProbe {
-                check: crate::storage::still_in_place(&s),
-                free_bytes: free_bytes(&d),
-            });
-            (probe, crate::health::now_unix())
-        });
-        match tokio::time::timeout(PROBE_ANSWER, &mut probe).await {
-            Ok(Ok(found)) => {
-                if found.check.is_ok() && tx.borrow().check.is_err() {
-                    tracing::info!(datadir = %datadir.display(), "storage answers again");
-                }
-                tx.send_replace(found);
-            }
-            Ok(Err(_)) => {}
-            Err(_) => {
-                let secs = crate::health::now_unix().saturating_sub(since);
-                let error = format!(
-                    "storage not answering: a check of {} has been waiting for {secs}s (file system server unreachable?)",
-                    datadir.display()
-                );
-                if tx.borrow().check.is_ok() {
-                    tracing::error!(datadir = %datadir.display(), "storage not answering");
-                }
-                tx.send_replace(StorageProbe {
-                    check: Err(error),
-                    free_bytes: None,
-                });
-                blocked = Some((probe, since));
-            }
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
-
 /// Judges the children, the storage, and the services around them (log shipping, Secrets Manager, IMDS:
 /// `services_degraded` when one of them is failing). Pure.
 pub fn overall(children: &[ChildStatus], storage_ok: bool, services_degraded: bool) -> Overall {
@@ -225,7 +175,7 @@ pub fn document(src: &Sources) -> Value {
         .get("degraded")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let now = crate::health::now_unix();
+    let now = crate::clock::now_unix();
     let fixed = &src.fixed;
     let probe = src.storage.borrow().clone();
     let mut storage = fixed.storage.clone();
@@ -299,12 +249,6 @@ fn services_json(services: &Services, now: u64) -> Value {
         "secrets_manager": one(&services.secrets_manager),
         "imds": one(&services.imds),
     })
-}
-
-fn free_bytes(path: &Path) -> Option<u64> {
-    nix::sys::statvfs::statvfs(path)
-        .ok()
-        .map(|s| s.blocks_available() * s.fragment_size())
 }
 
 /// Serves the socket until the task is dropped. Each connection: one request line (at most 64 bytes,

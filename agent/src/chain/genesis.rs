@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// The built-in development genesis (`resources/genesis.json`, the public dev signer): what `install`
 /// lays out without `--genesis`, and what local mode uses when no genesis file is there. Never for a
 /// real chain.
-pub const DEV: &str = include_str!("../../resources/genesis.json");
+pub const DEV: &str = include_str!("../../../resources/genesis.json");
 
 /// What node-agent needs to know of the genesis.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

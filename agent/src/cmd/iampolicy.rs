@@ -4,7 +4,7 @@
 
 use crate::cli::IamPolicyArgs;
 use crate::config::{self, ConfigError, ConfigFile, EfsSettings, Settings, StorageSettings};
-use crate::identity;
+use crate::imds;
 use crate::plan::{self, Plan};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -17,7 +17,7 @@ pub enum IamPolicyError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Genesis(#[from] crate::genesis::GenesisError),
+    Genesis(#[from] crate::chain::genesis::GenesisError),
     #[error("iam-policy --file-system-policy: {environment}/{role} does not keep its data on EFS (storage.kind = \"local\"): there is no file system policy to print")]
     NotEfs { environment: String, role: String },
     #[error("iam-policy --file-system-policy: {environment}/{role} has no EFS access point: pass --efs-access-point-id fsap-… or set storage.efs_access_point_id (without one, IAM cannot tell the roles' directories apart)")]
@@ -228,7 +228,7 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
     let (mut file, path) = ConfigFile::load(path)?;
     // The genesis and the signer shape the sealer's command line, never its grants.
     file.chain.signer.clear();
-    let genesis = crate::genesis::Genesis::dev()?;
+    let genesis = crate::chain::genesis::Genesis::dev()?;
     let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
     let efs = file.storage.kind == config::StorageKind::Efs;
     if efs && args.efs_file_system_id.is_none() && file.storage.efs_file_system_id.is_empty() {
@@ -247,11 +247,17 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
         eprintln!("node-agent: note: no EFS file system given (--efs-file-system-id or storage.efs_file_system_id): the policy has no elasticfilesystem statement, which plain NFS mounts (storage.efs_utils = false) do not use");
         file.storage.kind = config::StorageKind::Local;
     }
-    let mut id = identity::local(args.role.as_str(), &args.environment, Some("i-any"));
+    let mut id = imds::local(args.role.as_str(), &args.environment, Some("i-any"));
     id.region = args.region.clone();
     for (tag, value) in [
-        (config::tag::EFS_FILE_SYSTEM_ID, &args.efs_file_system_id),
-        (config::tag::EFS_ACCESS_POINT_ID, &args.efs_access_point_id),
+        (
+            crate::host::tag::EFS_FILE_SYSTEM_ID,
+            &args.efs_file_system_id,
+        ),
+        (
+            crate::host::tag::EFS_ACCESS_POINT_ID,
+            &args.efs_access_point_id,
+        ),
     ] {
         if let Some(v) = value {
             id.tags.insert(tag.into(), v.clone());
@@ -295,14 +301,14 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
 mod tests {
     use super::*;
     use crate::config::EXAMPLE;
-    use crate::identity::Identity;
+    use crate::imds::Identity;
 
     fn build(role: &str, edit: impl Fn(&mut ConfigFile)) -> Value {
         let mut f = ConfigFile::parse(EXAMPLE, Path::new("example")).unwrap();
         f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
         f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
         edit(&mut f);
-        let mut id: Identity = identity::local(role, "production", Some("i-any"));
+        let mut id: Identity = imds::local(role, "production", Some("i-any"));
         id.region = "eu-central-1".into();
         let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
         policy(&plan::plan(&id, &s), &s, "eu-central-1", "123456789012")
@@ -446,7 +452,7 @@ mod tests {
         let mut f = ConfigFile::parse(EXAMPLE, Path::new("example")).unwrap();
         f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
         f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
-        let mut id: Identity = identity::local("rpc", "production", Some("i-any"));
+        let mut id: Identity = imds::local("rpc", "production", Some("i-any"));
         id.region = "cn-north-1".into();
         let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
         let doc = policy(&plan::plan(&id, &s), &s, "cn-north-1", "123456789012");
@@ -495,7 +501,7 @@ mod tests {
         f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
         f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
         with_access_point(&mut f);
-        let mut id: Identity = identity::local("sealer", "staging", Some("i-any"));
+        let mut id: Identity = imds::local("sealer", "staging", Some("i-any"));
         id.region = "eu-central-1".into();
         let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
         let StorageSettings::Efs(efs) = &s.storage else {

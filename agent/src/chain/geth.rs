@@ -1,9 +1,28 @@
 //! geth-specific boot steps: the version guard and the first boot of a datadir (`geth init`, with a marker
 //! so a datadir that holds another chain is refused, never wiped).
 
-use crate::plan::{InitPlan, VersionCheck};
-use std::path::Path;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+
+/// The geth version check before the first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionCheck {
+    pub program: PathBuf,
+    /// The pinned version, e.g. `1.13.15`.
+    pub required: String,
+    /// A sealer refuses any other version (1.14+ cannot seal Clique); other roles warn.
+    pub strict: bool,
+}
+
+/// A one-shot command run before the children, when its condition holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InitPlan {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Human description of when it runs.
+    pub when: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GethError {
@@ -91,7 +110,7 @@ pub const GENESIS_MARKER: &str = ".node-agent-genesis.sha256";
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    crate::genesis::encode_hex(&sha2::Sha256::digest(bytes))
+    crate::chain::genesis::encode_hex(&sha2::Sha256::digest(bytes))
 }
 
 /// First boot: `geth init` when the datadir holds no chain; a chain from another genesis is refused.

@@ -1,57 +1,21 @@
 //! Configuration in three steps: the fleet-wide file (strict TOML), this host's identity and tags, then one
 //! validated [`Settings`] value that everything after start-up reads. Pure: no I/O but reading files.
 
-use crate::genesis::{self, Genesis, GenesisError};
-use crate::identity::Identity;
-use crate::storage::{self, Owner};
+use crate::chain::genesis::{self, Genesis, GenesisError};
+use crate::host::{tag, Role};
+use crate::imds::Identity;
+pub mod storage;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use storage::Owner;
 
 /// The default configuration, also the documented example (`resources/config.example.toml`).
-pub const EXAMPLE: &str = include_str!("../../resources/config.example.toml");
+pub const EXAMPLE: &str = include_str!("../../../resources/config.example.toml");
 /// Where `run` and `check` look when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/node-agent/config.toml";
-
-/// The four roles of the chain; one per host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Sealer,
-    Rpc,
-    Bootnode,
-    Ethstats,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Sealer, Role::Rpc, Role::Bootnode, Role::Ethstats];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Sealer => "sealer",
-            Role::Rpc => "rpc",
-            Role::Bootnode => "bootnode",
-            Role::Ethstats => "ethstats",
-        }
-    }
-
-    /// Roles that run geth and keep a chain datadir.
-    pub fn runs_geth(self) -> bool {
-        matches!(self, Role::Sealer | Role::Rpc)
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // The file.
@@ -503,14 +467,6 @@ fn one_line(s: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------------------
 // Tags.
-
-/// The instance tags node-agent reads. Others (Name, aws:*) are ignored.
-pub mod tag {
-    pub const ROLE: &str = "Role";
-    pub const ENVIRONMENT: &str = "Environment";
-    pub const EFS_FILE_SYSTEM_ID: &str = "EfsFileSystemId";
-    pub const EFS_ACCESS_POINT_ID: &str = "EfsAccessPointId";
-}
 
 /// This host's place in the fleet, from its tags (or local flags).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1103,7 +1059,7 @@ fn check_enode(s: &str) -> Result<(), String> {
     let bad = || format!("{s:?} is not an enode URL (enode://<128 hex digits>@host:port)");
     let rest = s.strip_prefix("enode://").ok_or_else(bad)?;
     let (id, addr) = rest.split_once('@').ok_or_else(bad)?;
-    let key = crate::genesis::decode_hex(id)
+    let key = crate::chain::genesis::decode_hex(id)
         .filter(|k| k.len() == 64)
         .ok_or_else(bad)?;
     // geth refuses ("Bootstrap URL invalid") an id that is not a point on secp256k1.

@@ -108,7 +108,7 @@ async fn get(client: &aws_config::imds::Client, path: &str) -> Result<Option<Str
                 cause: format!("HTTP {}", status(&e).unwrap_or_default()),
             }))
         }
-        Err(e) => Err(Attempt::Retry(error_chain(&e))),
+        Err(e) => Err(Attempt::Retry(crate::error::error_chain(&e))),
     }
 }
 
@@ -175,8 +175,8 @@ pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identi
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
     let mut tags = BTreeMap::new();
-    tags.insert(crate::config::tag::ROLE.into(), role.into());
-    tags.insert(crate::config::tag::ENVIRONMENT.into(), environment.into());
+    tags.insert(crate::host::tag::ROLE.into(), role.into());
+    tags.insert(crate::host::tag::ENVIRONMENT.into(), environment.into());
     Identity {
         region: std::env::var("AWS_REGION").unwrap_or_else(|_| "local".into()),
         instance_id: instance_id
@@ -186,51 +186,5 @@ pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identi
         private_ipv4: "127.0.0.1".into(),
         public_ipv4: None,
         tags,
-    }
-}
-
-/// One line with every cause, as the SDK nests them.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    #[derive(Debug, thiserror::Error)]
-    #[error("{msg}")]
-    struct E {
-        msg: &'static str,
-        #[source]
-        source: Option<Box<E>>,
-    }
-
-    #[test]
-    fn error_chain_joins_every_cause_once_on_one_line() {
-        let root = E {
-            msg: "connection refused",
-            source: None,
-        };
-        let mid = E {
-            msg: "dispatch failure",
-            source: Some(Box::new(root)),
-        };
-        let top = E {
-            msg: "failed to load token: dispatch failure",
-            source: Some(Box::new(mid)),
-        };
-        assert_eq!(
-            super::error_chain(&top),
-            "failed to load token: dispatch failure: connection refused"
-        );
     }
 }

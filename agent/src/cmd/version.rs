@@ -1,22 +1,6 @@
 //! `node-agent version`: this build and the component versions pinned in `resources/versions.toml`.
 
-/// The pinned versions, embedded at build time from the repository's single source.
-pub const PINNED: &str = include_str!("../../resources/versions.toml");
-
-/// The pinned geth version, e.g. `1.13.15`.
-pub fn pinned_geth() -> String {
-    pinned()
-        .get("geth")
-        .and_then(|g| g.get("version"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn pinned() -> toml::Table {
-    // The file is part of the build and checked by a unit test, so this parse cannot fail at run time.
-    PINNED.parse().unwrap_or_default()
-}
+use crate::chain::pins::pinned;
 
 /// `node-agent version`.
 pub fn print(json: bool) -> Result<(), crate::out::StdoutError> {
@@ -47,14 +31,4 @@ pub fn print(json: bool) -> Result<(), crate::out::StdoutError> {
         )
     };
     crate::out::print(text).map(drop)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pinned_versions_parse_and_pin_the_last_clique_sealing_geth() {
-        let t: toml::Table = super::PINNED.parse().unwrap();
-        assert!(t.contains_key("ethstats"));
-        assert_eq!(t["geth"]["version"].as_str(), Some("1.13.15"));
-    }
 }

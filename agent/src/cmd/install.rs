@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The unit, users and directories, embedded from `units/`.
-pub const UNIT: &str = include_str!("../../units/node-agent.service");
-pub const SYSUSERS: &str = include_str!("../../units/sysusers.d/node-agent.conf");
-pub const TMPFILES: &str = include_str!("../../units/tmpfiles.d/node-agent.conf");
+pub const UNIT: &str = include_str!("../../../units/node-agent.service");
+pub const SYSUSERS: &str = include_str!("../../../units/sysusers.d/node-agent.conf");
+pub const TMPFILES: &str = include_str!("../../../units/tmpfiles.d/node-agent.conf");
 /// The development genesis (dev signer): installed only when `--genesis` is not given and none exists.
-const DEV_GENESIS: &str = crate::genesis::DEV;
+const DEV_GENESIS: &str = crate::chain::genesis::DEV;
 
 /// Where everything goes, relative to the root. Units and their companions live in the local vendor
 /// directories (`/usr/local/lib/...`), so `/etc` stays free for an operator's overrides.
@@ -179,9 +179,9 @@ pub enum InstallError {
     Activate { program: String, problem: String },
 }
 
-impl From<InstallError> for crate::run::AgentError {
+impl From<InstallError> for crate::boot::AgentError {
     fn from(e: InstallError) -> Self {
-        crate::run::AgentError::Refused(crate::identity::error_chain(&e))
+        crate::boot::AgentError::Refused(crate::error::error_chain(&e))
     }
 }
 
@@ -839,7 +839,7 @@ pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
             given = fs::read_to_string(p).map_err(io_err("cannot read the pins file", p))?;
             given.as_str()
         }
-        None => crate::version::PINNED,
+        None => crate::chain::pins::PINNED,
     };
     if args.print_downloads {
         let text: String = pins(pins_text, &pins_origin(args))?
@@ -933,7 +933,7 @@ mod tests {
     }
 
     fn sha256_file(path: &Path) -> String {
-        crate::genesis::encode_hex(&Sha256::digest(fs::read(path).unwrap()))
+        crate::chain::genesis::encode_hex(&Sha256::digest(fs::read(path).unwrap()))
     }
 
     /// Pins for a test archive; the ethstats commit is a made-up one unless given.
@@ -985,7 +985,7 @@ mod tests {
 
     #[test]
     fn the_shipped_pins_are_complete() {
-        let p = pins(crate::version::PINNED, BUILT_IN_PINS)
+        let p = pins(crate::chain::pins::PINNED, BUILT_IN_PINS)
             .unwrap_or_else(|e| panic!("resources/versions.toml must give every pin: {e}"));
         // The checked facts of the reference (guix-crypto's geth-binary.hashes, the builder's key).
         assert_eq!(
@@ -1065,7 +1065,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         let bin = fake_binary(t.path());
-        let report = install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        let report = install(&root, &args(&root), crate::chain::pins::PINNED, &bin).unwrap();
         for (p, m) in [
             (paths::BINARY, 0o755),
             (paths::UNIT, 0o644),
@@ -1079,7 +1079,7 @@ mod tests {
         assert_eq!(fs::read(root.join(paths::BINARY)).unwrap(), b"\x7fELF fake");
         assert_eq!(
             fs::read_to_string(root.join(paths::UNIT)).unwrap(),
-            include_str!("../../units/node-agent.service")
+            include_str!("../../../units/node-agent.service")
         );
         assert_eq!(
             fs::read_to_string(root.join(paths::CONFIG)).unwrap(),
@@ -1100,9 +1100,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         let bin = fake_binary(t.path());
-        install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        install(&root, &args(&root), crate::chain::pins::PINNED, &bin).unwrap();
         fs::write(root.join(paths::CONFIG), "[storage]\nkind = \"local\"\n").unwrap();
-        let report = install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        let report = install(&root, &args(&root), crate::chain::pins::PINNED, &bin).unwrap();
         assert_eq!(
             fs::read_to_string(root.join(paths::CONFIG)).unwrap(),
             "[storage]\nkind = \"local\"\n"
@@ -1118,12 +1118,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         let bin = fake_binary(t.path());
-        install(&root, &args(&root), crate::version::PINNED, &bin).unwrap();
+        install(&root, &args(&root), crate::chain::pins::PINNED, &bin).unwrap();
         let g = t.path().join("chain.json");
         fs::write(&g, "{\"config\":{}}").unwrap();
         let mut a = args(&root);
         a.genesis = Some(g);
-        install(&root, &a, crate::version::PINNED, &bin).unwrap();
+        install(&root, &a, crate::chain::pins::PINNED, &bin).unwrap();
         assert_eq!(
             fs::read_to_string(root.join(paths::GENESIS)).unwrap(),
             "{\"config\":{}}"

@@ -4,7 +4,7 @@
 
 use crate::plan::{Plan, SecretKind};
 use crate::secrets::{self, Fetched, SecretSet, Source, Wanted};
-use crate::supervisor::Control;
+use crate::serve::child::Control;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -112,9 +112,9 @@ impl Rotation {
                 }
                 Ok(None) => {}
                 Err(RoundError::Unreachable(e)) => {
-                    let msg = crate::identity::error_chain(&e);
+                    let msg = crate::error::error_chain(&e);
                     tracing::error!(error = %msg, "secret rotation: Secrets Manager unreachable; keeping the current secrets and asking again next round");
-                    let now = crate::health::now_unix();
+                    let now = crate::clock::now_unix();
                     self.services.send_modify(|s| {
                         if let Some(sm) = s.secrets_manager.as_mut() {
                             sm.failed(now, msg);
@@ -122,7 +122,7 @@ impl Rotation {
                     });
                 }
                 Err(RoundError::Refused(e)) => {
-                    let msg = crate::identity::error_chain(&e);
+                    let msg = crate::error::error_chain(&e);
                     tracing::error!(error = %msg, "secret rotation: new version refused; keeping the current secrets");
                     self.report.send_modify(|infos| {
                         for i in infos.iter_mut() {
@@ -139,7 +139,7 @@ impl Rotation {
     /// Records that Secrets Manager answered this round, for status (nothing for local secrets, where
     /// status shows no Secrets Manager).
     fn reached(&self) {
-        let now = crate::health::now_unix();
+        let now = crate::clock::now_unix();
         self.services.send_modify(|s| {
             if let Some(secs) = s.secrets_manager.as_mut().and_then(|sm| sm.succeeded(now)) {
                 tracing::info!(
@@ -209,7 +209,7 @@ impl Rotation {
         secrets::write_all(&self.plan.secrets, &self.plan.rendered, &candidate, None)
             .map_err(RoundError::Refused)?;
         self.set = candidate;
-        let now = crate::health::now_unix();
+        let now = crate::clock::now_unix();
         self.report.send_modify(|infos| {
             for s in self.plan.secrets.iter().filter(|s| kinds.contains(&s.kind)) {
                 let fetched = self.set.get(s.kind);

@@ -1,10 +1,11 @@
 //! Supervision: start each child with its planned command line, feed its output to the log pipeline,
 //! restart it with backoff when it exits, stop it gracefully on shutdown.
 
+use super::health::{self, Health};
 use crate::config::{HealthFile, RestartFile};
-use crate::health::{self, Health};
 use crate::logs;
 use crate::plan::{ChildPlan, Probe};
+use crate::status::model::{ChildStatus, State};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use std::process::{ExitStatus, Stdio};
@@ -215,62 +216,6 @@ async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Where a child is in its life, as `status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Starting,
-    Ready,
-    Unhealthy,
-    BackingOff,
-    CrashLoop,
-    Stopping,
-    Stopped,
-    /// Not running, and not to be started: the sealer's lease is not held (the reason says why).
-    Fenced,
-}
-
-/// A child's state, published on every change and on every health round.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ChildStatus {
-    pub name: String,
-    pub state: State,
-    pub pid: Option<u32>,
-    /// Unix time of the current process's start.
-    pub started_at: Option<u64>,
-    /// Restarts after exits (crashes) and after failed health checks, since the agent started.
-    pub restarts: u32,
-    pub unhealthy_restarts: u32,
-    pub last_exit: Option<String>,
-    /// Why the child is unhealthy, backing off or crash-looping.
-    pub reason: Option<String>,
-    /// The last chain sample of a geth child.
-    pub chain: Option<health::GethSample>,
-    /// Whether it has served at least once since the agent started.
-    pub ever_ready: bool,
-    /// When the supervising task last made progress (the watchdog's evidence).
-    #[serde(skip)]
-    pub heartbeat: Instant,
-}
-
-impl ChildStatus {
-    pub fn new_for(name: &str) -> Self {
-        ChildStatus {
-            name: name.to_owned(),
-            state: State::Starting,
-            pid: None,
-            started_at: None,
-            restarts: 0,
-            unhealthy_restarts: 0,
-            last_exit: None,
-            reason: None,
-            chain: None,
-            ever_ready: false,
-            heartbeat: Instant::now(),
-        }
-    }
-}
-
 /// Requests to a running supervisor.
 #[derive(Debug, Clone)]
 pub enum Control {
@@ -466,7 +411,7 @@ async fn check(
             ipc,
             signer,
             max_head_age_secs,
-        } => match health::sample_geth(ipc, signer.as_deref(), health::now_unix()).await {
+        } => match health::sample_geth(ipc, signer.as_deref(), crate::clock::now_unix()).await {
             Ok(sample) => {
                 if track.head != Some(sample.head) {
                     *track = HeadTrack {
@@ -523,7 +468,7 @@ pub async fn supervise(
         status.send_modify(|s| {
             s.state = State::Starting;
             s.pid = pid;
-            s.started_at = Some(health::now_unix());
+            s.started_at = Some(crate::clock::now_unix());
             s.heartbeat = Instant::now();
         });
         let pumps = [

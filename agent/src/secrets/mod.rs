@@ -3,7 +3,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::{SecretRef, SecretSourceKind, SecretsSettings};
-use crate::identity::error_chain;
+use crate::error::error_chain;
 use crate::plan::{PlannedSecret, Rendered, SecretKind};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde_json::value::RawValue;
@@ -236,7 +236,7 @@ fn local_version(value: &SecretValue) -> String {
     mac.update(value.expose());
     format!(
         "local:{}",
-        crate::genesis::encode_hex(&mac.finalize().into_bytes()[..8])
+        crate::chain::genesis::encode_hex(&mac.finalize().into_bytes()[..8])
     )
 }
 
@@ -559,7 +559,10 @@ pub fn validate(
                 .and_then(|a| json_string(a).ok().flatten())
                 .and_then(|a| String::from_utf8(a).ok())
                 .and_then(|a| {
-                    crate::genesis::normalize_address(&format!("0x{}", a.trim_start_matches("0x")))
+                    crate::chain::genesis::normalize_address(&format!(
+                        "0x{}",
+                        a.trim_start_matches("0x")
+                    ))
                 })
                 .ok_or_else(|| invalid("keystore has no valid \"address\" field".into()))?;
             if !members.contains_key("crypto") && !members.contains_key("Crypto") {
@@ -879,7 +882,10 @@ fn address_of(private_key: &[u8]) -> Option<String> {
     let point =
         k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
     let hash = sha3::Keccak256::digest(&point.as_bytes()[1..]);
-    Some(format!("0x{}", crate::genesis::encode_hex(&hash[12..])))
+    Some(format!(
+        "0x{}",
+        crate::chain::genesis::encode_hex(&hash[12..])
+    ))
 }
 
 /// The node id (uncompressed public key without the 0x04 prefix, hex) of a validated node key.
@@ -889,7 +895,7 @@ pub fn node_id(nodekey: &SecretValue) -> Option<String> {
     let secret = k256::SecretKey::from_slice(&bytes).ok()?;
     let point =
         k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
-    Some(crate::genesis::encode_hex(&point.as_bytes()[1..]))
+    Some(crate::chain::genesis::encode_hex(&point.as_bytes()[1..]))
 }
 
 /// Writes every secret file and every file rendered from them, each atomically.
@@ -1146,7 +1152,7 @@ mod tests {
         let b = SecretValue::new(b"hunter3".to_vec());
         assert_eq!(local_version(&a), local_version(&a.clone()));
         assert_ne!(local_version(&a), local_version(&b));
-        let bare = crate::genesis::encode_hex(&sha2::Sha256::digest(a.expose())[..8]);
+        let bare = crate::chain::genesis::encode_hex(&sha2::Sha256::digest(a.expose())[..8]);
         assert!(
             !local_version(&a).contains(&bare),
             "a bare hash can be brute-forced"
@@ -1191,7 +1197,7 @@ mod tests {
         let in_use = [(SecretKind::EthstatsWsSecret, one)];
         let current = [(SecretKind::EthstatsWsSecret, two)];
         assert_eq!(
-            crate::rotation::changed(&in_use, &current, &[]),
+            crate::serve::rotation::changed(&in_use, &current, &[]),
             [SecretKind::EthstatsWsSecret]
         );
     }

@@ -2,26 +2,11 @@
 //! UDP port, the ethstats TCP port. Probing does I/O; judging a sample is pure.
 
 use crate::plan::Probe;
+use crate::status::model::GethSample;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// What one geth probe saw.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct GethSample {
-    pub head: u64,
-    /// Seconds since the head block's timestamp.
-    pub head_age_secs: u64,
-    pub peers: u64,
-    pub syncing: bool,
-    /// The highest block the peers announced (`eth_syncing`'s `highestBlock`), while syncing.
-    pub highest: Option<u64>,
-    /// For a sealer: whether its address is in `clique_getSigners`.
-    pub authorised: Option<bool>,
-    /// For a sealer: whether geth is sealing (`eth_mining`).
-    pub mining: Option<bool>,
-}
 
 /// The verdict on one sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,14 +282,6 @@ pub async fn ready(probe: &Probe) -> Result<(), String> {
             .then_some(())
             .ok_or_else(|| format!("TCP port {port} not accepting yet")),
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

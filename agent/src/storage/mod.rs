@@ -19,7 +19,9 @@
 //!
 //! Any failure stops the boot: geth never starts on the local root disk.
 
-use crate::config::{Role, StorageSettings};
+use crate::config::storage::Owner;
+use crate::config::StorageSettings;
+use crate::host::Role;
 use crate::sys::safefs::Dir;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
@@ -31,10 +33,6 @@ use std::time::Duration;
 
 /// The sentinel's file name, in the root of the data directory.
 pub const SENTINEL: &str = ".node-agent-storage.json";
-
-/// The NFS options AWS recommends for EFS (EFS user guide, "Mounting on Amazon EC2 with a DNS name").
-pub const EFS_MOUNT_OPTIONS: &str =
-    "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport";
 
 /// Mount flags for the data directory, as mount(8) options: geth keeps only data there, nothing to
 /// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
@@ -50,58 +48,6 @@ pub fn root_mountpoint(runtime_dir: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "node-agent".into());
     runtime_dir.with_file_name(format!(".{name}-efs-root"))
-}
-
-/// `FS_ID.efs.REGION.amazonaws.com` (`.amazonaws.com.cn` in the China regions).
-pub fn efs_dns_name(file_system_id: &str, region: &str) -> String {
-    let suffix = if region.starts_with("cn-") {
-        "amazonaws.com.cn"
-    } else {
-        "amazonaws.com"
-    };
-    format!("{file_system_id}.efs.{region}.{suffix}")
-}
-
-/// A DNS name or an IPv4 address, as `storage.efs_dns_name` accepts it.
-pub fn check_host(s: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if s.len() <= 253 && s.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} is not a DNS name or IPv4 address (e.g. fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com or 10.0.1.25)"
-        ))
-    }
-}
-
-/// Validates `storage.efs_mount_options`: comma-separated NFS options, without `addr=` (added here).
-pub fn check_mount_options(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err(format!(
-            "must not be empty; the EFS default is {EFS_MOUNT_OPTIONS:?}"
-        ));
-    }
-    for o in s.split(',') {
-        let key = o.split('=').next().unwrap_or_default();
-        if o.is_empty() || !o.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-            return Err(format!("{s:?}: {o:?} is not an NFS mount option"));
-        }
-        if key == "addr" {
-            return Err(format!(
-                "{s:?}: leave out addr=, node-agent resolves the DNS name and adds it"
-            ));
-        }
-        if matches!(key, "nfsvers" | "vers") && !o.ends_with("=4.1") && !o.ends_with("=4.2") {
-            return Err(format!("{s:?}: EFS needs NFS 4.1 (nfsvers=4.1)"));
-        }
-    }
-    Ok(())
 }
 
 /// The `source` argument of mount(2) and the name mountinfo shows: `HOST:/PATH`.
@@ -380,62 +326,6 @@ impl Retry {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Ownership.
-
-/// Who owns a data directory node-agent creates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// A user by name, looked up at run time; its primary group.
-    User(String),
-    /// Numeric ids.
-    Ids { uid: u32, gid: u32 },
-    /// Whoever runs the agent (local mode).
-    Agent,
-}
-
-impl Owner {
-    /// `storage.owner`: empty means `default`; `NAME` or `UID:GID` otherwise.
-    pub fn parse(s: &str, default: Owner) -> Result<Owner, String> {
-        if s.is_empty() {
-            return Ok(default);
-        }
-        if let Some((u, g)) = s.split_once(':') {
-            return match (u.parse(), g.parse()) {
-                (Ok(uid), Ok(gid)) => Ok(Owner::Ids { uid, gid }),
-                _ => Err(format!("{s:?} is not UID:GID (e.g. 1000:1000)")),
-            };
-        }
-        let ok = s.len() <= 32
-            && s.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Owner::User(s.to_owned()))
-        } else {
-            Err(format!("{s:?} is not a user name or UID:GID"))
-        }
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Owner::User(n) => f.write_str(n),
-            Owner::Ids { uid, gid } => write!(f, "{uid}:{gid}"),
-            Owner::Agent => f.write_str("the agent's user"),
-        }
-    }
-}
-
-impl Serialize for Owner {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // The sentinel.
 
 /// `.node-agent-storage.json`: whose data a directory holds. Written on first use, checked every boot.
@@ -630,7 +520,7 @@ fn expected_sentinel(host: &Host<'_>, file_system_id: Option<&str>, path: &str) 
         role: host.role.as_str().to_owned(),
         path: path.to_owned(),
         created_by: host.instance_id.to_owned(),
-        created_at: crate::health::now_unix(),
+        created_at: crate::clock::now_unix(),
     }
 }
 
@@ -818,7 +708,7 @@ impl Mounter<'_> {
         ids: Option<(u32, u32)>,
         limit: Duration,
     ) -> Result<(), Failure> {
-        let fatal = |e: StorageError| Failure::Fatal(crate::identity::error_chain(&e));
+        let fatal = |e: StorageError| Failure::Fatal(crate::error::error_chain(&e));
         let mp = root_mountpoint(runtime_dir);
         let (parent, name) = crate::sys::safefs::split(&mp).map_err(|e| fatal(e.into()))?;
         let parent = Dir::create_all(parent, 0o755).map_err(|e| fatal(e.into()))?;
@@ -1014,6 +904,7 @@ async fn mount_with_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::storage::EFS_MOUNT_OPTIONS;
 
     const MOUNTINFO: &str = "\
 22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro
@@ -1028,18 +919,6 @@ garbage line
             hosts: vec!["fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com".into()],
             path: "/staging/sealer".into(),
         }
-    }
-
-    #[test]
-    fn dns_name_follows_the_region_partition() {
-        assert_eq!(
-            efs_dns_name("fs-0123456789abcdef0", "eu-central-1"),
-            "fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com"
-        );
-        assert_eq!(
-            efs_dns_name("fs-12345678", "cn-north-1"),
-            "fs-12345678.efs.cn-north-1.amazonaws.com.cn"
-        );
     }
 
     #[test]
@@ -1152,31 +1031,6 @@ garbage line
         let plain = efs_settings(None);
         assert_eq!(source_path(&plain), "/staging/sealer");
         assert!(expected_source(&plain).hosts.contains(&plain.dns_name));
-    }
-
-    #[test]
-    fn mount_options_are_checked() {
-        assert!(check_mount_options(EFS_MOUNT_OPTIONS).is_ok());
-        assert!(check_mount_options(&format!("{EFS_MOUNT_OPTIONS},port=20490")).is_ok());
-        assert!(check_mount_options("").unwrap_err().contains("nfsvers=4.1"));
-        assert!(check_mount_options("hard,addr=1.2.3.4")
-            .unwrap_err()
-            .contains("addr="));
-        assert!(check_mount_options("nfsvers=3")
-            .unwrap_err()
-            .contains("4.1"));
-        assert!(check_mount_options("hard,,soft").is_err());
-        assert!(check_mount_options("hard, soft").is_err());
-    }
-
-    #[test]
-    fn hosts_are_names_or_ipv4() {
-        for ok in ["fs-1.efs.eu-central-1.amazonaws.com", "10.0.2.2", "nfs"] {
-            assert!(check_host(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "a..b", "-a.b", "a b", "[::1]", "h:2049", "x/y"] {
-            assert!(check_host(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
@@ -1453,26 +1307,6 @@ garbage line
         assert_eq!(r.attempt_limit(s(290)), s(10));
         assert_eq!(r.attempt_limit(s(300)), s(1));
         assert_eq!(r.attempt_limit(s(400)), s(1));
-    }
-
-    #[test]
-    fn owner_is_a_name_or_numeric_ids() {
-        let d = || Owner::User("geth".into());
-        assert_eq!(Owner::parse("", d()).unwrap(), d());
-        assert_eq!(
-            Owner::parse("ethstats", d()).unwrap(),
-            Owner::User("ethstats".into())
-        );
-        assert_eq!(
-            Owner::parse("1000:1001", d()).unwrap(),
-            Owner::Ids {
-                uid: 1000,
-                gid: 1001
-            }
-        );
-        for bad in ["Geth", "1000:", "a:b", "geth user", "x/y"] {
-            assert!(Owner::parse(bad, d()).is_err(), "{bad}");
-        }
     }
 
     fn sentinel(fs: Option<&str>, env: &str, role: &str) -> Sentinel {

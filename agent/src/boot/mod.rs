@@ -1,19 +1,18 @@
 //! `run` and `check`: identity → settings → plan, then (for `run`) storage → secrets → first-boot init →
 //! children under supervision → graceful stop. Each step is one function so later steps plug in here.
 
+use crate::chain::geth;
 use crate::cli::HostArgs;
 use crate::config::{self, ConfigFile, Settings, StorageSettings};
-use crate::identity::{self, Identity};
+use crate::imds::{self, Identity};
 use crate::plan::{self, Plan};
-use crate::supervisor::ChildStatus;
+use crate::serve::{self, child, fed_while};
 use crate::sys::safefs;
-use crate::{
-    geth, lease, logs, privileges, rotation, runlock, secrets, status, storage, supervisor, sys,
-};
+use crate::{lease, logs, privileges, secrets, status, storage, sys};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+
+pub mod runlock;
 
 /// Any failure of the agent, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +20,11 @@ pub enum AgentError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] imds::IdentityError),
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
     #[error(transparent)]
-    Spawn(#[from] supervisor::SpawnError),
+    Spawn(#[from] child::SpawnError),
     #[error(transparent)]
     Sys(#[from] sys::SysError),
     #[error(transparent)]
@@ -51,7 +50,7 @@ pub enum AgentError {
     #[error("no configuration at {}: pass --config PATH (node-agent install lays one out), or try it without AWS: --local --role ROLE --environment ENV", config::DEFAULT_PATH)]
     NoConfig,
     #[error(transparent)]
-    Genesis(#[from] crate::genesis::GenesisError),
+    Genesis(#[from] crate::chain::genesis::GenesisError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -76,9 +75,9 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
         let (Some(role), Some(env)) = (args.role, args.environment.as_deref()) else {
             return Err(AgentError::LocalNeedsRole);
         };
-        identity::local(role.as_str(), env, args.instance_id.as_deref())
+        imds::local(role.as_str(), env, args.instance_id.as_deref())
     } else {
-        identity::at_boot(std::time::Duration::from_secs(
+        imds::at_boot(std::time::Duration::from_secs(
             file.timeouts.imds_secs.max(1),
         ))
         .await?
@@ -96,7 +95,7 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
             &path,
             &identity,
             args.local,
-            crate::genesis::Genesis::dev()?,
+            crate::chain::genesis::Genesis::dev()?,
         )?;
         settings.genesis_builtin = true;
         settings
@@ -282,29 +281,6 @@ async fn materialize_secrets(
     Ok(Some((source, set)))
 }
 
-fn notify(state: &[sd_notify::NotifyState]) {
-    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
-    let _ = sd_notify::notify(state);
-}
-
-/// Awaits `work` (a part of the stop), feeding systemd's watchdog meanwhile, for at most `limit`: a
-/// graceful stop of geth may take longer than `WatchdogSec`, yet is bounded by its own timeouts, so it
-/// is given that long; a stop that overruns them is left to the watchdog.
-async fn fed_while<F: std::future::Future>(work: F, limit: Duration) -> F::Output {
-    let Some(period) = sd_notify::watchdog_enabled() else {
-        return work.await;
-    };
-    let until = Instant::now() + limit;
-    let mut tick = tokio::time::interval(period / 2);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tick.tick(), if Instant::now() < until => notify(&[sd_notify::NotifyState::Watchdog]),
-        }
-    }
-}
-
 /// `node-agent run`.
 pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
@@ -324,7 +300,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         }
     }
     let genesis = if settings.genesis_builtin {
-        crate::genesis::DEV.as_bytes().to_vec()
+        crate::chain::genesis::DEV.as_bytes().to_vec()
     } else {
         std::fs::read(&settings.genesis_path)
             .map_err(io("cannot read genesis", &settings.genesis_path))?
@@ -392,13 +368,13 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     };
     let result = match booted {
         Ok(Some((secrets, status_socket, logs, lease))) => {
-            let boot = Booted {
+            let boot = serve::Handover {
                 secrets,
                 status_socket,
                 logs,
                 lease,
             };
-            supervise(&settings, &plan, boot, &mut sigterm).await
+            Ok(serve::supervise(&settings, &plan, boot, &mut sigterm).await?)
         }
         Ok(None) => {
             tracing::info!("stop requested during boot: stopping before anything started");
@@ -410,7 +386,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     if let Some(logs) = pipeline {
         if let Err(e) = &result {
             // Into the agent's log file (and CloudWatch) too, not only stderr.
-            tracing::error!("{}", crate::identity::error_chain(e));
+            tracing::error!("{}", crate::error::error_chain(e));
         }
         // Each writer may take 5 s, then the shippers `stop_flush_secs`.
         let writers = Duration::from_secs(5 * (plan.children.len() as u64 + 1));
@@ -427,7 +403,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
 /// agent into its own runtime directory.
 fn write_dev_genesis(path: &Path) -> Result<(), AgentError> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, crate::genesis::DEV)
+    std::fs::write(&tmp, crate::chain::genesis::DEV)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(io("cannot write the built-in dev genesis to", path))
 }
@@ -465,18 +441,6 @@ pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
     }
     tracing::info!(dir = %dir_path.display(), "secrets directory emptied");
     Ok(())
-}
-
-/// Storage as status shows it.
-fn storage_json(storage: &StorageSettings) -> serde_json::Value {
-    match storage {
-        StorageSettings::Efs(efs) => serde_json::json!({
-            "kind": "efs", "source": format!("{}:{}", efs.file_system_id, efs.path), "datadir": efs.datadir,
-        }),
-        StorageSettings::Local { datadir, .. } => serde_json::json!({
-            "kind": "local", "source": datadir, "datadir": datadir,
-        }),
-    }
 }
 
 /// The status socket: `runtime_dir/status.sock`, mode 0660, group `users.operators` when that group
@@ -527,308 +491,4 @@ fn bind_status_socket(
     })();
     runtime.remove_dir(private)?;
     result
-}
-
-/// One line for systemd's STATUS=.
-fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
-    let parts: Vec<String> = children
-        .iter()
-        .map(|c| {
-            let state = serde_json::to_value(c.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            match (&c.reason, &c.chain) {
-                (Some(r), _) => format!("{} {state} ({r})", c.name),
-                (None, Some(chain)) if chain.head == 0 => format!(
-                    "{} {state}, head #0 (no block yet), {} peers",
-                    c.name, chain.peers
-                ),
-                (None, Some(chain)) => format!(
-                    "{} {state}, head #{} {}s old, {} peers",
-                    c.name, chain.head, chain.head_age_secs, chain.peers
-                ),
-                (None, None) => format!("{} {state}", c.name),
-            }
-        })
-        .collect();
-    format!("{} {}: {}", plan.environment, plan.role, parts.join("; "))
-}
-
-/// Every `interval`, asks IMDS for the identity again: status shows an outage (the children keep running;
-/// the SDK keeps using the instance role's cached credentials, valid for hours), and a change of the tags
-/// the agent reads is logged once (it takes effect at the next start).
-async fn watch_imds(boot: Identity, interval: Duration, services: watch::Sender<status::Services>) {
-    // Long enough for a couple of attempts; short enough that status is not stale for a whole interval.
-    let deadline = interval.min(Duration::from_secs(5));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut drift_logged = false;
-    loop {
-        tick.tick().await;
-        let got = identity::from_imds(deadline).await;
-        let now = crate::health::now_unix();
-        if let Ok(id) = &got {
-            let changed: Vec<String> = [
-                config::tag::ROLE,
-                config::tag::ENVIRONMENT,
-                config::tag::EFS_FILE_SYSTEM_ID,
-                config::tag::EFS_ACCESS_POINT_ID,
-            ]
-            .iter()
-            .filter(|k| boot.tags.get(**k) != id.tags.get(**k))
-            .map(|k| {
-                let show =
-                    |t: &Identity| t.tags.get(*k).map_or("(none)".into(), |v| format!("{v:?}"));
-                format!("{k} {} -> {}", show(&boot), show(id))
-            })
-            .collect();
-            if !changed.is_empty() && !drift_logged {
-                drift_logged = true;
-                tracing::warn!(changed = %changed.join(", "), "instance tags changed since start; restart node-agent to apply them");
-            }
-        }
-        services.send_modify(|s| {
-            let Some(r) = s.imds.as_mut() else {
-                return;
-            };
-            match &got {
-                Ok(_) => {
-                    if let Some(secs) = r.succeeded(now) {
-                        tracing::info!(after_secs = secs, "instance metadata answers again");
-                    }
-                }
-                Err(e) => {
-                    if !r.failing() {
-                        tracing::error!(error = %e, "instance metadata unreachable; children keep running");
-                    }
-                    r.failed(now, e.to_string());
-                }
-            }
-        });
-    }
-}
-
-/// What the boot made for the running agent.
-struct Booted {
-    secrets: Option<(secrets::Source, secrets::SecretSet)>,
-    status_socket: tokio::net::UnixListener,
-    logs: (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
-    /// The sealer's lease, kept (and geth fenced without it) for as long as the agent runs.
-    lease: Option<lease::Lease>,
-}
-
-async fn supervise(
-    settings: &Settings,
-    plan: &Plan,
-    boot: Booted,
-    sigterm: &mut tokio::signal::unix::Signal,
-) -> Result<(), AgentError> {
-    let Booted {
-        secrets,
-        status_socket,
-        logs: (sinks, logs_rx),
-        lease,
-    } = boot;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut statuses = Vec::new();
-    let mut controls = Vec::new();
-    let rules = supervisor::HealthRules::new(&settings.health);
-    for (child, sink) in plan.children.iter().zip(sinks) {
-        let (status_tx, status_rx) = watch::channel(ChildStatus::new_for(&child.name));
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        statuses.push(status_rx);
-        controls.push(control_tx);
-        tasks.spawn(supervisor::supervise(
-            child.clone(),
-            settings.restart.clone(),
-            rules.clone(),
-            settings.timeouts.stop,
-            stop_rx.clone(),
-            control_rx,
-            status_tx,
-            sink,
-        ));
-    }
-
-    let now = crate::health::now_unix();
-    let secret_infos: Vec<status::SecretInfo> = match &secrets {
-        Some((_, set)) => plan
-            .secrets
-            .iter()
-            .filter_map(|s| {
-                set.get(s.kind).map(|f| status::SecretInfo {
-                    name: s.reference.name.clone(),
-                    version: f.version.clone(),
-                    fetched_at: now,
-                    error: None,
-                })
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    let (secrets_report, secrets_rx) = watch::channel(secret_infos);
-    let (services, services_rx) = watch::channel(status::Services {
-        secrets_manager: match &secrets {
-            Some((secrets::Source::Aws(_), _)) => Some(status::Reach::default()),
-            _ => None,
-        },
-        imds: (!plan.local).then(status::Reach::default),
-    });
-    let enode = secrets.as_ref().and_then(|(_, set)| {
-        let key = set.get(plan::SecretKind::BootnodeNodekey)?;
-        let id = secrets::node_id(&key.value)?;
-        let ip = plan
-            .identity
-            .public_ipv4
-            .as_deref()
-            .unwrap_or(&plan.identity.private_ipv4);
-        Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
-    });
-    let (storage_tx, storage_rx) = watch::channel(status::StorageProbe::default());
-    let storage_task = tokio::spawn(status::watch_storage(
-        plan.storage.clone(),
-        Duration::from_secs(2),
-        storage_tx,
-    ));
-    let sources = status::Sources {
-        fixed: std::sync::Arc::new(status::Static {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            started_at: now,
-            role: plan.role.to_string(),
-            environment: plan.environment.clone(),
-            instance_id: plan.identity.instance_id.clone(),
-            region: plan.identity.region.clone(),
-            availability_zone: plan.identity.availability_zone.clone(),
-            geth_pinned: crate::version::pinned_geth(),
-            user: plan.user.clone(),
-            storage: storage_json(&plan.storage),
-            datadir: plan.storage.datadir().to_owned(),
-            enode,
-        }),
-        children: statuses.clone(),
-        secrets: secrets_rx,
-        logs: logs_rx,
-        services: services_rx,
-        storage: storage_rx,
-    };
-    let status_task = tokio::spawn(status::serve(status_socket, sources));
-
-    let mut rotation_task = None;
-    if let Some((source, set)) = secrets {
-        let rotation = rotation::Rotation {
-            report: secrets_report,
-            services: services.clone(),
-            source,
-            set,
-            plan: plan.clone(),
-            environment: settings.environment.clone(),
-            signer: settings.signer.clone(),
-            interval: settings.secrets.rotation_interval,
-            deadline: settings.timeouts.secrets,
-        };
-        let controls = controls.clone();
-        rotation_task = Some(tokio::spawn(async move { rotation.watch(&controls).await }));
-    }
-
-    // geth runs only while the sealer's lease is held: the keeper fences it the moment it is not.
-    let lease_task = lease.and_then(|lease| {
-        let i = plan.children.iter().position(|c| c.name == "geth")?;
-        let (fence, unfence) = (controls[i].clone(), controls[i].clone());
-        Some(tokio::spawn(lease::keep(
-            lease,
-            settings.timeouts.lease_check,
-            move |reason| {
-                let _ = fence.send(supervisor::Control::Fence(format!(
-                    "sealer lease not held: {reason}"
-                )));
-            },
-            move || {
-                let _ = unfence.send(supervisor::Control::Unfence);
-            },
-        )))
-    });
-
-    let imds_task = (!plan.local).then(|| {
-        tokio::spawn(watch_imds(
-            plan.identity.clone(),
-            Duration::from_secs(settings.health.imds_interval_secs),
-            services,
-        ))
-    });
-
-    let watchdog = sd_notify::watchdog_enabled();
-    // A task that has not moved for this long is stuck: stop feeding the watchdog so systemd restarts us.
-    let stuck_after =
-        (rules.interval * 2 + Duration::from_secs(15)).max(watchdog.unwrap_or_default());
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut ready_sent = false;
-    let mut last_status = String::new();
-    let mut last_ping = Instant::now();
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
-            Some(res) = tasks.join_next() => {
-                if let Ok(Err(e)) = res { failure = Some(e); }
-                break;
-            }
-            _ = tick.tick() => {
-                let now: Vec<ChildStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
-                if !ready_sent && now.iter().all(|c| c.ever_ready) {
-                    ready_sent = true;
-                    let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
-                    notify(&[sd_notify::NotifyState::Ready]);
-                    tracing::info!(children = %names.join(","), "ready");
-                }
-                let line = status_line(plan, &now);
-                if line != last_status {
-                    notify(&[sd_notify::NotifyState::Status(&line)]);
-                    last_status = line;
-                }
-                if let Some(period) = watchdog {
-                    let alive = now.iter().all(|c| c.heartbeat.elapsed() < stuck_after);
-                    if alive && last_ping.elapsed() >= period / 2 {
-                        notify(&[sd_notify::NotifyState::Watchdog]);
-                        last_ping = Instant::now();
-                    }
-                }
-            }
-        }
-    }
-    for t in [rotation_task, imds_task, Some(storage_task)]
-        .into_iter()
-        .flatten()
-    {
-        t.abort();
-    }
-    status_task.abort();
-    drop(controls);
-    notify(&[sd_notify::NotifyState::Stopping]);
-    let _ = stop_tx.send(true);
-    // The children stop side by side: SIGTERM, SIGKILL after `stop_secs`, then their output drained.
-    let stop_limit = settings.timeouts.stop + Duration::from_secs(15);
-    let stopped = async {
-        while let Some(res) = tasks.join_next().await {
-            if let Ok(Err(e)) = res {
-                failure.get_or_insert(e);
-            }
-        }
-    };
-    fed_while(stopped, stop_limit).await;
-    // Only now that geth is gone: a replacement may take the lease from here on.
-    if let Some(t) = lease_task {
-        t.abort();
-    }
-    match failure {
-        Some(e) => Err(e.into()),
-        None => {
-            tracing::info!("stopped");
-            Ok(())
-        }
-    }
 }

@@ -1,0 +1,300 @@
+//! The runtime: once booted, the children run under supervision (restart, health, fencing), the secrets
+//! are watched for rotation, IMDS and storage are watched for status, the status socket answers, and
+//! systemd hears of readiness, status and liveness, until SIGTERM stops it all in order.
+
+pub mod child;
+pub mod health;
+pub mod rotation;
+mod watchers;
+
+use crate::config::{Settings, StorageSettings};
+use crate::plan::{self, Plan};
+use crate::status::model::ChildStatus;
+use crate::{lease, logs, secrets, status};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub fn notify(state: &[sd_notify::NotifyState]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    let _ = sd_notify::notify(state);
+}
+
+/// Awaits `work` (a part of the stop), feeding systemd's watchdog meanwhile, for at most `limit`: a
+/// graceful stop of geth may take longer than `WatchdogSec`, yet is bounded by its own timeouts, so it
+/// is given that long; a stop that overruns them is left to the watchdog.
+pub async fn fed_while<F: std::future::Future>(work: F, limit: Duration) -> F::Output {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return work.await;
+    };
+    let until = Instant::now() + limit;
+    let mut tick = tokio::time::interval(period / 2);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick(), if Instant::now() < until => notify(&[sd_notify::NotifyState::Watchdog]),
+        }
+    }
+}
+
+/// Storage as status shows it.
+fn storage_json(storage: &StorageSettings) -> serde_json::Value {
+    match storage {
+        StorageSettings::Efs(efs) => serde_json::json!({
+            "kind": "efs", "source": format!("{}:{}", efs.file_system_id, efs.path), "datadir": efs.datadir,
+        }),
+        StorageSettings::Local { datadir, .. } => serde_json::json!({
+            "kind": "local", "source": datadir, "datadir": datadir,
+        }),
+    }
+}
+
+/// One line for systemd's STATUS=.
+fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
+    let parts: Vec<String> = children
+        .iter()
+        .map(|c| {
+            let state = serde_json::to_value(c.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match (&c.reason, &c.chain) {
+                (Some(r), _) => format!("{} {state} ({r})", c.name),
+                (None, Some(chain)) if chain.head == 0 => format!(
+                    "{} {state}, head #0 (no block yet), {} peers",
+                    c.name, chain.peers
+                ),
+                (None, Some(chain)) => format!(
+                    "{} {state}, head #{} {}s old, {} peers",
+                    c.name, chain.head, chain.head_age_secs, chain.peers
+                ),
+                (None, None) => format!("{} {state}", c.name),
+            }
+        })
+        .collect();
+    format!("{} {}: {}", plan.environment, plan.role, parts.join("; "))
+}
+
+/// What the boot made for the running agent.
+pub struct Handover {
+    pub secrets: Option<(secrets::Source, secrets::SecretSet)>,
+    pub status_socket: tokio::net::UnixListener,
+    pub logs: (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
+    /// The sealer's lease, kept (and geth fenced without it) for as long as the agent runs.
+    pub lease: Option<lease::Lease>,
+}
+
+pub async fn supervise(
+    settings: &Settings,
+    plan: &Plan,
+    boot: Handover,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> Result<(), child::SpawnError> {
+    let Handover {
+        secrets,
+        status_socket,
+        logs: (sinks, logs_rx),
+        lease,
+    } = boot;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut statuses = Vec::new();
+    let mut controls = Vec::new();
+    let rules = child::HealthRules::new(&settings.health);
+    for (child, sink) in plan.children.iter().zip(sinks) {
+        let (status_tx, status_rx) = watch::channel(ChildStatus::new_for(&child.name));
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        statuses.push(status_rx);
+        controls.push(control_tx);
+        tasks.spawn(child::supervise(
+            child.clone(),
+            settings.restart.clone(),
+            rules.clone(),
+            settings.timeouts.stop,
+            stop_rx.clone(),
+            control_rx,
+            status_tx,
+            sink,
+        ));
+    }
+
+    let now = crate::clock::now_unix();
+    let secret_infos: Vec<status::SecretInfo> = match &secrets {
+        Some((_, set)) => plan
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                set.get(s.kind).map(|f| status::SecretInfo {
+                    name: s.reference.name.clone(),
+                    version: f.version.clone(),
+                    fetched_at: now,
+                    error: None,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let (secrets_report, secrets_rx) = watch::channel(secret_infos);
+    let (services, services_rx) = watch::channel(status::Services {
+        secrets_manager: match &secrets {
+            Some((secrets::Source::Aws(_), _)) => Some(status::Reach::default()),
+            _ => None,
+        },
+        imds: (!plan.local).then(status::Reach::default),
+    });
+    let enode = secrets.as_ref().and_then(|(_, set)| {
+        let key = set.get(plan::SecretKind::BootnodeNodekey)?;
+        let id = secrets::node_id(&key.value)?;
+        let ip = plan
+            .identity
+            .public_ipv4
+            .as_deref()
+            .unwrap_or(&plan.identity.private_ipv4);
+        Some(format!("enode://{id}@{ip}:{}", settings.ports.bootnode))
+    });
+    let (storage_tx, storage_rx) = watch::channel(status::StorageProbe::default());
+    let storage_task = tokio::spawn(watchers::storage(
+        plan.storage.clone(),
+        Duration::from_secs(2),
+        storage_tx,
+    ));
+    let sources = status::Sources {
+        fixed: std::sync::Arc::new(status::Static {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started_at: now,
+            role: plan.role.to_string(),
+            environment: plan.environment.clone(),
+            instance_id: plan.identity.instance_id.clone(),
+            region: plan.identity.region.clone(),
+            availability_zone: plan.identity.availability_zone.clone(),
+            geth_pinned: crate::chain::pins::pinned_geth(),
+            user: plan.user.clone(),
+            storage: storage_json(&plan.storage),
+            datadir: plan.storage.datadir().to_owned(),
+            enode,
+        }),
+        children: statuses.clone(),
+        secrets: secrets_rx,
+        logs: logs_rx,
+        services: services_rx,
+        storage: storage_rx,
+    };
+    let status_task = tokio::spawn(status::serve(status_socket, sources));
+
+    let mut rotation_task = None;
+    if let Some((source, set)) = secrets {
+        let rotation = rotation::Rotation {
+            report: secrets_report,
+            services: services.clone(),
+            source,
+            set,
+            plan: plan.clone(),
+            environment: settings.environment.clone(),
+            signer: settings.signer.clone(),
+            interval: settings.secrets.rotation_interval,
+            deadline: settings.timeouts.secrets,
+        };
+        let controls = controls.clone();
+        rotation_task = Some(tokio::spawn(async move { rotation.watch(&controls).await }));
+    }
+
+    // geth runs only while the sealer's lease is held: the keeper fences it the moment it is not.
+    let lease_task = lease.and_then(|lease| {
+        let i = plan.children.iter().position(|c| c.name == "geth")?;
+        let (fence, unfence) = (controls[i].clone(), controls[i].clone());
+        Some(tokio::spawn(lease::keep(
+            lease,
+            settings.timeouts.lease_check,
+            move |reason| {
+                let _ = fence.send(child::Control::Fence(format!(
+                    "sealer lease not held: {reason}"
+                )));
+            },
+            move || {
+                let _ = unfence.send(child::Control::Unfence);
+            },
+        )))
+    });
+
+    let imds_task = (!plan.local).then(|| {
+        tokio::spawn(watchers::imds(
+            plan.identity.clone(),
+            Duration::from_secs(settings.health.imds_interval_secs),
+            services,
+        ))
+    });
+
+    let watchdog = sd_notify::watchdog_enabled();
+    // A task that has not moved for this long is stuck: stop feeding the watchdog so systemd restarts us.
+    let stuck_after =
+        (rules.interval * 2 + Duration::from_secs(15)).max(watchdog.unwrap_or_default());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    let mut last_ping = Instant::now();
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+            Some(res) = tasks.join_next() => {
+                if let Ok(Err(e)) = res { failure = Some(e); }
+                break;
+            }
+            _ = tick.tick() => {
+                let now: Vec<ChildStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
+                if !ready_sent && now.iter().all(|c| c.ever_ready) {
+                    ready_sent = true;
+                    let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    tracing::info!(children = %names.join(","), "ready");
+                }
+                let line = status_line(plan, &now);
+                if line != last_status {
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    last_status = line;
+                }
+                if let Some(period) = watchdog {
+                    let alive = now.iter().all(|c| c.heartbeat.elapsed() < stuck_after);
+                    if alive && last_ping.elapsed() >= period / 2 {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                        last_ping = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+    for t in [rotation_task, imds_task, Some(storage_task)]
+        .into_iter()
+        .flatten()
+    {
+        t.abort();
+    }
+    status_task.abort();
+    drop(controls);
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    // The children stop side by side: SIGTERM, SIGKILL after `stop_secs`, then their output drained.
+    let stop_limit = settings.timeouts.stop + Duration::from_secs(15);
+    let stopped = async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                failure.get_or_insert(e);
+            }
+        }
+    };
+    fed_while(stopped, stop_limit).await;
+    // Only now that geth is gone: a replacement may take the lease from here on.
+    if let Some(t) = lease_task {
+        t.abort();
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}

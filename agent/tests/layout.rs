@@ -1,0 +1,350 @@
+//! The crate's structure, checked from its source (parsed with `syn`, no build needed):
+//! - no import cycle among modules: at every level of the tree, the sibling modules' `crate::`/`super::`
+//!   references form a graph without cycles (a child using its parent, or a parent its child, is not
+//!   an edge between siblings);
+//! - every `unsafe` block, function and impl lives under `src/sys/`;
+//! - no source file is longer than `MAX_LINES`, except those whose module doc says why (`//! Size:`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use syn::visit::Visit;
+
+const MAX_LINES: usize = 600;
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `src/` with its module path (`logs/mod.rs` → `["logs"]`, `main.rs` → `[]`).
+fn files() -> Vec<(PathBuf, Vec<String>)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&src(), &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(src()).unwrap().with_extension("");
+            let mut m: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if matches!(m.last().map(String::as_str), Some("mod" | "main")) {
+                m.pop();
+            }
+            (p, m)
+        })
+        .collect()
+}
+
+/// One reference from a module to a path in the crate.
+struct Reference {
+    target: Vec<String>,
+    line: usize,
+}
+
+/// Collects the crate-relative paths a file names, and its `unsafe` sites.
+struct Refs {
+    /// The module the visitor is in: the file's module plus the inline modules around the item.
+    here: Vec<String>,
+    found: Vec<Reference>,
+    unsafe_lines: Vec<usize>,
+}
+
+impl Refs {
+    fn resolve(&self, segments: &[String]) -> Option<Vec<String>> {
+        let mut at = match segments.first().map(String::as_str) {
+            Some("crate") => Vec::new(),
+            Some("super") | Some("self") => self.here.clone(),
+            _ => return None,
+        };
+        let mut rest = segments;
+        if rest[0] == "crate" {
+            rest = &rest[1..];
+        }
+        while let Some(first) = rest.first() {
+            match first.as_str() {
+                "super" => {
+                    at.pop();
+                }
+                "self" => {}
+                _ => break,
+            }
+            rest = &rest[1..];
+        }
+        at.extend(rest.iter().cloned());
+        Some(at)
+    }
+
+    fn note(&mut self, segments: Vec<String>, line: usize) {
+        if let Some(target) = self.resolve(&segments) {
+            self.found.push(Reference { target, line });
+        }
+    }
+
+    fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+        match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_tree(prefix, &p.tree);
+                prefix.pop();
+            }
+            syn::UseTree::Name(n) => {
+                let mut s = prefix.clone();
+                if n.ident != "self" {
+                    s.push(n.ident.to_string());
+                }
+                self.note(s, n.ident.span().start().line);
+            }
+            syn::UseTree::Rename(r) => {
+                let mut s = prefix.clone();
+                if r.ident != "self" {
+                    s.push(r.ident.to_string());
+                }
+                self.note(s, r.ident.span().start().line);
+            }
+            syn::UseTree::Glob(g) => self.note(prefix.clone(), g.star_token.spans[0].start().line),
+            syn::UseTree::Group(g) => {
+                for t in &g.items {
+                    self.use_tree(prefix, t);
+                }
+            }
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Refs {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        self.here.push(m.ident.to_string());
+        syn::visit::visit_item_mod(self, m);
+        self.here.pop();
+    }
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        self.use_tree(&mut Vec::new(), &u.tree);
+    }
+    fn visit_path(&mut self, p: &'ast syn::Path) {
+        let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+        if let Some(first) = p.segments.first() {
+            self.note(segments, first.ident.span().start().line);
+        }
+        syn::visit::visit_path(self, p);
+    }
+    fn visit_expr_unsafe(&mut self, e: &'ast syn::ExprUnsafe) {
+        self.unsafe_lines.push(e.unsafe_token.span.start().line);
+        syn::visit::visit_expr_unsafe(self, e);
+    }
+    fn visit_signature(&mut self, s: &'ast syn::Signature) {
+        if let Some(u) = &s.unsafety {
+            self.unsafe_lines.push(u.span.start().line);
+        }
+        syn::visit::visit_signature(self, s);
+    }
+    fn visit_item_impl(&mut self, i: &'ast syn::ItemImpl) {
+        if let Some(u) = &i.unsafety {
+            self.unsafe_lines.push(u.span.start().line);
+        }
+        syn::visit::visit_item_impl(self, i);
+    }
+}
+
+struct Crate {
+    /// Every module that is a file, by path.
+    modules: BTreeSet<Vec<String>>,
+    /// (from module, to path, file, line) for every crate-relative reference.
+    refs: Vec<(Vec<String>, Vec<String>, PathBuf, usize)>,
+    unsafe_sites: Vec<(PathBuf, usize)>,
+    lines: Vec<(PathBuf, usize, String)>,
+}
+
+fn read_crate() -> Crate {
+    let files = files();
+    let mut c = Crate {
+        modules: files.iter().map(|(_, m)| m.clone()).collect(),
+        refs: Vec::new(),
+        unsafe_sites: Vec::new(),
+        lines: Vec::new(),
+    };
+    for (path, module) in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = syn::parse_file(&text)
+            .unwrap_or_else(|e| panic!("{}: does not parse: {e}", path.display()));
+        let mut v = Refs {
+            here: module.clone(),
+            found: Vec::new(),
+            unsafe_lines: Vec::new(),
+        };
+        v.visit_file(&file);
+        for r in v.found {
+            c.refs
+                .push((module.clone(), r.target, path.clone(), r.line));
+        }
+        for l in v.unsafe_lines {
+            c.unsafe_sites.push((path.clone(), l));
+        }
+        let doc: String = text
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        c.lines.push((path, text.lines().count(), doc));
+    }
+    c
+}
+
+/// The longest prefix of `path` that is a file module.
+fn module_of(modules: &BTreeSet<Vec<String>>, path: &[String]) -> Vec<String> {
+    (0..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|p| modules.contains(p))
+        .unwrap_or_default()
+}
+
+type Edges = BTreeMap<String, BTreeMap<String, (PathBuf, usize)>>;
+
+/// The sibling edges at every level: parent module → (child → child → where).
+fn sibling_graphs(c: &Crate) -> BTreeMap<Vec<String>, Edges> {
+    let mut graphs: BTreeMap<Vec<String>, Edges> = BTreeMap::new();
+    for (from, to, file, line) in &c.refs {
+        let from = module_of(&c.modules, from);
+        let to = module_of(&c.modules, to);
+        let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+        // One is the other's ancestor: a parent and its child, not siblings.
+        if common == from.len() || common == to.len() {
+            continue;
+        }
+        graphs
+            .entry(from[..common].to_vec())
+            .or_default()
+            .entry(from[common].clone())
+            .or_default()
+            .entry(to[common].clone())
+            .or_insert((file.clone(), *line));
+    }
+    graphs
+}
+
+/// A cycle in `edges`, as the list of nodes around it, if there is one.
+fn find_cycle(edges: &Edges) -> Option<Vec<String>> {
+    fn dfs(
+        n: &str,
+        edges: &Edges,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_owned(), 1);
+        stack.push(n.to_owned());
+        for next in edges.get(n).into_iter().flat_map(|m| m.keys()) {
+            match state.get(next).copied().unwrap_or(0) {
+                1 => {
+                    let at = stack.iter().position(|s| s == next).unwrap();
+                    let mut cycle = stack[at..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(c) = dfs(next, edges, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(n.to_owned(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in edges.keys() {
+        if state.get(n).copied().unwrap_or(0) == 0 {
+            if let Some(c) = dfs(n, edges, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn modules_have_no_import_cycle() {
+    let c = read_crate();
+    let mut failures = Vec::new();
+    for (parent, edges) in sibling_graphs(&c) {
+        if let Some(cycle) = find_cycle(&edges) {
+            let at = if parent.is_empty() {
+                "crate".to_owned()
+            } else {
+                format!("crate::{}", parent.join("::"))
+            };
+            let hops: Vec<String> = cycle
+                .windows(2)
+                .map(|w| {
+                    let (file, line) = &edges[&w[0]][&w[1]];
+                    format!("{} → {} ({}:{line})", w[0], w[1], file.display())
+                })
+                .collect();
+            failures.push(format!("cycle among {at}'s modules: {}", hops.join(", ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_checker_finds_a_cycle_it_is_shown() {
+    let mut edges = Edges::new();
+    let at = (PathBuf::from("x.rs"), 1);
+    for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")] {
+        edges
+            .entry(a.into())
+            .or_default()
+            .insert(b.into(), at.clone());
+    }
+    assert_eq!(
+        find_cycle(&edges),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    edges.get_mut("c").unwrap().remove("a");
+    assert_eq!(find_cycle(&edges), None);
+}
+
+#[test]
+fn unsafe_lives_only_under_sys() {
+    let c = read_crate();
+    let sys = src().join("sys");
+    let outside: Vec<String> = c
+        .unsafe_sites
+        .iter()
+        .filter(|(p, _)| !p.starts_with(&sys))
+        .map(|(p, l)| format!("{}:{l}", p.display()))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "unsafe outside src/sys (move it behind a safe function there): {}",
+        outside.join(", ")
+    );
+}
+
+#[test]
+fn files_stay_short_or_say_why() {
+    let c = read_crate();
+    let long: Vec<String> = c
+        .lines
+        .iter()
+        .filter(|(_, n, doc)| *n > MAX_LINES && !doc.contains("//! Size:"))
+        .map(|(p, n, _)| format!("{} ({n} lines)", p.display()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_LINES} lines whose module doc does not say why (`//! Size: ...`): {}",
+        long.join(", ")
+    );
+}
