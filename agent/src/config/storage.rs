@@ -4,6 +4,13 @@
 use serde::Serialize;
 use std::fmt;
 
+/// The sentinel's file name, in the root of the data directory.
+pub const SENTINEL: &str = ".node-agent-storage.json";
+
+/// Mount flags for the data directory, as mount(8) options: geth keeps only data there, nothing to
+/// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
+pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
+
 /// The NFS options AWS recommends for EFS (EFS user guide, "Mounting on Amazon EC2 with a DNS name").
 pub const EFS_MOUNT_OPTIONS: &str =
     "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport";

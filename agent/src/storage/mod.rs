@@ -19,7 +19,7 @@
 //!
 //! Any failure stops the boot: geth never starts on the local root disk.
 
-use crate::config::storage::Owner;
+use crate::config::storage::{Owner, DATA_MOUNT_FLAGS, SENTINEL};
 use crate::config::StorageSettings;
 use crate::host::Role;
 use crate::sys::safefs::Dir;
@@ -30,13 +30,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// The sentinel's file name, in the root of the data directory.
-pub const SENTINEL: &str = ".node-agent-storage.json";
-
-/// Mount flags for the data directory, as mount(8) options: geth keeps only data there, nothing to
-/// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
-pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
 
 /// Where the file system root is mounted, under the runtime directory, while a subdirectory is created.
 /// The private mountpoint for the file system root (to create the role's directory), beside the runtime

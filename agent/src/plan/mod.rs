@@ -6,7 +6,7 @@ use crate::config::{fill, SecretRef, Settings, StorageSettings};
 use crate::host::Role;
 use crate::imds::Identity;
 use serde::Serialize;
-use std::fmt::{self, Write as _};
+
 use std::path::{Path, PathBuf};
 
 /// Which secret, by its purpose.
@@ -335,170 +335,15 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
     }
 }
 
-/// Quotes an argument for display the way a shell would need it.
-fn shell_quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@+".contains(&b))
-    {
-        a.to_owned()
-    } else {
-        format!("'{}'", a.replace('\'', r"'\''"))
-    }
-}
-
-fn command_line(program: &Path, args: &[String]) -> String {
-    let mut line = shell_quote(&s(program));
-    for a in args {
-        line.push(' ');
-        line.push_str(&shell_quote(a));
-    }
-    line
-}
-
-impl Plan {
-    /// Where a log file's lines go besides the file.
-    fn destination(&self, log: &LogTarget, note: &str) -> String {
-        if self.log_ship {
-            format!(" -> CloudWatch {} / {}{note}", log.group, log.stream)
-        } else {
-            " (file only: logs.ship = false)".into()
-        }
-    }
-}
-
-impl fmt::Display for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = &self.identity;
-        let mut out = String::new();
-        let mode = if self.local { " (local mode)" } else { "" };
-        writeln!(
-            out,
-            "plan for {} — role {}, environment {}{mode}",
-            id.instance_id, self.role, self.environment
-        )?;
-        writeln!(
-            out,
-            "  identity  region {}, zone {}, private {}, public {}",
-            id.region,
-            id.availability_zone,
-            id.private_ipv4,
-            id.public_ipv4.as_deref().unwrap_or("none")
-        )?;
-        match &self.storage {
-            StorageSettings::Efs(e) => {
-                let how = match (&e.access_point_id, e.efs_utils) {
-                    (Some(ap), _) => format!(
-                        " through access point {ap} with efs-utils (tls,iam; the access point creates it)"
-                    ),
-                    (None, true) => format!(
-                        " with efs-utils (tls,iam; created when missing, owner {} 0750)",
-                        e.owner
-                    ),
-                    (None, false) => {
-                        format!(" (created when missing, owner {} 0750)", e.owner)
-                    }
-                };
-                writeln!(
-                    out,
-                    "  storage   EFS {}:{} mounted at {} from {}{how}",
-                    e.file_system_id,
-                    e.path,
-                    e.datadir.display(),
-                    e.dns_name,
-                )?;
-                if !e.efs_utils {
-                    writeln!(
-                        out,
-                        "  exposure  plain NFS: any host that reaches TCP 2049 can mount any path of {} (use efs_utils and an access point)",
-                        e.file_system_id
-                    )?;
-                }
-            }
-            StorageSettings::Local { datadir, owner } => writeln!(
-                out,
-                "  storage   local directory {} (owner {owner})",
-                datadir.display()
-            )?,
-        }
-        writeln!(
-            out,
-            "  secrets   into {} (0700, files 0400)",
-            self.secrets_dir.display()
-        )?;
-        for sec in &self.secrets {
-            let field = sec
-                .reference
-                .field
-                .as_deref()
-                .map(|f| format!(" field {f}"))
-                .unwrap_or_default();
-            writeln!(
-                out,
-                "    {}{field} -> {}",
-                sec.reference.name,
-                sec.file.display()
-            )?;
-        }
-        for r in &self.rendered {
-            match r {
-                Rendered::GethEthstatsConfig { path, name, server } => writeln!(
-                    out,
-                    "    rendered {} (ethstats {name}@{server})",
-                    path.display()
-                )?,
-                Rendered::EthstatsSecretJson { path } => writeln!(
-                    out,
-                    "    rendered {} (the ethstats server's ws_secret.json)",
-                    path.display()
-                )?,
-            }
-        }
-        if let Some(init) = &self.init {
-            writeln!(
-                out,
-                "  init      {}   (when {})",
-                command_line(&init.program, &init.args),
-                init.when
-            )?;
-        }
-        for c in &self.children {
-            writeln!(out, "  child {}", c.name)?;
-            let env: String = c
-                .env
-                .iter()
-                .map(|(k, v)| format!("{k}={} ", shell_quote(v)))
-                .collect();
-            writeln!(
-                out,
-                "    command {env}{}",
-                command_line(&c.program, &c.args)
-            )?;
-            writeln!(
-                out,
-                "    log     {}{}",
-                c.log.file.display(),
-                self.destination(&c.log, "")
-            )?;
-        }
-        let retention = format!(" (retention {} days)", self.log_retention_days);
-        writeln!(
-            out,
-            "  agent log {}{}",
-            self.agent_log.file.display(),
-            self.destination(&self.agent_log, &retention)
-        )?;
-        f.write_str(&out)
-    }
-}
+mod show;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{ConfigFile, EXAMPLE};
     use std::collections::BTreeMap;
 
-    fn settings(role: &str, edit: impl Fn(&mut ConfigFile)) -> (Identity, Settings) {
+    pub(super) fn settings(role: &str, edit: impl Fn(&mut ConfigFile)) -> (Identity, Settings) {
         let mut f = ConfigFile::parse(EXAMPLE, Path::new("example")).unwrap();
         f.chain.genesis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/genesis.json");
         f.storage.efs_file_system_id = "fs-0123456789abcdef0".into();
@@ -615,66 +460,5 @@ mod tests {
         );
         assert_eq!(c.cwd.as_deref(), Some(Path::new("/run/node-agent/secrets")));
         assert!(!c.env.iter().any(|(k, _)| k == "WS_SECRET"));
-    }
-
-    #[test]
-    fn plan_is_a_pure_function_of_its_inputs() {
-        let (id, s) = settings("sealer", |_| {});
-        assert_eq!(plan(&id, &s).to_string(), plan(&id, &s).to_string());
-        let text = plan(&id, &s).to_string();
-        assert!(
-            text.contains("EFS fs-0123456789abcdef0:/production/sealer"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn check_says_what_plain_nfs_leaves_open_and_names_the_access_point() {
-        let (id, s) = settings("sealer", |_| {});
-        let text = plan(&id, &s).to_string();
-        let exposure: Vec<&str> = text.lines().filter(|l| l.contains("TCP 2049")).collect();
-        assert_eq!(
-            exposure,
-            ["  exposure  plain NFS: any host that reaches TCP 2049 can mount any path of fs-0123456789abcdef0 (use efs_utils and an access point)"],
-            "{text}"
-        );
-        let (id, s) = settings("sealer", |f| {
-            f.storage.efs_utils = true;
-            f.storage.efs_access_point_id = "fsap-0123456789abcdef0".into();
-        });
-        let text = plan(&id, &s).to_string();
-        assert!(!text.contains("TCP 2049"), "{text}");
-        assert!(
-            text.contains("EFS fs-0123456789abcdef0:/production/sealer mounted at /var/lib/node-agent/data from fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com through access point fsap-0123456789abcdef0 with efs-utils"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn check_names_cloudwatch_only_when_logs_are_shipped() {
-        let (id, s) = settings("rpc", |_| {});
-        let text = plan(&id, &s).to_string();
-        assert!(
-            text.contains("    log     /var/log/node-agent/geth.log -> CloudWatch /node-agent/production/rpc / i-0abc/geth\n"),
-            "{text}"
-        );
-        let (id, s) = settings("rpc", |f| f.logs.ship = false);
-        let text = plan(&id, &s).to_string();
-        assert!(!text.contains("CloudWatch"), "{text}");
-        assert!(
-            text.contains(
-                "    log     /var/log/node-agent/geth.log (file only: logs.ship = false)\n"
-            ) && text.contains(
-                "  agent log /var/log/node-agent/node-agent.log (file only: logs.ship = false)\n"
-            ),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn display_quotes_arguments_a_shell_would_split() {
-        assert_eq!(shell_quote("*"), "'*'");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("--x=1"), "--x=1");
     }
 }
