@@ -238,6 +238,56 @@ fn first_boot_initialises_the_datadir_once() {
     );
 }
 
+#[test]
+fn geth_init_is_given_the_genesis_bytes_that_were_checked() {
+    let host = Host::new(None, None, "");
+    let original = std::fs::read_to_string(repo().join("resources/genesis.json")).unwrap();
+    let configured = host.path("genesis.json");
+    std::fs::write(&configured, &original).unwrap();
+    // Writable by the service user the agent (and so geth init) runs as.
+    std::fs::set_permissions(
+        &configured,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    // Between the check at start and `geth init`, the configured file changes under the agent.
+    let wrapper = geth_wrapper(
+        host.dir.path(),
+        &format!(
+            r#"case "$1" in init) echo '{{"not": "a genesis"}}' > {} ;; esac"#,
+            configured.display()
+        ),
+    );
+    host.configure(&format!(
+        "[chain]\ngenesis = \"{}\"\n[binaries]\ngeth = \"{}\"\n",
+        configured.display(),
+        wrapper.display()
+    ));
+    let mut agent = host.spawn_run(&["--local", "--role", "rpc", "--environment", "dev"]);
+    agent.wait_ready();
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&configured).unwrap(),
+        "{\"not\": \"a genesis\"}\n",
+        "the wrapper did not change the configured file"
+    );
+    assert!(host.path("data/dev/rpc/geth/chaindata").is_dir());
+    let given = host.path("run/genesis.json");
+    assert_eq!(
+        std::fs::read_to_string(&given).unwrap(),
+        original,
+        "geth init was not given the checked bytes"
+    );
+    let marker =
+        std::fs::read_to_string(host.path("data/dev/rpc/.node-agent-genesis.sha256")).unwrap();
+    use sha2::Digest as _;
+    let want: String = sha2::Sha256::digest(original.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(marker.trim(), want);
+}
+
 /// Runs `node-agent ARGS` to its end, killing it (and failing) if it is still running after `limit`.
 fn output_within(host: &Host, args: &[&str], limit: Duration) -> std::process::Output {
     let mut child = host

@@ -184,7 +184,7 @@ fn local_mode_off_a_baked_host_uses_the_built_in_dev_genesis_and_says_so() {
     let mut agent = host.spawn_run(&LOCAL_RPC);
     agent.wait_ready();
     assert!(agent.stderr().contains("built-in dev genesis"));
-    let written = std::fs::read_to_string(host.path("run/dev-genesis.json")).unwrap();
+    let written = std::fs::read_to_string(host.path("run/genesis.json")).unwrap();
     let repo_genesis = std::fs::read_to_string(repo().join("resources/genesis.json")).unwrap();
     assert_eq!(written, repo_genesis);
     agent.terminate();

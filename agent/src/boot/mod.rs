@@ -70,7 +70,7 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
         (None, false) if !default.exists() => return Err(AgentError::NoConfig),
         (None, _) => Some(default),
     };
-    let (mut file, path) = ConfigFile::load(path)?;
+    let (file, path) = ConfigFile::load(path)?;
     let identity: Identity = if args.local {
         let (Some(role), Some(env)) = (args.role, args.environment.as_deref()) else {
             return Err(AgentError::LocalNeedsRole);
@@ -83,20 +83,14 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
         .await?
     };
     // Local mode off a baked host: no genesis where the image puts it. The built-in dev genesis lets one
-    // try the agent anywhere; `run` writes it beside geth's socket for `geth init`.
+    // try the agent anywhere.
     let builtin = args.local
         && file.chain.genesis == config::ChainFile::default().genesis
         && !file.chain.genesis.exists();
     let settings = if builtin {
         tracing::info!(missing = %file.chain.genesis.display(), "local mode: no genesis file there; using the built-in dev genesis (set chain.genesis for another)");
-        file.chain.genesis = file.storage.runtime_dir.join(DEV_GENESIS_FILE);
-        let mut settings = Settings::with_genesis(
-            &file,
-            &path,
-            &identity,
-            args.local,
-            crate::chain::genesis::Genesis::dev()?,
-        )?;
+        let genesis = crate::chain::genesis::Genesis::dev()?;
+        let mut settings = Settings::with_genesis(&file, &path, &identity, args.local, genesis)?;
         settings.genesis_builtin = true;
         settings
     } else {
@@ -105,9 +99,6 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
     let plan = plan::plan(&identity, &settings);
     Ok((settings, plan))
 }
-
-/// Where `run` writes the built-in dev genesis in local mode, in `storage.runtime_dir`.
-const DEV_GENESIS_FILE: &str = "dev-genesis.json";
 
 /// `node-agent check`. With local secrets (local mode), also reads and checks them as `run` would: a
 /// missing file or a keystore that does not open fails here, not at the first start. Secrets Manager is
@@ -299,12 +290,6 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             )));
         }
     }
-    let genesis = if settings.genesis_builtin {
-        crate::chain::genesis::DEV.as_bytes().to_vec()
-    } else {
-        std::fs::read(&settings.genesis_path)
-            .map_err(io("cannot read genesis", &settings.genesis_path))?
-    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("cannot install signal handler", Path::new("SIGTERM")))?;
 
@@ -354,10 +339,15 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             None => None,
         };
         if let Some(init) = &plan.init {
-            if settings.genesis_builtin {
-                write_dev_genesis(&settings.genesis_path)?;
-            }
-            geth::first_boot(init, plan.storage.datadir(), &genesis).await?;
+            // The bytes checked at start, not whatever the configured path holds by now.
+            let genesis = settings.genesis.bytes();
+            safefs::Dir::open(&settings.runtime_dir)?.write_file(
+                std::ffi::OsStr::new(crate::chain::genesis::RUNTIME_FILE),
+                genesis,
+                0o644,
+                None,
+            )?;
+            geth::first_boot(init, plan.storage.datadir(), genesis).await?;
         }
         Ok::<_, AgentError>((secrets, status_socket, (sinks, logs_status), lease))
     };
@@ -397,15 +387,6 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         .await;
     }
     result
-}
-
-/// The built-in dev genesis for `geth init`, in local mode: written temp + rename by the (unprivileged)
-/// agent into its own runtime directory.
-fn write_dev_genesis(path: &Path) -> Result<(), AgentError> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, crate::chain::genesis::DEV)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io("cannot write the built-in dev genesis to", path))
 }
 
 /// `node-agent cleanup` (the unit's `ExecStopPost=+`): empties the secrets directory and unmounts its

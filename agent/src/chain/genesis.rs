@@ -18,7 +18,14 @@ pub struct Genesis {
     pub epoch: u64,
     /// Authorised signers from `extraData`, lowercase `0x` addresses.
     pub signers: Vec<String>,
+    /// The exact bytes that were checked: what `geth init` is given (see [`RUNTIME_FILE`]).
+    #[serde(skip)]
+    bytes: Vec<u8>,
 }
+
+/// The checked genesis, as `run` writes it into `storage.runtime_dir` for `geth init`: geth reads the
+/// bytes node-agent checked, not whatever the configured path holds by then.
+pub const RUNTIME_FILE: &str = "genesis.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenesisError {
@@ -68,6 +75,11 @@ impl Genesis {
             source,
         })?;
         Self::parse_named(&text, path)
+    }
+
+    /// The bytes this genesis was parsed from.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The built-in development genesis, [`DEV`].
@@ -133,6 +145,7 @@ impl Genesis {
             period: clique.period,
             epoch: clique.epoch,
             signers,
+            bytes: text.to_vec(),
         })
     }
 }

@@ -237,9 +237,17 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
                 "init".into(),
                 "--datadir".into(),
                 s(datadir),
-                s(&settings.genesis_path),
+                s(&settings.runtime_dir.join(crate::chain::genesis::RUNTIME_FILE)),
             ],
-            when: "the datadir holds no chain yet".into(),
+            when: format!(
+                "the datadir holds no chain yet; {} is written from {} as checked",
+                crate::chain::genesis::RUNTIME_FILE,
+                if settings.genesis_builtin {
+                    "the built-in dev genesis".to_owned()
+                } else {
+                    s(&settings.genesis_path)
+                }
+            ),
         });
         children.push(ChildPlan {
             name: "geth".into(),
