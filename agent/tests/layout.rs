@@ -91,6 +91,48 @@ impl Refs {
         }
     }
 
+    /// Every `crate::a::b…`, `super::…` and `self::…` path in a token stream, groups included.
+    fn tokens(&mut self, stream: proc_macro2::TokenStream) {
+        use proc_macro2::TokenTree;
+        let tokens: Vec<TokenTree> = stream.into_iter().collect();
+        let ident = |t: &TokenTree| match t {
+            TokenTree::Ident(i) => Some(i.to_string()),
+            _ => None,
+        };
+        let colon =
+            |t: Option<&TokenTree>| matches!(t, Some(TokenTree::Punct(p)) if p.as_char() == ':');
+        let mut i = 0;
+        while i < tokens.len() {
+            if let TokenTree::Group(g) = &tokens[i] {
+                self.tokens(g.stream());
+                i += 1;
+                continue;
+            }
+            let starts =
+                ident(&tokens[i]).is_some_and(|s| matches!(s.as_str(), "crate" | "super" | "self"));
+            // Not the tail of a longer path (`x::crate` cannot occur; `::super` after `super` is read below).
+            let preceded = i >= 1 && colon(tokens.get(i - 1));
+            if starts && !preceded {
+                let line = tokens[i].span().start().line;
+                let mut segments = vec![ident(&tokens[i]).unwrap_or_default()];
+                let mut j = i + 1;
+                while colon(tokens.get(j)) && colon(tokens.get(j + 1)) {
+                    match tokens.get(j + 2).and_then(ident) {
+                        Some(s) => segments.push(s),
+                        None => break,
+                    }
+                    j += 3;
+                }
+                if segments.len() > 1 {
+                    self.note(segments, line);
+                }
+                i = j.max(i + 1);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
         match tree {
             syn::UseTree::Path(p) => {
@@ -137,6 +179,12 @@ impl<'ast> Visit<'ast> for Refs {
             self.note(segments, first.ident.span().start().line);
         }
         syn::visit::visit_path(self, p);
+    }
+    /// Macro arguments are not parsed by syn (`assert!(crate::x::f())`): their paths are read from the
+    /// tokens.
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        self.tokens(m.tokens.clone());
+        syn::visit::visit_macro(self, m);
     }
     fn visit_expr_unsafe(&mut self, e: &'ast syn::ExprUnsafe) {
         self.unsafe_lines.push(e.unsafe_token.span.start().line);

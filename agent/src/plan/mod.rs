@@ -237,7 +237,9 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
                 "init".into(),
                 "--datadir".into(),
                 s(datadir),
-                s(&settings.runtime_dir.join(crate::chain::genesis::RUNTIME_FILE)),
+                s(&settings
+                    .runtime_dir
+                    .join(crate::chain::genesis::RUNTIME_FILE)),
             ],
             when: format!(
                 "the datadir holds no chain yet; {} is written from {} as checked",
