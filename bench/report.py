@@ -11,6 +11,12 @@ ratios against their baselines and targets.
 - steady-state RSS of the agent supervising the geth stand-in and shipping its lines to moto;
 - the static binary's size.
 Not a test: numbers depend on the machine, which the report prints. Needs moto[server], boto3, GNU time.
+
+    python3 bench/report.py --against REV
+
+also builds commit REV (in a temporary git worktree, sharing this checkout's target directory) and runs
+every benchmark on both binaries in the same run, printing each figure side by side with the change
+(this / baseline; for every row, above 1.10 is a regression of more than 10%).
 """
 import argparse
 import os
@@ -143,15 +149,18 @@ def ratio_row(text, label):
     return [c.strip() for c in m.group(1).split("|") if c.strip()] if m else None
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--runs", type=int, default=10)
-    args = ap.parse_args()
+def static_build(tree, out):
+    """Builds the shipped binary of `tree` (a checkout) and copies it to `out`: the target directory is
+    shared, so the next build would overwrite it in place."""
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(REPO, "target"))
+    built = subprocess.run(["bake/static-build"], cwd=tree, check=True, text=True, capture_output=True,
+                           env=env).stdout.strip().splitlines()[-1]
+    shutil.copy2(built, out)
+    return out
 
-    # The binary the bake ships, for every measurement.
-    binary = sh(["bake/static-build"]).strip().splitlines()[-1]
 
+def measure(binary, args):
+    """Every figure for one binary, as (name, number, unit, target, lower is better)."""
     gs = sh([sys.executable, "tests/bench/get_secret.py", "--runs", str(args.runs), "--binary", binary])
     gs_ratio = ratio_row(gs, "ratio node-agent/python")
     logs = sh(["bench/logs.sh", str(args.lines)], env=dict(os.environ, NODE_AGENT=binary))
@@ -165,26 +174,62 @@ def main():
         moto.kill()
         moto.wait()
     size = os.path.getsize(binary) / 2**20
-
+    number = lambda v: float(str(v).rstrip("x"))
     rows = [
-        ("get-secret wall time vs boto3 script", f"{gs_ratio[0]}x", "<= 0.05x"),
-        ("get-secret peak RSS vs boto3 script", f"{gs_ratio[2]}x", "<= 0.33x"),
-        ("bootstrap: agent CPU from start to child exec", f"{boot_ms:.1f} ms", "<= 50 ms"),
-        ("log shipping CPU per 1M lines", f"{logs_agent[2]} s", "<= 1 s"),
-        ("log shipping CPU vs boto3 shipper", f"{logs_ratio[1]} less", ">= 10x less"),
-        ("steady-state RSS supervising + shipping", f"{rss:.1f} MiB", "<= 15 MiB"),
-        ("static binary size", f"{size:.1f} MiB", "<= 10 MB"),
+        ("get-secret wall time vs boto3 script", number(gs_ratio[0]), "x", "<= 0.05x", True),
+        ("get-secret peak RSS vs boto3 script", number(gs_ratio[2]), "x", "<= 0.33x", True),
+        ("bootstrap: agent CPU from start to child exec", boot_ms, " ms", "<= 50 ms", True),
+        ("log shipping CPU per 1M lines", number(logs_agent[2]), " s", "<= 1 s", True),
+        ("log shipping CPU vs boto3 shipper", number(logs_ratio[1]), "x less", ">= 10x less", False),
+        ("steady-state RSS supervising + shipping", rss, " MiB", "<= 15 MiB", True),
+        ("static binary size", size, " MiB", "<= 10 MB", True),
     ]
+    return rows, gs, logs
+
+
+def fmt(v, unit):
+    return f"{v:.3f}{unit}" if v < 1 else f"{v:.1f}{unit}" if unit != "x" else f"{v:.2f}{unit}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--against", metavar="REV", help="also measure commit REV, side by side")
+    args = ap.parse_args()
+
+    # The binary the bake ships, for every measurement.
+    work = tempfile.mkdtemp(prefix="node-agent-bench-")
+    baseline = None
+    if args.against:
+        tree = os.path.join(work, "baseline")
+        sh(["git", "worktree", "add", "--detach", tree, args.against])
+        try:
+            baseline = static_build(tree, os.path.join(work, "node-agent-baseline"))
+        finally:
+            sh(["git", "worktree", "remove", "--force", tree])
+    binary = static_build(REPO, os.path.join(work, "node-agent"))
+
+    rows, gs, logs = measure(binary, args)
+    base_rows = measure(baseline, args)[0] if baseline else None
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}")
     print()
-    print("| benchmark | node-agent | target |")
-    print("|---|---:|---:|")
-    for name, value, target in rows:
-        print(f"| {name} | {value} | {target} |")
+    if base_rows:
+        print(f"| benchmark | node-agent | baseline {args.against} | change (worse when > 1.10) | target |")
+        print("|---|---:|---:|---:|---:|")
+        for (name, v, unit, target, lower), (_, b, _, _, _) in zip(rows, base_rows):
+            change = (v / b if lower else b / v) if b and v else float("nan")
+            print(f"| {name} | {fmt(v, unit)} | {fmt(b, unit)} | {change:.2f} | {target} |")
+    else:
+        print("| benchmark | node-agent | target |")
+        print("|---|---:|---:|")
+        for name, v, unit, target, _ in rows:
+            print(f"| {name} | {fmt(v, unit)} | {target} |")
     print()
     print("get-secret detail:\n" + gs)
     print("log shipping detail:\n" + logs)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -396,3 +396,55 @@ fn files_stay_short_or_say_why() {
         long.join(", ")
     );
 }
+
+/// The top-level modules: `src/NAME.rs` and `src/NAME/`.
+fn top_level_modules() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(src())
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            p.file_stem().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn the_readme_and_the_architecture_page_name_every_module() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `agent/src/` |"))
+        .expect("README's layout has an `agent/src/` row");
+    let architecture = std::fs::read_to_string(repo.join("docs/architecture.md")).unwrap();
+    let table: String = architecture
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for m in top_level_modules() {
+        let dir = src().join(&m).is_dir();
+        let shown = if dir {
+            format!("`{m}/`")
+        } else {
+            format!("`{m}")
+        };
+        assert!(
+            row.contains(&shown),
+            "README's agent/src row does not name {shown}"
+        );
+        let file = if dir {
+            format!("`{m}/`")
+        } else {
+            format!("`{m}.rs`")
+        };
+        assert!(
+            table.contains(&file),
+            "docs/architecture.md's table does not name {file}"
+        );
+    }
+}
