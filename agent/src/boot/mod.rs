@@ -195,7 +195,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             None => bind_status_socket(&settings, None)?,
         };
         let (mut logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
-        let logs_status = logs.status_json();
+        let logs_status = logs.status();
         pipeline = Some(logs);
         if let Some(check) = &plan.version_check {
             geth::check_version(check).await?;

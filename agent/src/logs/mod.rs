@@ -13,7 +13,7 @@ mod writer;
 
 use crate::config::LogsFile;
 use crate::plan::{LogTarget, Plan};
-use crate::status::bytes;
+use crate::status::{bytes, LogsStatus};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -196,7 +196,7 @@ pub struct Logs {
 const DEGRADED_AFTER_MS: i64 = 30_000;
 
 /// The status document's `logs` part. Pure.
-pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
+pub fn status(streams: &[StreamStatus], now_ms: i64) -> LogsStatus {
     let shipping = streams.iter().any(|s| s.shipping);
     let lag: u64 = streams.iter().map(|s| s.lag_bytes).sum();
     let failing = streams
@@ -247,14 +247,14 @@ pub fn status_json(streams: &[StreamStatus], now_ms: i64) -> serde_json::Value {
     if let Some(first) = errors.first() {
         summary.push_str(&format!(", error: {first}"));
     }
-    serde_json::json!({
-        "summary": summary,
+    LogsStatus {
+        summary,
         // A refused setup needs a policy fix, however well shipping goes.
-        "degraded": failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS) || !errors.is_empty(),
-        "errors": errors,
-        "lag_bytes": lag,
-        "streams": streams,
-    })
+        degraded: failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS) || !errors.is_empty(),
+        errors: errors.into_iter().map(str::to_owned).collect(),
+        lag_bytes: lag,
+        streams: streams.to_vec(),
+    }
 }
 
 impl Logs {
@@ -354,19 +354,15 @@ impl Logs {
         ))
     }
 
-    /// The shipping state as `node-agent status` shows it, refreshed every second:
-    /// `{"summary": "...", "degraded": bool, "streams": [...]}`.
-    pub fn status_json(&mut self) -> watch::Receiver<serde_json::Value> {
+    /// The shipping state as `node-agent status` shows it, refreshed every second.
+    pub fn status(&mut self) -> watch::Receiver<LogsStatus> {
         let src = self.status.clone();
-        let (tx, rx) = watch::channel(status_json(&src.snapshot(), stamp::now_ms()));
+        let (tx, rx) = watch::channel(status(&src.snapshot(), stamp::now_ms()));
         self.publisher = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if tx
-                    .send(status_json(&src.snapshot(), stamp::now_ms()))
-                    .is_err()
-                {
+                if tx.send(status(&src.snapshot(), stamp::now_ms())).is_err() {
                     return;
                 }
             }
@@ -565,26 +561,26 @@ mod tests {
             lag_bytes: 2048,
             ..StreamStatus::default()
         };
-        let v = status_json(std::slice::from_ref(&ok), 10_000);
-        assert_eq!(v["summary"], "last shipped 2s ago, lag 2.0 KiB");
-        assert_eq!(v["degraded"], false);
+        let v = status(std::slice::from_ref(&ok), 10_000);
+        assert_eq!(v.summary, "last shipped 2s ago, lag 2.0 KiB");
+        assert!(!v.degraded);
         let failing = StreamStatus {
             failing_since_ms: Some(0),
             last_error: Some("ThrottlingException".into()),
             unwritten_lines: 3,
             ..ok.clone()
         };
-        let v = status_json(&[ok.clone(), failing.clone()], 29_999);
-        assert_eq!(v["degraded"], false);
-        let v = status_json(&[ok, failing], 30_000);
-        assert_eq!(v["degraded"], true);
+        let v = status(&[ok.clone(), failing.clone()], 29_999);
+        assert!(!v.degraded);
+        let v = status(&[ok.clone(), failing.clone()], 30_000);
+        assert!(v.degraded);
         assert_eq!(
-            v["summary"],
+            v.summary,
             "CloudWatch failing for 30s (ThrottlingException), lag 4.0 KiB, 3 lines not written (disk)"
         );
-        assert_eq!(v["streams"].as_array().map(Vec::len), Some(2));
-        let off = status_json(&[StreamStatus::default()], 0);
-        assert_eq!(off["summary"], "files only (not shipped)");
+        assert_eq!((v.lag_bytes, v.streams), (4096, vec![ok, failing]));
+        let off = status(&[StreamStatus::default()], 0);
+        assert_eq!(off.summary, "files only (not shipped)");
     }
 
     #[test]
@@ -596,15 +592,15 @@ mod tests {
             setup_error: Some(denied.into()),
             ..StreamStatus::default()
         };
-        let v = status_json(&[s.clone(), s], 10_000);
-        assert_eq!(v["degraded"], true);
-        assert_eq!(v["errors"], serde_json::json!([denied]));
+        let v = status(&[s.clone(), s], 10_000);
+        assert!(v.degraded);
+        assert_eq!(v.errors, [denied]);
         assert_eq!(
-            v["summary"],
+            v.summary,
             format!("last shipped 1s ago, lag 0 B, error: {denied}")
         );
-        let ok = status_json(&[StreamStatus::default()], 0);
-        assert_eq!(ok["errors"], serde_json::json!([]));
+        let ok = status(&[StreamStatus::default()], 0);
+        assert!(ok.errors.is_empty());
     }
 
     /// A reader that hands out the given chunks one read at a time, as a pipe would.

@@ -12,7 +12,6 @@ use super::writer::{ChainFile, Shared};
 use crate::error::error_chain;
 use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
-use serde::Serialize;
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -27,41 +26,7 @@ const CHUNK: usize = 1 << 20;
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
-/// What `node-agent status` shows for one stream.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct StreamStatus {
-    pub child: String,
-    pub file: PathBuf,
-    pub group: String,
-    pub stream: String,
-    /// Whether lines are shipped at all (`logs.ship`).
-    pub shipping: bool,
-    /// Unix milliseconds of the last batch CloudWatch accepted.
-    pub last_success_ms: Option<i64>,
-    /// Bytes written to the files and not yet accepted by CloudWatch.
-    pub lag_bytes: u64,
-    pub events_sent: u64,
-    pub batches_sent: u64,
-    /// Failed calls that were retried (throttling, 5xx, network, ...).
-    pub retries: u64,
-    pub rejected_too_old: u64,
-    pub rejected_too_new: u64,
-    pub rejected_expired: u64,
-    /// Events CloudWatch refused as invalid (retrying cannot help): set aside, lost.
-    pub rejected_invalid: u64,
-    /// Why the last event was set aside.
-    pub last_rejected: Option<String>,
-    pub last_error: Option<String>,
-    /// What the instance role may not do to the group or stream (AccessDenied on CreateLogGroup,
-    /// PutRetentionPolicy, CreateLogStream): shipping may go on, but the policy needs fixing.
-    pub setup_error: Option<String>,
-    /// Unix milliseconds since when calls fail without a success in between.
-    pub failing_since_ms: Option<i64>,
-    /// Lines the writer could not write (disk full).
-    pub unwritten_lines: u64,
-    /// Bytes rotated away before they were shipped.
-    pub lost_bytes: u64,
-}
+pub use crate::status::model::StreamStatus;
 
 /// The CloudWatch Logs client. Retries are ours (counted, never giving up), so the SDK's are off.
 #[derive(Clone, Debug)]

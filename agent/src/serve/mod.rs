@@ -39,14 +39,18 @@ pub async fn fed_while<F: std::future::Future>(work: F, limit: Duration) -> F::O
 }
 
 /// Storage as status shows it.
-fn storage_json(storage: &StorageSettings) -> serde_json::Value {
+fn storage_place(storage: &StorageSettings) -> status::StoragePlace {
     match storage {
-        StorageSettings::Efs(efs) => serde_json::json!({
-            "kind": "efs", "source": format!("{}:{}", efs.file_system_id, efs.path), "datadir": efs.datadir,
-        }),
-        StorageSettings::Local { datadir, .. } => serde_json::json!({
-            "kind": "local", "source": datadir, "datadir": datadir,
-        }),
+        StorageSettings::Efs(efs) => status::StoragePlace {
+            kind: status::StorageKind::Efs,
+            source: format!("{}:{}", efs.file_system_id, efs.path),
+            datadir: efs.datadir.clone(),
+        },
+        StorageSettings::Local { datadir, .. } => status::StoragePlace {
+            kind: status::StorageKind::Local,
+            source: datadir.display().to_string(),
+            datadir: datadir.clone(),
+        },
     }
 }
 
@@ -80,7 +84,7 @@ fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
 pub struct Handover {
     pub secrets: Option<(secrets::Source, secrets::SecretSet)>,
     pub status_socket: tokio::net::UnixListener,
-    pub logs: (Vec<logs::LineSink>, watch::Receiver<serde_json::Value>),
+    pub logs: (Vec<logs::LineSink>, watch::Receiver<status::LogsStatus>),
     /// The sealer's lease, kept (and geth fenced without it) for as long as the agent runs.
     pub lease: Option<lease::Lease>,
 }
@@ -171,8 +175,7 @@ pub async fn supervise(
             availability_zone: plan.identity.availability_zone.clone(),
             geth_pinned: crate::chain::pins::pinned_geth(),
             user: plan.user.clone(),
-            storage: storage_json(&plan.storage),
-            datadir: plan.storage.datadir().to_owned(),
+            storage: storage_place(&plan.storage),
             enode,
         }),
         children: statuses.clone(),
