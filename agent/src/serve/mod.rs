@@ -59,10 +59,7 @@ fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
     let parts: Vec<String> = children
         .iter()
         .map(|c| {
-            let state = serde_json::to_value(c.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let state = c.state.as_str();
             match (&c.reason, &c.chain) {
                 (Some(r), _) => format!("{} {state} ({r})", c.name),
                 (None, Some(chain)) if chain.head == 0 => format!(
