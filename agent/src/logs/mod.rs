@@ -5,21 +5,27 @@
 //! file → shipper task (one per file: batch, PutLogEvents, checkpoint). The files are the buffer between
 //! the two halves, so a slow or absent CloudWatch never slows a child down.
 
+mod agent;
 mod batch;
 mod checkpoint;
+mod report;
 mod ship;
 mod stamp;
 mod writer;
 
 use crate::config::LogsFile;
 use crate::plan::{LogTarget, Plan};
-use crate::status::{bytes, LogsStatus};
+use crate::status::LogsStatus;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
 
+pub use agent::AgentLog;
+use agent::{attach_agent_log, detach_agent_log};
+use report::Target;
+pub use report::{status, StatusSource};
 pub use ship::StreamStatus;
 use writer::Msg;
 pub use writer::Rotation;
@@ -30,8 +36,6 @@ pub const MAX_LINE: usize = batch::MAX_MESSAGE_BYTES;
 pub const AGENT: &str = "node-agent";
 /// Lines queued per file before a child's output waits (then its pipe, then the child).
 const QUEUE: usize = 4096;
-/// The agent's own lines logged before its log file is open, kept for it.
-const EARLY_LINES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open log file {path}: {source}")]
@@ -155,32 +159,6 @@ fn open_file(
     Ok((LineSink { tx }, handle, shared))
 }
 
-/// One log file and, when shipping, its stream.
-struct Target {
-    status: Arc<Mutex<StreamStatus>>,
-    shared: Arc<writer::Shared>,
-}
-
-/// A read-only view of the shipping state, for `node-agent status`.
-#[derive(Clone)]
-pub struct StatusSource(Arc<Vec<Target>>);
-
-impl StatusSource {
-    /// One entry per log file: shipping progress, lag, retries, rejected events, local losses.
-    pub fn snapshot(&self) -> Vec<StreamStatus> {
-        self.0
-            .iter()
-            .map(|t| {
-                let mut st = t.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let s = t.shared.lock();
-                st.unwritten_lines = s.unwritten_lines;
-                st.lost_bytes = s.lost_bytes;
-                st
-            })
-            .collect()
-    }
-}
-
 /// The running log pipeline of the agent.
 pub struct Logs {
     writers: Vec<tokio::task::JoinHandle<()>>,
@@ -190,71 +168,6 @@ pub struct Logs {
     stop_flush: Duration,
     status: StatusSource,
     publisher: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Shipping failing this long makes the host degraded.
-const DEGRADED_AFTER_MS: i64 = 30_000;
-
-/// The status document's `logs` part. Pure.
-pub fn status(streams: &[StreamStatus], now_ms: i64) -> LogsStatus {
-    let shipping = streams.iter().any(|s| s.shipping);
-    let lag: u64 = streams.iter().map(|s| s.lag_bytes).sum();
-    let failing = streams
-        .iter()
-        .filter_map(|s| s.failing_since_ms.map(|t| (now_ms - t, s)))
-        .max_by_key(|(d, _)| *d);
-    let unwritten: u64 = streams.iter().map(|s| s.unwritten_lines).sum();
-    let lost: u64 = streams.iter().map(|s| s.lost_bytes).sum();
-    let rejected: u64 = streams
-        .iter()
-        .map(|s| s.rejected_too_old + s.rejected_too_new + s.rejected_expired + s.rejected_invalid)
-        .sum();
-    let mut summary = if !shipping {
-        "files only (not shipped)".to_owned()
-    } else if let Some((d, s)) = failing {
-        format!(
-            "CloudWatch failing for {}s ({}), lag {}",
-            d / 1000,
-            s.last_error.as_deref().unwrap_or("?"),
-            bytes(lag)
-        )
-    } else {
-        match streams.iter().filter_map(|s| s.last_success_ms).max() {
-            Some(t) => format!(
-                "last shipped {}s ago, lag {}",
-                (now_ms - t).max(0) / 1000,
-                bytes(lag)
-            ),
-            None => format!("nothing shipped yet, lag {}", bytes(lag)),
-        }
-    };
-    for (n, what) in [
-        (unwritten, "lines not written (disk)"),
-        (rejected, "events rejected by CloudWatch"),
-    ] {
-        if n > 0 {
-            summary.push_str(&format!(", {n} {what}"));
-        }
-    }
-    if lost > 0 {
-        summary.push_str(&format!(", {} rotated away unshipped", bytes(lost)));
-    }
-    // Every stream of a group meets the same refusal: each once.
-    let errors: std::collections::BTreeSet<&str> = streams
-        .iter()
-        .filter_map(|s| s.setup_error.as_deref())
-        .collect();
-    if let Some(first) = errors.first() {
-        summary.push_str(&format!(", error: {first}"));
-    }
-    LogsStatus {
-        summary,
-        // A refused setup needs a policy fix, however well shipping goes.
-        degraded: failing.is_some_and(|(d, _)| d >= DEGRADED_AFTER_MS) || !errors.is_empty(),
-        errors: errors.into_iter().map(str::to_owned).collect(),
-        lag_bytes: lag,
-        streams: streams.to_vec(),
-    }
 }
 
 impl Logs {
@@ -397,83 +310,6 @@ impl Logs {
     }
 }
 
-/// The agent's own log, teed from `tracing` into its log file (stderr gets it too, for journald).
-struct AgentTee {
-    sink: Option<mpsc::Sender<Msg>>,
-    early: Vec<Vec<u8>>,
-    dropped: u64,
-}
-
-static AGENT_TEE: Mutex<AgentTee> = Mutex::new(AgentTee {
-    sink: None,
-    early: Vec::new(),
-    dropped: 0,
-});
-
-fn agent_tee() -> std::sync::MutexGuard<'static, AgentTee> {
-    AGENT_TEE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn attach_agent_log(tx: mpsc::Sender<Msg>) {
-    let mut t = agent_tee();
-    for line in std::mem::take(&mut t.early) {
-        if tx.try_send(Msg::Line(line)).is_err() {
-            t.dropped += 1;
-        }
-    }
-    t.sink = Some(tx);
-}
-
-fn detach_agent_log() {
-    agent_tee().sink = None;
-}
-
-/// A `tracing_subscriber` writer that sends the agent's log lines to its log file. Never blocks: when the
-/// file's queue is full the line only reaches stderr.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AgentLog;
-
-/// One formatted event on its way to the agent's log file.
-pub struct AgentLogLine(Vec<u8>);
-
-impl std::io::Write for AgentLogLine {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for AgentLogLine {
-    fn drop(&mut self) {
-        let mut t = agent_tee();
-        for line in self.0.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let sent = match &t.sink {
-                Some(tx) => tx.try_send(Msg::Line(line.to_vec())).is_ok(),
-                None if t.early.len() < EARLY_LINES => {
-                    t.early.push(line.to_vec());
-                    true
-                }
-                None => false,
-            };
-            if !sent {
-                t.dropped += 1;
-            }
-        }
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AgentLog {
-    type Writer = AgentLogLine;
-
-    fn make_writer(&'a self) -> AgentLogLine {
-        AgentLogLine(Vec::new())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,56 +387,6 @@ mod tests {
         let lines = lines(&path);
         assert!(lines.iter().all(|l| std::str::from_utf8(l).is_ok()));
         assert_eq!(lines.concat(), text);
-    }
-
-    #[test]
-    fn status_says_how_shipping_goes_and_turns_degraded_after_30_s_of_failures() {
-        let ok = StreamStatus {
-            shipping: true,
-            last_success_ms: Some(8_000),
-            lag_bytes: 2048,
-            ..StreamStatus::default()
-        };
-        let v = status(std::slice::from_ref(&ok), 10_000);
-        assert_eq!(v.summary, "last shipped 2s ago, lag 2.0 KiB");
-        assert!(!v.degraded);
-        let failing = StreamStatus {
-            failing_since_ms: Some(0),
-            last_error: Some("ThrottlingException".into()),
-            unwritten_lines: 3,
-            ..ok.clone()
-        };
-        let v = status(&[ok.clone(), failing.clone()], 29_999);
-        assert!(!v.degraded);
-        let v = status(&[ok.clone(), failing.clone()], 30_000);
-        assert!(v.degraded);
-        assert_eq!(
-            v.summary,
-            "CloudWatch failing for 30s (ThrottlingException), lag 4.0 KiB, 3 lines not written (disk)"
-        );
-        assert_eq!((v.lag_bytes, v.streams), (4096, vec![ok, failing]));
-        let off = status(&[StreamStatus::default()], 0);
-        assert_eq!(off.summary, "files only (not shipped)");
-    }
-
-    #[test]
-    fn a_refused_log_group_setup_is_an_error_in_status_even_while_shipping_works() {
-        let denied = "CreateLogGroup /g: access denied (AccessDeniedException: no): the instance role needs logs:CreateLogGroup on the log group; `node-agent iam-policy` prints the grants";
-        let s = StreamStatus {
-            shipping: true,
-            last_success_ms: Some(9_000),
-            setup_error: Some(denied.into()),
-            ..StreamStatus::default()
-        };
-        let v = status(&[s.clone(), s], 10_000);
-        assert!(v.degraded);
-        assert_eq!(v.errors, [denied]);
-        assert_eq!(
-            v.summary,
-            format!("last shipped 1s ago, lag 0 B, error: {denied}")
-        );
-        let ok = status(&[StreamStatus::default()], 0);
-        assert!(ok.errors.is_empty());
     }
 
     /// A reader that hands out the given chunks one read at a time, as a pipe would.
