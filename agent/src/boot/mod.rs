@@ -251,7 +251,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         let writers = Duration::from_secs(5 * (plan.children.len() as u64 + 1));
         fed_while(
             logs.shutdown(),
-            writers + Duration::from_secs(settings.logs.stop_flush_secs + 10),
+            writers + settings.logs.stop_flush + Duration::from_secs(10),
         )
         .await;
     }

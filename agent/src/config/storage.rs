@@ -1,8 +1,17 @@
-//! The storage settings' own vocabulary: the EFS mount options and DNS name, and who owns a data
-//! directory. Pure: `config` checks them, `storage` acts on them.
+//! The `[storage]` section: its vocabulary (the EFS mount options and DNS name, who owns a data
+//! directory), the typed [`StorageSettings`] this host gets, and the check that builds them from the
+//! file and the tags. Pure: `config` checks them, `storage` acts on them.
 
+use super::checks::{
+    at_least_a_second, check_access_point_id, check_fs_id, fill, invalid, Invalid,
+};
+pub use super::file::EFS_MOUNT_OPTIONS;
+use super::file::{StorageFile, StorageKind};
+use super::tags::HostTags;
 use serde::Serialize;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The sentinel's file name, in the root of the data directory.
 pub const SENTINEL: &str = ".node-agent-storage.json";
@@ -11,9 +20,6 @@ pub const SENTINEL: &str = ".node-agent-storage.json";
 /// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
 pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
 
-/// The NFS options AWS recommends for EFS (EFS user guide, "Mounting on Amazon EC2 with a DNS name").
-pub const EFS_MOUNT_OPTIONS: &str =
-    "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport";
 
 /// `FS_ID.efs.REGION.amazonaws.com` (`.amazonaws.com.cn` in the China regions).
 pub fn efs_dns_name(file_system_id: &str, region: &str) -> String {
@@ -79,7 +85,7 @@ pub enum Owner {
 }
 
 impl Owner {
-    /// `storage.owner`: empty means `default`; `NAME` or `UID:GID` otherwise.
+    /// A user name or `UID:GID`, as `storage.owner` and `users.service` take them; empty means `default`.
     pub fn parse(s: &str, default: Owner) -> Result<Owner, String> {
         if s.is_empty() {
             return Ok(default);
@@ -120,9 +126,121 @@ impl Serialize for Owner {
     }
 }
 
+/// Where the role's data lives on this host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StorageSettings {
+    Efs(EfsSettings),
+    Local { datadir: PathBuf, owner: Owner },
+}
+
+/// The role's directory on EFS, mounted at `datadir`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EfsSettings {
+    pub file_system_id: String,
+    /// Directory inside the file system, e.g. `/production/sealer`.
+    pub path: String,
+    pub datadir: PathBuf,
+    /// The NFS server's name (or address) for this region.
+    pub dns_name: String,
+    pub mount_options: String,
+    pub efs_utils: bool,
+    /// `fsap-…`: mounted through this access point, whose root directory is `path`.
+    pub access_point_id: Option<String>,
+    pub owner: Owner,
+    #[serde(skip)]
+    pub mount_timeout: Duration,
+}
+
+impl StorageSettings {
+    pub fn datadir(&self) -> &Path {
+        match self {
+            StorageSettings::Efs(e) => &e.datadir,
+            StorageSettings::Local { datadir, .. } => datadir,
+        }
+    }
+}
+
+/// The `[storage]` section for this host: the role's directory (`path_template` filled with `vars`),
+/// on EFS or, in `local` mode, under `local_root`; owned by `storage.owner`, else by `service` (the
+/// service user). The `EfsFileSystemId` and `EfsAccessPointId` tags override the file's ids.
+pub fn section(
+    st: &StorageFile,
+    service: &Owner,
+    tags: &HostTags,
+    region: &str,
+    local: bool,
+    vars: &[(&str, &str)],
+) -> Result<StorageSettings, Invalid> {
+    let sub = fill(&st.path_template, vars).map_err(invalid("storage.path_template"))?;
+    if !sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+        return Err(Invalid::new(
+            "storage.path_template",
+            format!("{sub:?} must be an absolute path inside the file system, without '..'"),
+        ));
+    }
+    let kind = if local { StorageKind::Local } else { st.kind };
+    // The data directory belongs to the service user the agent and its children run as.
+    let owner = Owner::parse(&st.owner, service.clone()).map_err(invalid("storage.owner"))?;
+    if kind == StorageKind::Local {
+        return Ok(StorageSettings::Local {
+            datadir: st.local_root.join(sub.trim_start_matches('/')),
+            owner,
+        });
+    }
+    let id =
+        match (&tags.efs_file_system_id, st.efs_file_system_id.as_str()) {
+            (Some(t), _) => t.clone(),
+            (None, "") => return Err(Invalid::new(
+                "storage.efs_file_system_id",
+                "no EFS file system: set it in the config or tag the instance with EfsFileSystemId",
+            )),
+            (None, c) => check_fs_id(c).map_err(invalid("storage.efs_file_system_id"))?,
+        };
+    let dns_name = if st.efs_dns_name.is_empty() {
+        efs_dns_name(&id, region)
+    } else {
+        check_host(&st.efs_dns_name).map_err(invalid("storage.efs_dns_name"))?;
+        if st.efs_utils && st.efs_dns_name.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(Invalid::new(
+                "storage.efs_dns_name",
+                "with storage.efs_utils = true it must be the mount target's IPv4 address (passed as mounttargetip=), or empty",
+            ));
+        }
+        st.efs_dns_name.clone()
+    };
+    check_mount_options(&st.efs_mount_options).map_err(invalid("storage.efs_mount_options"))?;
+    let access_point_id = match (&tags.efs_access_point_id, st.efs_access_point_id.as_str()) {
+        (Some(t), _) => Some(t.clone()),
+        (None, "") => None,
+        (None, c) => {
+            Some(check_access_point_id(c).map_err(invalid("storage.efs_access_point_id"))?)
+        }
+    };
+    if access_point_id.is_some() && !st.efs_utils {
+        return Err(Invalid::new(
+            "storage.efs_access_point_id",
+            "an access point is mounted with amazon-efs-utils (mount -t efs -o tls,iam,accesspoint=): set storage.efs_utils = true, or remove the access point (config or EfsAccessPointId tag)",
+        ));
+    }
+    at_least_a_second("storage.mount_timeout_secs", st.mount_timeout_secs)?;
+    Ok(StorageSettings::Efs(EfsSettings {
+        file_system_id: id,
+        path: sub,
+        datadir: st.datadir.clone(),
+        dns_name,
+        mount_options: st.efs_mount_options.clone(),
+        efs_utils: st.efs_utils,
+        access_point_id,
+        owner,
+        mount_timeout: Duration::from_secs(st.mount_timeout_secs),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Role;
 
     #[test]
     fn dns_name_follows_the_region_partition() {
@@ -179,5 +297,179 @@ mod tests {
         for bad in ["Geth", "1000:", "a:b", "geth user", "x/y"] {
             assert!(Owner::parse(bad, d()).is_err(), "{bad}");
         }
+    }
+
+    fn tags(role: Role, fs: Option<&str>, ap: Option<&str>) -> HostTags {
+        HostTags {
+            role,
+            environment: "staging".into(),
+            efs_file_system_id: fs.map(Into::into),
+            efs_access_point_id: ap.map(Into::into),
+        }
+    }
+
+    /// The example's `[storage]` (the defaults) with a file system set in the file.
+    fn file() -> StorageFile {
+        StorageFile {
+            efs_file_system_id: "fs-11111111".into(),
+            ..StorageFile::default()
+        }
+    }
+
+    fn build(st: &StorageFile, tags: &HostTags, local: bool) -> Result<StorageSettings, Invalid> {
+        let vars = [
+            ("environment", tags.environment.as_str()),
+            ("role", tags.role.as_str()),
+            ("instance_id", "i-0abc"),
+        ];
+        let service = Owner::User("node-agent".into());
+        section(st, &service, tags, "eu-central-1", local, &vars)
+    }
+
+    fn efs(st: &StorageFile, tags: &HostTags) -> Result<EfsSettings, String> {
+        match build(st, tags, false) {
+            Ok(StorageSettings::Efs(e)) => Ok(e),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(format!("{}: {}", e.key, e.problem)),
+        }
+    }
+
+    #[test]
+    fn the_tag_overrides_the_file_system_and_the_path_names_environment_and_role() {
+        let e = efs(&file(), &tags(Role::Sealer, Some("fs-22222222"), None)).unwrap();
+        assert_eq!(e.file_system_id, "fs-22222222");
+        assert_eq!(e.path, "/staging/sealer");
+        assert_eq!(e.dns_name, "fs-22222222.efs.eu-central-1.amazonaws.com");
+        assert_eq!(e.owner, Owner::User("node-agent".into()));
+        assert_eq!(e.mount_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn efs_mount_settings_are_validated_naming_their_key() {
+        type Edit = Box<dyn Fn(&mut StorageFile)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "storage.efs_dns_name",
+                Box::new(|s| s.efs_dns_name = "h:2049".into()),
+            ),
+            (
+                "storage.efs_dns_name",
+                Box::new(|s| {
+                    s.efs_utils = true;
+                    s.efs_dns_name = "nfs.internal".into();
+                }),
+            ),
+            (
+                "storage.efs_mount_options",
+                Box::new(|s| s.efs_mount_options = "hard,addr=10.0.0.1".into()),
+            ),
+            (
+                "storage.mount_timeout_secs",
+                Box::new(|s| s.mount_timeout_secs = 0),
+            ),
+            ("storage.owner", Box::new(|s| s.owner = "root user".into())),
+            (
+                "storage.efs_access_point_id",
+                Box::new(|s| {
+                    s.efs_utils = true;
+                    s.efs_access_point_id = "fsap-0123456789ABCDEF0".into();
+                }),
+            ),
+            (
+                "storage.efs_access_point_id",
+                Box::new(|s| {
+                    s.efs_utils = true;
+                    s.efs_access_point_id = "fs-0123456789abcdef0".into();
+                }),
+            ),
+            (
+                "storage.efs_utils = true",
+                Box::new(|s| s.efs_access_point_id = "fsap-0123456789abcdef0".into()),
+            ),
+            (
+                "storage.path_template",
+                Box::new(|s| s.path_template = "/{environment}/../x".into()),
+            ),
+            (
+                "storage.path_template",
+                Box::new(|s| s.path_template = "/{zone}".into()),
+            ),
+        ];
+        for (key, edit) in cases {
+            let mut f = file();
+            edit(&mut f);
+            let e = efs(&f, &tags(Role::Rpc, None, None)).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_data_directory_belongs_to_the_service_user_unless_storage_owner_says() {
+        let owner = |role: Role, local: bool, f: &StorageFile| match build(
+            f,
+            &tags(role, None, None),
+            local,
+        ) {
+            Ok(StorageSettings::Efs(e)) => e.owner,
+            Ok(StorageSettings::Local { owner, .. }) => owner,
+            Err(e) => panic!("{e:?}"),
+        };
+        let mut f = file();
+        let service = Owner::User("node-agent".into());
+        // By default the data belongs to the service user, whatever the role or mode.
+        assert_eq!(owner(Role::Sealer, false, &f), service);
+        assert_eq!(owner(Role::Ethstats, false, &f), service);
+        assert_eq!(owner(Role::Rpc, true, &f), service);
+        f.owner = "1000:1000".into();
+        assert_eq!(
+            owner(Role::Rpc, true, &f),
+            Owner::Ids {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        f.efs_dns_name = "10.0.1.25".into();
+        let e = efs(&f, &tags(Role::Rpc, None, None)).unwrap();
+        assert_eq!(e.dns_name, "10.0.1.25");
+    }
+
+    #[test]
+    fn an_access_point_comes_from_the_tag_or_the_config_and_keeps_the_roles_path() {
+        let mut f = file();
+        f.efs_utils = true;
+        f.efs_access_point_id = "fsap-0000000000000000a".into();
+        let ap = |tag: Option<&str>, f: &StorageFile| {
+            efs(f, &tags(Role::Sealer, None, tag)).map(|e| {
+                assert_eq!(
+                    e.path, "/staging/sealer",
+                    "the access point's root directory"
+                );
+                e.access_point_id
+            })
+        };
+        let tagged = Some("fsap-0123456789abcdef0");
+        assert_eq!(ap(None, &f), Ok(Some("fsap-0000000000000000a".into())));
+        assert_eq!(ap(tagged, &f), Ok(Some("fsap-0123456789abcdef0".into())));
+        f.efs_access_point_id.clear();
+        assert_eq!(ap(None, &f), Ok(None));
+        // The tag needs efs-utils as much as the config key does.
+        f.efs_utils = false;
+        let e = ap(tagged, &f).unwrap_err();
+        assert!(e.contains("storage.efs_utils = true"), "{e}");
+    }
+
+    #[test]
+    fn efs_without_a_file_system_says_where_to_set_it() {
+        let e = efs(&StorageFile::default(), &tags(Role::Rpc, None, None)).unwrap_err();
+        assert!(e.contains("EfsFileSystemId"), "{e}");
+    }
+
+    #[test]
+    fn local_mode_keeps_data_under_the_local_root() {
+        let s = build(&file(), &tags(Role::Rpc, None, None), true).unwrap();
+        assert_eq!(
+            s.datadir(),
+            Path::new("/var/lib/node-agent/local/staging/rpc")
+        );
     }
 }

@@ -13,7 +13,7 @@ mod ship;
 mod stamp;
 mod writer;
 
-use crate::config::LogsFile;
+use crate::config::LogsSettings;
 use crate::plan::{LogTarget, Plan};
 use crate::status::LogsStatus;
 use std::path::{Path, PathBuf};
@@ -174,7 +174,7 @@ impl Logs {
     /// Opens every log file of the plan (children and the agent), routes the agent's own log into its
     /// file, and starts shipping when `logs.ship` is on. Returns one sink per child, in plan order.
     pub async fn start(
-        settings: &LogsFile,
+        settings: &LogsSettings,
         plan: &Plan,
     ) -> Result<(Logs, Vec<LineSink>), LogError> {
         let rotation = Rotation {
@@ -241,7 +241,7 @@ impl Logs {
                     group: t.group.clone(),
                     stream: t.stream.clone(),
                     retention_days: settings.retention_days,
-                    flush: Duration::from_millis(settings.flush_ms),
+                    flush: settings.flush,
                     shared: shared.clone(),
                     checkpoint: dir.join(format!("{}.json", name.unwrap_or_default())),
                     status: st.clone(),
@@ -259,7 +259,7 @@ impl Logs {
                 agent_writer,
                 shippers,
                 stop,
-                stop_flush: Duration::from_secs(settings.stop_flush_secs),
+                stop_flush: settings.stop_flush,
                 status: StatusSource(Arc::new(status)),
                 publisher: None,
             },

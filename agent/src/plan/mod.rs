@@ -262,10 +262,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             probe: Probe::Geth {
                 ipc: settings.runtime_dir.join("geth.ipc"),
                 signer: (settings.role == Role::Sealer).then(|| settings.signer.clone()),
-                max_head_age_secs: match settings.health.max_head_age_secs {
-                    0 => 6 * settings.genesis.period,
-                    n => n,
-                },
+                max_head_age_secs: settings.health.max_head_age.as_secs(),
             },
         });
     } else if settings.role == Role::Bootnode {

@@ -2,7 +2,7 @@
 //! restart it with backoff when it exits, stop it gracefully on shutdown.
 
 use super::health::{self, Health};
-use crate::config::{HealthFile, RestartFile};
+use crate::config::{HealthSettings, RestartSettings};
 use crate::logs;
 use crate::plan::{ChildPlan, Probe};
 use crate::status::model::{ChildStatus, State};
@@ -41,11 +41,11 @@ pub struct RestartPolicy {
 }
 
 impl RestartPolicy {
-    pub fn new(c: &RestartFile) -> Self {
+    pub fn new(c: &RestartSettings) -> Self {
         RestartPolicy {
-            initial: Duration::from_millis(c.initial_backoff_ms),
-            max: Duration::from_secs(c.max_backoff_secs),
-            stable_after: Duration::from_secs(c.stable_after_secs),
+            initial: c.initial_backoff,
+            max: c.max_backoff,
+            stable_after: c.stable_after,
             crash_loop_after: c.crash_loop_after,
             quick_failures: 0,
         }
@@ -237,11 +237,11 @@ pub struct HealthRules {
 }
 
 impl HealthRules {
-    pub fn new(h: &HealthFile) -> Self {
+    pub fn new(h: &HealthSettings) -> Self {
         HealthRules {
-            interval: Duration::from_secs(h.interval_secs.max(1)),
-            warmup: Duration::from_secs(h.warmup_secs),
-            grace: Duration::from_secs(h.grace_secs),
+            interval: h.interval,
+            warmup: h.warmup,
+            grace: h.grace,
         }
     }
 }
@@ -445,7 +445,7 @@ async fn check(
 #[allow(clippy::too_many_arguments)] // each is one separate concern of the task; a struct would only rename them
 pub async fn supervise(
     child: ChildPlan,
-    policy: RestartFile,
+    policy: RestartSettings,
     rules: HealthRules,
     stop_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -604,10 +604,10 @@ mod tests {
     use super::*;
 
     fn policy() -> RestartPolicy {
-        RestartPolicy::new(&RestartFile {
-            initial_backoff_ms: 1000,
-            max_backoff_secs: 60,
-            stable_after_secs: 60,
+        RestartPolicy::new(&RestartSettings {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            stable_after: Duration::from_secs(60),
             crash_loop_after: 5,
         })
     }
@@ -651,11 +651,8 @@ mod tests {
     /// loop is reported as one.
     #[test]
     fn a_ten_minute_crash_loop_in_virtual_time_restarts_a_bounded_number_of_times() {
-        let conf = RestartFile::default();
-        let (initial, max) = (
-            Duration::from_millis(conf.initial_backoff_ms),
-            Duration::from_secs(conf.max_backoff_secs),
-        );
+        let conf = RestartSettings::default();
+        let (initial, max) = (conf.initial_backoff, conf.max_backoff);
         for seed in [1u64, 0x9e37_79b9_7f4a_7c15, u64::MAX / 3] {
             let mut rng = seed;
             let mut jitter = || {

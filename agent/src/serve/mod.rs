@@ -221,7 +221,7 @@ pub async fn supervise(
     let imds_task = (!plan.local).then(|| {
         tokio::spawn(watchers::imds(
             plan.identity.clone(),
-            Duration::from_secs(settings.health.imds_interval_secs),
+            settings.health.imds_interval,
             services,
         ))
     });
