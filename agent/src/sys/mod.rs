@@ -1,6 +1,7 @@
 //! The one module that changes the system with raw syscalls (mount, umount) or the mount command, and
 //! (`safefs`) root's descriptor-based file primitives.
 
+pub mod blocking;
 pub mod safefs;
 
 use nix::errno::Errno;
