@@ -4,7 +4,7 @@
 //! holder that dies loses the lock with its process (or its NFS lease, about 90 s later).
 
 use crate::sys::blocking::{OneAtATime, Outcome};
-use nix::fcntl::{Flock, FlockArg};
+use crate::sys::lock::{self, Locked, TryLock};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// A held lease; released when dropped (or when the process dies).
 pub struct Lease {
-    lock: Flock<std::fs::File>,
+    lock: Locked,
     path: PathBuf,
     holder: String,
 }
@@ -180,8 +180,8 @@ fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
         .mode(0o640)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
+    match lock::try_exclusive(file)? {
+        TryLock::Locked(mut lock) => {
             lock.set_len(0)?;
             lock.rewind()?;
             lock.write_all(holder.as_bytes())?;
@@ -192,8 +192,7 @@ fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
                 holder: holder.to_owned(),
             }))
         }
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(errno.into()),
+        TryLock::Held(_) => Ok(None),
     }
 }
 
@@ -237,12 +236,12 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             // Our lock is let go once fenced; then the other holder's flock succeeds.
             loop {
-                match Flock::lock(f.try_clone().unwrap(), FlockArg::LockExclusiveNonblock) {
-                    Ok(l) => break l,
-                    Err(_) if std::time::Instant::now() < deadline => {
+                match lock::try_exclusive(f.try_clone().unwrap()).unwrap() {
+                    TryLock::Locked(l) => break l,
+                    TryLock::Held(_) if std::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(20)).await
                     }
-                    Err((_, e)) => panic!("never let go: {e}"),
+                    TryLock::Held(_) => panic!("never let go"),
                 }
             }
         };
