@@ -1,11 +1,12 @@
 //! The one area that calls the system directly: every raw syscall and every `unsafe` of the crate lives
 //! here, behind small safe functions. This file: mounts (mount, umount, the mount command), space
 //! (fallocate, statvfs), users (/etc/passwd, the uid/gid drop, no_new_privs) and the host name. Beside it:
-//! `safefs` (root's descriptor-based file primitives), `lock` (flock) and `blocking` (blocking steps off
-//! the runtime's thread).
+//! `safefs` (root's descriptor-based file primitives), `proc` (signals, process groups, a child's tie to
+//! the agent), `lock` (flock) and `blocking` (blocking steps off the runtime's thread).
 
 pub mod blocking;
 pub mod lock;
+pub mod proc;
 pub mod safefs;
 
 use nix::errno::Errno;
@@ -166,8 +167,7 @@ pub fn run_mount_command(args: &[String], limit: Duration) -> std::io::Result<Op
             break status;
         }
         if start.elapsed() >= limit {
-            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = proc::signal_group(child.id(), proc::Signal::SIGKILL);
             let _ = child.wait();
             return Ok(None);
         }
