@@ -170,10 +170,7 @@ async fn read(client: &aws_config::imds::Client) -> Result<Identity, Attempt> {
 
 /// Identity for local mode, from flags: no IMDS involved.
 pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identity {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
+    let host = crate::sys::hostname().unwrap_or_else(|| "localhost".into());
     let mut tags = BTreeMap::new();
     tags.insert(crate::host::tag::ROLE.into(), role.into());
     tags.insert(crate::host::tag::ENVIRONMENT.into(), environment.into());

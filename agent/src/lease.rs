@@ -3,7 +3,8 @@
 //! still seals waits for the lease, then refuses naming the holder. NFSv4 (EFS) honours these locks; a
 //! holder that dies loses the lock with its process (or its NFS lease, about 90 s later).
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::sys::blocking::{OneAtATime, Outcome};
+use crate::sys::lock::{self, Locked, TryLock};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 
 /// A held lease; released when dropped (or when the process dies).
 pub struct Lease {
-    lock: Flock<std::fs::File>,
+    lock: Locked,
     path: PathBuf,
     holder: String,
 }
@@ -102,32 +103,13 @@ pub async fn acquire(path: &Path, holder: &str, wait: Duration) -> Result<Lease,
     }
 }
 
-/// Runs a blocking step off the runtime's thread, giving it at most `limit`: a hard NFS mount whose
-/// server is silent blocks for as long as that lasts. `None`: no answer in time. At most one step is in
-/// flight: one that has not answered is kept in `pending` and waited for again next time, never started
-/// twice (over a long outage, a new thread every check would pile up blocked threads).
-async fn bounded<T: Send + 'static>(
-    pending: &mut Option<tokio::task::JoinHandle<T>>,
-    limit: Duration,
-    step: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let mut handle = pending
-        .take()
-        .unwrap_or_else(|| tokio::task::spawn_blocking(step));
-    match tokio::time::timeout(limit, &mut handle).await {
-        Ok(done) => done.ok(),
-        Err(_) => {
-            *pending = Some(handle);
-            None
-        }
-    }
-}
-
 /// Keeps the sealer's lease for as long as the agent runs: every `interval` it is confirmed (off the
-/// runtime's thread, within `interval`). The moment it is lost or cannot be confirmed, `fenced` is called
-/// with the reason (geth is killed at once, before another host can take the lease: the NFS lease that
-/// protects it lasts about 90 s, far longer than one interval) and the lock is let go; from then on it is
-/// taken again (never waiting) every `interval`, and `held` is called once it is held and confirmed.
+/// runtime's thread, within `interval`: on a hard NFS mount whose server is silent a check blocks for as
+/// long as that lasts; one that has not answered is waited for again, never started twice). The moment
+/// it is lost or cannot be confirmed, `fenced` is called with the reason (geth is killed at once, before
+/// another host can take the lease: the NFS lease that protects it lasts about 90 s, far longer than one
+/// interval) and the lock is let go; from then on it is taken again (never waiting) every `interval`,
+/// and `held` is called once it is held and confirmed.
 pub async fn keep(
     lease: Lease,
     interval: Duration,
@@ -137,8 +119,8 @@ pub async fn keep(
     let path = lease.path.clone();
     let holder = lease.holder.clone();
     let mut current = Some(std::sync::Arc::new(lease));
-    let mut confirming = None;
-    let mut taking = None;
+    let mut confirming = OneAtATime::default();
+    let mut taking = OneAtATime::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -146,11 +128,11 @@ pub async fn keep(
         tick.tick().await;
         match current.clone() {
             Some(lease) => {
-                let checked = bounded(&mut confirming, interval, move || lease.confirm()).await;
+                let checked = confirming.run(interval, move || lease.confirm()).await;
                 let reason = match checked {
-                    Some(Ok(())) => continue,
-                    Some(Err(reason)) => reason,
-                    None => format!(
+                    Outcome::Done(Ok(())) => continue,
+                    Outcome::Done(Err(reason)) => reason,
+                    Outcome::Failed | Outcome::Waiting(_) => format!(
                         "cannot confirm the sealer lease {} within {}s: the file system does not answer",
                         path.display(),
                         interval.as_secs_f64()
@@ -161,7 +143,7 @@ pub async fn keep(
                 // The lock goes with the last reference: a check still blocked holds one until the file
                 // system answers; the rest is dropped off the runtime's thread (closing a file on a
                 // silent NFS server waits for it).
-                confirming = None;
+                confirming.forget();
                 if let Some(old) = current.take() {
                     drop(tokio::task::spawn_blocking(move || drop(old)));
                 }
@@ -170,13 +152,14 @@ pub async fn keep(
                 let (p, h) = (path.clone(), holder.clone());
                 // Taken and confirmed in one step, so a lease that fails its check is let go off the
                 // runtime's thread too.
-                let taken = bounded(&mut taking, interval, move || {
-                    let lease = try_take(&p, &h).ok().flatten()?;
-                    lease.confirm().ok()?;
-                    Some(lease)
-                })
-                .await;
-                let Some(Some(lease)) = taken else {
+                let taken = taking
+                    .run(interval, move || {
+                        let lease = try_take(&p, &h).ok().flatten()?;
+                        lease.confirm().ok()?;
+                        Some(lease)
+                    })
+                    .await;
+                let Outcome::Done(Some(lease)) = taken else {
                     continue;
                 };
                 tracing::info!(lease = %path.display(), "sealer lease held again: geth may run");
@@ -197,8 +180,8 @@ fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
         .mode(0o640)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
+    match lock::try_exclusive(file)? {
+        TryLock::Locked(mut lock) => {
             lock.set_len(0)?;
             lock.rewind()?;
             lock.write_all(holder.as_bytes())?;
@@ -209,8 +192,7 @@ fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
                 holder: holder.to_owned(),
             }))
         }
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(errno.into()),
+        TryLock::Held(_) => Ok(None),
     }
 }
 
@@ -254,12 +236,12 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             // Our lock is let go once fenced; then the other holder's flock succeeds.
             loop {
-                match Flock::lock(f.try_clone().unwrap(), FlockArg::LockExclusiveNonblock) {
-                    Ok(l) => break l,
-                    Err(_) if std::time::Instant::now() < deadline => {
+                match lock::try_exclusive(f.try_clone().unwrap()).unwrap() {
+                    TryLock::Locked(l) => break l,
+                    TryLock::Held(_) if std::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(20)).await
                     }
-                    Err((_, e)) => panic!("never let go: {e}"),
+                    TryLock::Held(_) => panic!("never let go"),
                 }
             }
         };

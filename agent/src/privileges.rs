@@ -72,25 +72,16 @@ pub fn resolve(spec: &str) -> Result<Account, PrivilegeError> {
 /// cannot be undone and no capability is left.
 pub fn drop_to(account: Account) -> Result<(), PrivilegeError> {
     let step = |step: &'static str| move |source| PrivilegeError::Drop { step, source };
-    nix::unistd::setgroups(&[]).map_err(step("clear supplementary groups"))?;
-    nix::unistd::setresgid(account.gid, account.gid, account.gid).map_err(step("setgid"))?;
-    nix::unistd::setresuid(account.uid, account.uid, account.uid).map_err(step("setuid"))?;
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes plain integers and touches no memory.
-    let rc = unsafe { nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivilegeError::Drop {
-            step: "set no_new_privs",
-            source: nix::Error::last(),
-        });
-    }
+    crate::sys::clear_groups().map_err(step("clear supplementary groups"))?;
+    crate::sys::set_gids(account.gid).map_err(step("setgid"))?;
+    crate::sys::set_uids(account.uid).map_err(step("setuid"))?;
+    crate::sys::set_no_new_privs().map_err(step("set no_new_privs"))?;
     verify(account)
 }
 
 /// Proves the drop: regaining root fails, and /proc/self/status shows the account and no capabilities.
 fn verify(account: Account) -> Result<(), PrivilegeError> {
-    if nix::unistd::setuid(Uid::from_raw(0)).is_ok()
-        || nix::unistd::setgid(Gid::from_raw(0)).is_ok()
-    {
+    if crate::sys::can_become_root() {
         return Err(PrivilegeError::Verify(
             "setuid(0) succeeded after the drop".into(),
         ));

@@ -7,8 +7,8 @@
 //! flock(2) on a local file system (the runtime directory is on /run, a tmpfs): released when the holder
 //! exits, however it exits. The holder's pid is written into the file for the message of the one refused.
 
+use crate::sys::lock::{self, Locked, TryLock};
 use crate::sys::safefs::{self, Dir, Owner};
-use nix::fcntl::{Flock, FlockArg};
 use std::ffi::OsStr;
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ pub const FILE: &str = "agent.lock";
 /// A held lock; released when dropped or when the process exits.
 #[derive(Debug)]
 pub struct RunLock {
-    _lock: Flock<std::fs::File>,
+    _lock: Locked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +56,8 @@ pub fn acquire(dir: &Dir, owner: Owner) -> Result<RunLock, RunLockError> {
         source,
     };
     let (file, writable) = dir.open_shared_file(OsStr::new(FILE), 0o640, owner)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
+    match lock::try_exclusive(file).map_err(io)? {
+        TryLock::Locked(mut lock) => {
             if writable {
                 lock.set_len(0).map_err(io)?;
                 lock.rewind().map_err(io)?;
@@ -66,7 +66,7 @@ pub fn acquire(dir: &Dir, owner: Owner) -> Result<RunLock, RunLockError> {
             }
             Ok(RunLock { _lock: lock })
         }
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+        TryLock::Held(mut file) => {
             let mut text = String::new();
             let _ = file
                 .rewind()
@@ -77,7 +77,6 @@ pub fn acquire(dir: &Dir, owner: Owner) -> Result<RunLock, RunLockError> {
                 holder: holder(&text),
             })
         }
-        Err((_, errno)) => Err(io(errno.into())),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::imds::{self, Identity};
 use crate::status::{self, StorageProbe};
+use crate::sys::blocking::{OneAtATime, Outcome};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -20,26 +21,25 @@ pub async fn storage(
     tx: watch::Sender<StorageProbe>,
 ) {
     let datadir = settings.datadir().to_owned();
-    let mut blocked: Option<(tokio::task::JoinHandle<StorageProbe>, u64)> = None;
+    let mut probing = OneAtATime::default();
     loop {
-        let (mut probe, since) = blocked.take().unwrap_or_else(|| {
-            let (s, d) = (settings.clone(), datadir.clone());
-            let probe = tokio::task::spawn_blocking(move || StorageProbe {
+        let (s, d) = (settings.clone(), datadir.clone());
+        let probed = probing
+            .run(PROBE_ANSWER, move || StorageProbe {
                 check: crate::storage::still_in_place(&s),
                 free_bytes: crate::sys::free_bytes(&d),
-            });
-            (probe, crate::clock::now_unix())
-        });
-        match tokio::time::timeout(PROBE_ANSWER, &mut probe).await {
-            Ok(Ok(found)) => {
+            })
+            .await;
+        match probed {
+            Outcome::Done(found) => {
                 if found.check.is_ok() && tx.borrow().check.is_err() {
                     tracing::info!(datadir = %datadir.display(), "storage answers again");
                 }
                 tx.send_replace(found);
             }
-            Ok(Err(_)) => {}
-            Err(_) => {
-                let secs = crate::clock::now_unix().saturating_sub(since);
+            Outcome::Failed => {}
+            Outcome::Waiting(waited) => {
+                let secs = waited.as_secs();
                 let error = format!(
                     "storage not answering: a check of {} has been waiting for {secs}s (file system server unreachable?)",
                     datadir.display()
@@ -51,7 +51,6 @@ pub async fn storage(
                     check: Err(error),
                     free_bytes: None,
                 });
-                blocked = Some((probe, since));
             }
         }
         tokio::time::sleep(interval).await;

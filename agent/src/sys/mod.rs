@@ -1,10 +1,17 @@
-//! The one module that changes the system with raw syscalls (mount, umount) or the mount command, and
-//! (`safefs`) root's descriptor-based file primitives.
+//! The one area that calls the system directly: every raw syscall and every `unsafe` of the crate lives
+//! here, behind small safe functions. This file: mounts (mount, umount, the mount command), space
+//! (fallocate, statvfs), users (/etc/passwd, the uid/gid drop, no_new_privs) and the host name. Beside it:
+//! `safefs` (root's descriptor-based file primitives), `proc` (signals, process groups, a child's tie to
+//! the agent), `lock` (flock) and `blocking` (blocking steps off the runtime's thread).
 
+pub mod blocking;
+pub mod lock;
+pub mod proc;
 pub mod safefs;
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+use nix::unistd::{Gid, Uid};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -160,8 +167,7 @@ pub fn run_mount_command(args: &[String], limit: Duration) -> std::io::Result<Op
             break status;
         }
         if start.elapsed() >= limit {
-            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = proc::signal_group(child.id(), proc::Signal::SIGKILL);
             let _ = child.wait();
             return Ok(None);
         }
@@ -224,6 +230,38 @@ pub fn group_gid(text: &str, name: &str) -> Option<u32> {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
     })
+}
+
+/// Clears the process's supplementary groups (setgroups(2) with none).
+pub fn clear_groups() -> nix::Result<()> {
+    nix::unistd::setgroups(&[])
+}
+
+/// Sets the real, effective and saved gid (setresgid(2)): all three, so none is left to switch back to.
+pub fn set_gids(gid: Gid) -> nix::Result<()> {
+    nix::unistd::setresgid(gid, gid, gid)
+}
+
+/// Sets the real, effective and saved uid (setresuid(2)). Once root's uid is gone, groups and gids can no
+/// longer change: [`clear_groups`] and [`set_gids`] come first.
+pub fn set_uids(uid: Uid) -> nix::Result<()> {
+    nix::unistd::setresuid(uid, uid, uid)
+}
+
+/// Sets no_new_privs (prctl(2) PR_SET_NO_NEW_PRIVS): neither this process nor anything it executes can
+/// gain privileges (setuid binaries, file capabilities). It cannot be unset.
+pub fn set_no_new_privs() -> nix::Result<()> {
+    nix::sys::prctl::set_no_new_privs()
+}
+
+/// Whether this process can become root again (setuid(0) or setgid(0) succeeds; if so, it now is).
+pub fn can_become_root() -> bool {
+    nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::setgid(Gid::from_raw(0)).is_ok()
+}
+
+/// The host's name (gethostname(2)); `None` if it is not UTF-8.
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname().ok()?.into_string().ok()
 }
 
 /// Bytes available to an unprivileged user on the file system holding `path`.
