@@ -66,16 +66,10 @@ fn init_tracing() {
         .init();
 }
 
-/// No secret in a core dump: the agent holds secret values in memory (and so does geth, the sealer's
-/// unlocked key): not dumpable (which also keeps other processes of the same user from ptrace and
-/// /proc/PID/mem), and a core size limit of 0 that its children inherit.
-fn no_core_dumps() {
-    let _ = nix::sys::prctl::set_dumpable(false);
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-}
-
 fn main() -> ExitCode {
-    no_core_dumps();
+    // No secret in a core dump: the agent holds secret values in memory, and so does geth (the sealer's
+    // unlocked key).
+    sys::no_core_dumps();
     let cli = cli::Cli::parse();
     init_tracing();
     // One thread: PR_SET_PDEATHSIG fires when the thread that forked a child exits, so children must be

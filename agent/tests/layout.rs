@@ -58,6 +58,29 @@ struct Refs {
     here: Vec<String>,
     found: Vec<Reference>,
     unsafe_lines: Vec<usize>,
+    /// Calls (or module imports) of `nix`/`libc` functions outside test code: (path, line).
+    syscalls: Vec<(String, usize)>,
+    /// How many `#[cfg(test)]` items the visitor is inside.
+    in_test: usize,
+    /// Out-of-line `#[cfg(test)] mod NAME;` declared in this file, as module paths.
+    test_modules: Vec<Vec<String>>,
+}
+
+fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg")
+            && a.parse_args::<syn::Path>()
+                .is_ok_and(|p| p.is_ident("test"))
+    })
+}
+
+/// A `nix::…`/`libc::…` path naming a function or a module (a call can follow), not a type or constant.
+fn names_a_syscall(segments: &[String]) -> bool {
+    matches!(segments.first().map(String::as_str), Some("nix" | "libc"))
+        && segments.len() > 1
+        && segments[1..]
+            .iter()
+            .all(|s| s.starts_with(|c: char| c.is_ascii_lowercase()) || s == "self")
 }
 
 impl Refs {
@@ -86,6 +109,9 @@ impl Refs {
     }
 
     fn note(&mut self, segments: Vec<String>, line: usize) {
+        if self.in_test == 0 && names_a_syscall(&segments) {
+            self.syscalls.push((segments.join("::"), line));
+        }
         if let Some(target) = self.resolve(&segments) {
             self.found.push(Reference { target, line });
         }
@@ -166,9 +192,21 @@ impl Refs {
 
 impl<'ast> Visit<'ast> for Refs {
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        let test = is_cfg_test(&m.attrs);
         self.here.push(m.ident.to_string());
+        if test && m.content.is_none() {
+            self.test_modules.push(self.here.clone());
+        }
+        self.in_test += usize::from(test);
         syn::visit::visit_item_mod(self, m);
+        self.in_test -= usize::from(test);
         self.here.pop();
+    }
+    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+        let test = is_cfg_test(&f.attrs) || f.attrs.iter().any(|a| a.path().is_ident("test"));
+        self.in_test += usize::from(test);
+        syn::visit::visit_item_fn(self, f);
+        self.in_test -= usize::from(test);
     }
     fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
         self.use_tree(&mut Vec::new(), &u.tree);
@@ -211,6 +249,10 @@ struct Crate {
     refs: Vec<(Vec<String>, Vec<String>, PathBuf, usize)>,
     unsafe_sites: Vec<(PathBuf, usize)>,
     lines: Vec<(PathBuf, usize, String)>,
+    /// (module, file, `nix::…` path, line) outside test code.
+    syscalls: Vec<(Vec<String>, PathBuf, String, usize)>,
+    /// Modules that exist only in tests (`#[cfg(test)] mod tests;`).
+    test_modules: Vec<Vec<String>>,
 }
 
 fn read_crate() -> Crate {
@@ -220,6 +262,8 @@ fn read_crate() -> Crate {
         refs: Vec::new(),
         unsafe_sites: Vec::new(),
         lines: Vec::new(),
+        syscalls: Vec::new(),
+        test_modules: Vec::new(),
     };
     for (path, module) in files {
         let text = std::fs::read_to_string(&path).unwrap();
@@ -229,6 +273,9 @@ fn read_crate() -> Crate {
             here: module.clone(),
             found: Vec::new(),
             unsafe_lines: Vec::new(),
+            syscalls: Vec::new(),
+            in_test: 0,
+            test_modules: Vec::new(),
         };
         v.visit_file(&file);
         for r in v.found {
@@ -238,6 +285,10 @@ fn read_crate() -> Crate {
         for l in v.unsafe_lines {
             c.unsafe_sites.push((path.clone(), l));
         }
+        for (call, l) in v.syscalls {
+            c.syscalls.push((module.clone(), path.clone(), call, l));
+        }
+        c.test_modules.extend(v.test_modules);
         let doc: String = text
             .lines()
             .take_while(|l| l.starts_with("//!"))
@@ -379,6 +430,36 @@ fn unsafe_lives_only_under_sys() {
         "unsafe outside src/sys (move it behind a safe function there): {}",
         outside.join(", ")
     );
+}
+
+#[test]
+fn syscalls_are_made_only_under_sys() {
+    let c = read_crate();
+    let sys = src().join("sys");
+    let outside: Vec<String> = c
+        .syscalls
+        .iter()
+        .filter(|(m, p, _, _)| {
+            !p.starts_with(&sys) && !c.test_modules.iter().any(|t| m.starts_with(t))
+        })
+        .map(|(_, p, call, l)| format!("{call} ({}:{l})", p.display()))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "nix/libc functions called outside src/sys (wrap them in a safe function there; types and constants are fine): {}",
+        outside.join(", ")
+    );
+}
+
+#[test]
+fn the_syscall_check_tells_calls_from_types() {
+    let p = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();
+    assert!(names_a_syscall(&p("nix::unistd::geteuid")));
+    assert!(names_a_syscall(&p("nix::sys::signal::self")));
+    assert!(!names_a_syscall(&p("nix::unistd::Uid")));
+    assert!(!names_a_syscall(&p("nix::libc::O_NOFOLLOW")));
+    assert!(!names_a_syscall(&p("nix::errno::Errno::EINTR")));
+    assert!(!names_a_syscall(&p("std::fs::rename")));
 }
 
 #[test]

@@ -129,7 +129,7 @@ pub async fn check(args: &HostArgs, json: bool) -> Result<(), AgentError> {
 /// `node-agent prepare`: the root-only boot steps, then exit.
 pub async fn prepare(args: &HostArgs) -> Result<(), AgentError> {
     let (settings, plan) = make_plan(args).await?;
-    if !nix::unistd::geteuid().is_root() {
+    if !crate::sys::is_root() {
         return Err(AgentError::Refused(
             "prepare mounts storage and the secrets tmpfs: run it as root (the unit runs it as ExecStartPre=+)".into(),
         ));
@@ -171,7 +171,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
     let boot = async {
         // Started as root: the root-only steps, then the drop (nothing long-running stays root). Started
         // as the service user (the unit, after `prepare`): those steps are done; what they made is checked.
-        let account = if nix::unistd::geteuid().is_root() {
+        let account = if crate::sys::is_root() {
             let account = privileges::resolve(&plan.user)?;
             root_steps(&settings, &plan, account).await?;
             Some(account)
@@ -268,9 +268,7 @@ pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
     let _lock = match safefs::Dir::open(&file.storage.runtime_dir) {
         Ok(runtime) => {
             let st = runtime.stat()?;
-            let owner = nix::unistd::geteuid()
-                .is_root()
-                .then_some((st.st_uid, st.st_gid));
+            let owner = crate::sys::is_root().then_some((st.st_uid, st.st_gid));
             Some(runlock::acquire(&runtime, owner)?)
         }
         Err(e) if e.is_not_found() => None,
@@ -283,9 +281,9 @@ pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
         Err(e) => return Err(e.into()),
     };
     dir.empty()?;
-    if nix::unistd::geteuid().is_root() && dir.is_mount_root()? && dir.is_tmpfs()? {
+    if crate::sys::is_root() && dir.is_mount_root()? && dir.is_tmpfs()? {
         // Unmounted through the descriptor's path, detached since that descriptor still holds it.
-        if let Err(e) = nix::mount::umount2(&dir.proc_path(), nix::mount::MntFlags::MNT_DETACH) {
+        if let Err(e) = crate::sys::detach_mount(&dir.proc_path()) {
             tracing::warn!(dir = %dir_path.display(), error = %e, "cannot unmount the secrets tmpfs (it is empty)");
         }
     }

@@ -109,7 +109,7 @@ pub(super) fn lock_runtime(
     settings: &Settings,
     plan: &Plan,
 ) -> Result<runlock::RunLock, AgentError> {
-    let owner = if nix::unistd::geteuid().is_root() {
+    let owner = if crate::sys::is_root() {
         let account = privileges::resolve(&plan.user)?;
         Some((account.uid.as_raw(), account.gid.as_raw()))
     } else {
@@ -184,8 +184,7 @@ pub(super) fn bind_status_socket(
             None
         }
     };
-    let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
+    let (euid, egid) = crate::sys::effective_ids();
     let uid = account.map_or(euid, |a| a.uid.as_raw());
     let gid = group.or(account.map(|a| a.gid.as_raw())).unwrap_or(egid);
     let private = OsStr::new(".status-bind");

@@ -20,7 +20,6 @@ pub const SENTINEL: &str = ".node-agent-storage.json";
 /// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
 pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
 
-
 /// `FS_ID.efs.REGION.amazonaws.com` (`.amazonaws.com.cn` in the China regions).
 pub fn efs_dns_name(file_system_id: &str, region: &str) -> String {
     let suffix = if region.starts_with("cn-") {

@@ -182,31 +182,12 @@ pub async fn check_set(
 
 /// The keystore in an anonymous in-memory file (memfd), sealed against any change once written.
 fn keystore_in_memory(name: &str, keystore: &SecretValue) -> Result<std::fs::File, SecretError> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-    use std::io::Write;
-    let failed = |e: std::io::Error| SecretError::Other {
-        name: name.to_owned(),
-        cause: format!("cannot hold the keystore in memory for its check (memfd): {e}"),
-    };
-    let fd = memfd_create(
-        c"node-agent-keystore",
-        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
-    )
-    .map_err(|e| failed(e.into()))?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(keystore.expose()).map_err(failed)?;
-    fcntl(
-        file.as_raw_fd(),
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_WRITE
-                | SealFlag::F_SEAL_GROW
-                | SealFlag::F_SEAL_SHRINK
-                | SealFlag::F_SEAL_SEAL,
-        ),
-    )
-    .map_err(|e| failed(e.into()))?;
-    Ok(file)
+    crate::sys::sealed_memfd(c"node-agent-keystore", keystore.expose()).map_err(|e| {
+        SecretError::Other {
+            name: name.to_owned(),
+            cause: format!("cannot hold the keystore in memory for its check (memfd): {e}"),
+        }
+    })
 }
 
 /// Refuses keystore parameters the decryption library would panic on or that would take the host's

@@ -122,7 +122,7 @@ const RECORD: &str = "status-socket";
 /// The invoking user's private directory for the record: `$XDG_RUNTIME_DIR/node-agent`, else
 /// `/run/user/UID/node-agent`, else `/tmp/node-agent-UID`.
 fn record_dir() -> PathBuf {
-    let uid = nix::unistd::geteuid().as_raw();
+    let uid = crate::sys::effective_ids().0;
     match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         Some(d) if d.is_absolute() => d.join("node-agent"),
         _ => {
@@ -147,7 +147,7 @@ fn own_record_dir(create: bool) -> Option<crate::sys::safefs::Dir> {
     }
     .ok()?;
     let st = dir.stat().ok()?;
-    (st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o077 == 0).then_some(dir)
+    (st.st_uid == crate::sys::effective_ids().0 && st.st_mode & 0o077 == 0).then_some(dir)
 }
 
 /// Records where this agent's status socket is, so that `status` run by the same user without `--config`

@@ -136,7 +136,7 @@ pub async fn prepare(storage: &StorageSettings, host: &Host<'_>) -> Result<(), S
 /// Numeric ids of the owner; `None` for the agent's own user, or when the agent is not root (it can give
 /// nothing away then: what it creates is its own, as in local mode on a laptop).
 fn resolve_owner(owner: &Owner) -> Result<Option<(u32, u32)>, StorageError> {
-    if !nix::unistd::geteuid().is_root() {
+    if !crate::sys::is_root() {
         return Ok(None);
     }
     match owner {

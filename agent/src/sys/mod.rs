@@ -271,6 +271,57 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
         .map(|s| s.blocks_available() * s.fragment_size())
 }
 
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// This process's effective uid and gid.
+pub fn effective_ids() -> (u32, u32) {
+    (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    )
+}
+
+/// Detaches the mount at `target` (`umount2(MNT_DETACH)`): gone from the tree at once, released when the
+/// last descriptor into it closes.
+pub fn detach_mount(target: &Path) -> nix::Result<()> {
+    nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+}
+
+/// No core dumps of this process or its children: not dumpable (which also keeps other processes of the
+/// same user from ptrace and /proc/PID/mem), and a core size limit of 0 that children inherit.
+pub fn no_core_dumps() {
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+}
+
+/// `bytes` in an anonymous in-memory file (memfd, named `name` in /proc), sealed against any change once
+/// written; the file is positioned at its end.
+pub fn sealed_memfd(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    let fd = memfd_create(
+        name,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    fcntl(
+        file.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
