@@ -1,6 +1,7 @@
 //! Dropping root for good: after the root-only boot steps the agent becomes the role's service user, with
 //! no supplementary groups and no capabilities, and so do all its children.
 
+use crate::config::storage::Owner;
 use nix::unistd::{Gid, Uid};
 
 /// A resolved service user.
@@ -30,33 +31,22 @@ pub enum PrivilegeError {
     Verify(String),
 }
 
-/// Parses `uid:gid` or looks a name up in the user database.
+/// Parses `UID:GID` or looks a user name up in the user database (the spelling `users.service` takes,
+/// parsed by the one parser config uses).
 pub fn resolve(spec: &str) -> Result<Account, PrivilegeError> {
-    let account = match spec.split_once(':') {
-        Some((u, g)) if !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()) => {
-            let uid: u32 = u
-                .parse()
-                .map_err(|_| PrivilegeError::NoSuchUser(spec.into()))?;
-            let gid: u32 = g
-                .parse()
-                .map_err(|_| PrivilegeError::NoSuchUser(spec.into()))?;
-            Account {
-                uid: Uid::from_raw(uid),
-                gid: Gid::from_raw(gid),
-            }
-        }
-        _ => {
-            let (uid, gid) = crate::sys::lookup_user(spec)
-                .map_err(|source| PrivilegeError::Lookup {
-                    spec: spec.into(),
-                    source,
-                })?
-                .ok_or_else(|| PrivilegeError::NoSuchUser(spec.into()))?;
-            Account {
-                uid: Uid::from_raw(uid),
-                gid: Gid::from_raw(gid),
-            }
-        }
+    let (uid, gid) = match Owner::parse(spec, Owner::Agent) {
+        Ok(Owner::Ids { uid, gid }) => (uid, gid),
+        Ok(Owner::User(name)) => crate::sys::lookup_user(&name)
+            .map_err(|source| PrivilegeError::Lookup {
+                spec: spec.into(),
+                source,
+            })?
+            .ok_or_else(|| PrivilegeError::NoSuchUser(spec.into()))?,
+        Ok(Owner::Agent) | Err(_) => return Err(PrivilegeError::NoSuchUser(spec.into())),
+    };
+    let account = Account {
+        uid: Uid::from_raw(uid),
+        gid: Gid::from_raw(gid),
     };
     if account.uid.is_root() || account.gid.as_raw() == 0 {
         return Err(PrivilegeError::Root {
