@@ -166,9 +166,12 @@ pub async fn first_boot(
             reason,
         });
     }
-    std::fs::write(&marker, format!("{want}\n")).map_err(|source| GethError::Marker {
+    crate::sys::replace::replace(&marker, 0o644, |f| {
+        std::io::Write::write_all(f, format!("{want}\n").as_bytes())
+    })
+    .map_err(|e| GethError::Marker {
         path: marker.display().to_string(),
-        source,
+        source: e.source,
     })?;
     Ok(true)
 }

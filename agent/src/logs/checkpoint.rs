@@ -94,13 +94,10 @@ impl Checkpoint {
 
     /// Replaces the checkpoint atomically and durably: temp file, fsync, rename, fsync of the directory.
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        Ok(crate::sys::replace::replace(path, 0o640, |f| {
+            f.write_all(&bytes)
+        })?)
     }
 }
 

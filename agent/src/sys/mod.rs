@@ -7,6 +7,7 @@
 pub mod blocking;
 pub mod lock;
 pub mod proc;
+pub mod replace;
 pub mod safefs;
 
 use nix::errno::Errno;

@@ -5,7 +5,7 @@
 use super::layout::{Entry, Existing, Source};
 use super::{io_err, InstallError};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -22,29 +22,17 @@ fn create_parent(path: &Path) -> Result<(), InstallError> {
 /// can be replaced and a crash never leaves half a file.
 fn write_atomic(dest: &Path, source: &Source, mode: u32) -> Result<(), InstallError> {
     create_parent(dest)?;
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dest.with_file_name(format!(".{name}.install-{}", std::process::id()));
-    let result = (|| {
-        let mut out = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-        match source {
-            Source::Text(t) => out
-                .write_all(t.as_bytes())
-                .map_err(io_err("cannot write", &tmp))?,
-            Source::File(p) => {
-                let mut input = fs::File::open(p).map_err(io_err("cannot open", p))?;
-                io::copy(&mut input, &mut out).map_err(io_err("cannot copy", p))?;
-            }
-        }
-        out.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("cannot set the mode of", &tmp))?;
-        out.sync_all().map_err(io_err("cannot sync", &tmp))?;
-        fs::rename(&tmp, dest).map_err(io_err("cannot rename into place", dest))?;
-        sync_parent(dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let mut input: Box<dyn io::Read + '_> = match source {
+        Source::Text(t) => Box::new(t.as_bytes()),
+        Source::File(p) => Box::new(fs::File::open(p).map_err(io_err("cannot open", p))?),
+    };
+    crate::sys::replace::replace(dest, mode, |out| io::copy(&mut input, out).map(drop)).map_err(
+        |e| InstallError::Io {
+            what: e.what,
+            path: e.path,
+            source: e.source,
+        },
+    )
 }
 
 /// Makes a new name in `path`'s directory durable: without it a crash after the rename can still lose

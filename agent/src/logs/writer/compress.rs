@@ -4,7 +4,6 @@
 use super::shared::ChainFile;
 use super::Writer;
 use crate::logs::checkpoint::FileId;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Rotated files that may be compressed: every one but the active file when nothing ships them, else
@@ -80,22 +79,16 @@ fn gzip(path: &Path) -> std::io::Result<()> {
     let mut gz_path = path.as_os_str().to_owned();
     gz_path.push(".gz");
     let gz_path = PathBuf::from(gz_path);
-    let mut tmp = gz_path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
     let mut src = std::fs::File::open(path)?;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(&tmp)?;
-    let mut enc =
-        flate2::write::GzEncoder::new(std::io::BufWriter::new(out), flate2::Compression::default());
-    std::io::copy(&mut src, &mut enc)?;
-    let out = enc.finish()?.into_inner().map_err(|e| e.into_error())?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, &gz_path)?;
+    crate::sys::replace::replace(&gz_path, 0o640, |out| {
+        let mut enc = flate2::write::GzEncoder::new(
+            std::io::BufWriter::new(out),
+            flate2::Compression::default(),
+        );
+        std::io::copy(&mut src, &mut enc)?;
+        enc.finish()?.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })?;
     std::fs::remove_file(path)
 }
 

@@ -39,6 +39,12 @@ pub struct FsError {
     pub source: std::io::Error,
 }
 
+impl From<FsError> for std::io::Error {
+    fn from(e: FsError) -> std::io::Error {
+        std::io::Error::new(e.source.kind(), e)
+    }
+}
+
 impl FsError {
     fn new(what: &'static str, path: &Path, errno: Errno) -> FsError {
         FsError {
