@@ -152,9 +152,11 @@ def ratio_row(text, label):
 def static_build(tree, out):
     """Builds the shipped binary of `tree` (a checkout) and copies it to `out`: the target directory is
     shared, so the next build would overwrite it in place."""
-    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(REPO, "target"))
-    built = subprocess.run(["bake/static-build"], cwd=tree, check=True, text=True, capture_output=True,
-                           env=env).stdout.strip().splitlines()[-1]
+    target = os.path.join(REPO, "target")
+    subprocess.run(["bake/static-build"], cwd=tree, check=True, text=True, capture_output=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=target))
+    # Where bake/static-build puts it (an older tree's script prints its own target directory).
+    built = os.path.join(target, "x86_64-unknown-linux-gnu", "release", "node-agent")
     shutil.copy2(built, out)
     return out
 
