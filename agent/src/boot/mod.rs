@@ -18,8 +18,8 @@ pub mod runlock;
 mod steps;
 
 use steps::{
-    bind_status_socket, fetch_checked, io, lock_runtime, materialize_secrets, prepare_storage,
-    root_steps,
+    fetch_checked, first_boot, io, lock_runtime, materialize_secrets, prepare_storage, root_steps,
+    status_socket_then_drop, take_lease,
 };
 
 /// Any failure of the agent, one line each.
@@ -180,44 +180,15 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             None
         };
         let secrets = materialize_secrets(&settings, &plan, account).await?;
-        let status_socket = match account {
-            Some(account) => {
-                // Bound while still root, to give it to the operators' group.
-                let socket = bind_status_socket(&settings, Some(account))?;
-                privileges::drop_to(account)?;
-                tracing::info!(
-                    uid = account.uid.as_raw(),
-                    gid = account.gid.as_raw(),
-                    "dropped privileges"
-                );
-                socket
-            }
-            None => bind_status_socket(&settings, None)?,
-        };
+        let status_socket = status_socket_then_drop(&settings, account)?;
         let (mut logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
         let logs_status = logs.status();
         pipeline = Some(logs);
         if let Some(check) = &plan.version_check {
             geth::check_version(check).await?;
         }
-        let lease = match &plan.sealer_lease {
-            Some(path) => {
-                let holder = format!("{} pid {}", plan.identity.instance_id, std::process::id());
-                Some(lease::acquire(path, &holder, settings.timeouts.sealer_lease).await?)
-            }
-            None => None,
-        };
-        if let Some(init) = &plan.init {
-            // The bytes checked at start, not whatever the configured path holds by now.
-            let genesis = settings.genesis.bytes();
-            safefs::Dir::open(&settings.runtime_dir)?.write_file(
-                std::ffi::OsStr::new(crate::chain::genesis::RUNTIME_FILE),
-                genesis,
-                0o644,
-                None,
-            )?;
-            geth::first_boot(init, plan.storage.datadir(), genesis).await?;
-        }
+        let lease = take_lease(&settings, &plan).await?;
+        first_boot(&settings, &plan).await?;
         Ok::<_, AgentError>((secrets, status_socket, (sinks, logs_status), lease))
     };
     let booted = tokio::select! {

@@ -4,10 +4,11 @@
 
 use super::runlock;
 use super::AgentError;
+use crate::chain::geth;
 use crate::config::{Settings, StorageSettings};
 use crate::plan::Plan;
 use crate::sys::safefs;
-use crate::{privileges, secrets, status, storage, sys};
+use crate::{lease, privileges, secrets, status, storage, sys};
 use std::path::Path;
 
 pub(super) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -162,7 +163,7 @@ pub(super) async fn materialize_secrets(
 /// The runtime directory belongs to the service user, so the socket is bound, given its owner and mode in
 /// a private directory made for it (nobody else can touch it there), then renamed into place: root never
 /// changes anything by a path the service user could have swapped.
-pub(super) fn bind_status_socket(
+fn bind_status_socket(
     settings: &Settings,
     account: Option<privileges::Account>,
 ) -> Result<tokio::net::UnixListener, AgentError> {
@@ -203,4 +204,54 @@ pub(super) fn bind_status_socket(
     })();
     runtime.remove_dir(private)?;
     result
+}
+
+/// The status socket, then the drop to the service user when started as root: bound while still root, to
+/// give it to the operators' group.
+pub(super) fn status_socket_then_drop(
+    settings: &Settings,
+    account: Option<privileges::Account>,
+) -> Result<tokio::net::UnixListener, AgentError> {
+    let Some(account) = account else {
+        return bind_status_socket(settings, None);
+    };
+    let socket = bind_status_socket(settings, Some(account))?;
+    privileges::drop_to(account)?;
+    tracing::info!(
+        uid = account.uid.as_raw(),
+        gid = account.gid.as_raw(),
+        "dropped privileges"
+    );
+    Ok(socket)
+}
+
+/// The sealer's lease on its key, when the plan has one: waited for up to `timeouts.sealer_lease_secs`.
+pub(super) async fn take_lease(
+    settings: &Settings,
+    plan: &Plan,
+) -> Result<Option<lease::Lease>, AgentError> {
+    let Some(path) = &plan.sealer_lease else {
+        return Ok(None);
+    };
+    let holder = format!("{} pid {}", plan.identity.instance_id, std::process::id());
+    Ok(Some(
+        lease::acquire(path, &holder, settings.timeouts.sealer_lease).await?,
+    ))
+}
+
+/// First boot, when the plan has it: `geth init` from the genesis bytes checked at start (written to the
+/// runtime directory, not whatever the configured path holds by now), once per datadir.
+pub(super) async fn first_boot(settings: &Settings, plan: &Plan) -> Result<(), AgentError> {
+    let Some(init) = &plan.init else {
+        return Ok(());
+    };
+    let genesis = settings.genesis.bytes();
+    safefs::Dir::open(&settings.runtime_dir)?.write_file(
+        std::ffi::OsStr::new(crate::chain::genesis::RUNTIME_FILE),
+        genesis,
+        0o644,
+        None,
+    )?;
+    geth::first_boot(init, plan.storage.datadir(), genesis).await?;
+    Ok(())
 }
