@@ -23,6 +23,21 @@ pub fn mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
 
+/// Writes `body` to a new file at `path` (parents created) with exactly `mode`, set on its descriptor.
+fn write_file(path: &Path, body: &str, mode: u32) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// A fake binary standing in for /proc/self/exe.
 pub fn fake_binary(dir: &Path) -> PathBuf {
     let b = dir.join("node-agent-build");
@@ -35,9 +50,7 @@ pub fn tar_gz(dir: &Path, top: &str, files: &[(&str, &str, u32)]) -> PathBuf {
     let _ = fs::remove_dir_all(&src);
     for (name, body, m) in files {
         let p = src.join(top).join(name);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, body).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(*m)).unwrap();
+        write_file(&p, body, *m);
     }
     let out = dir.join(format!("{top}.tar.gz"));
     let st = Command::new("tar")
@@ -74,9 +87,7 @@ pub fn git_repo(dir: &Path, files: &[(&str, &str, u32)]) -> (PathBuf, String) {
     let repo = dir.join("ethstats-clone");
     for (name, body, m) in files {
         let p = repo.join(name);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, body).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(*m)).unwrap();
+        write_file(&p, body, *m);
     }
     let git = |args: &[&str]| {
         let out = Command::new("git")
