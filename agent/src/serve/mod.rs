@@ -59,8 +59,8 @@ fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
     let parts: Vec<String> = children
         .iter()
         .map(|c| {
-            let state = c.state.as_str();
-            match (&c.reason, &c.chain) {
+            let state = c.life.state.as_str();
+            match (&c.life.reason, &c.chain) {
                 (Some(r), _) => format!("{} {state} ({r})", c.name),
                 (None, Some(chain)) if chain.head == 0 => format!(
                     "{} {state}, head #0 (no block yet), {} peers",
@@ -245,7 +245,7 @@ pub async fn supervise(
             }
             _ = tick.tick() => {
                 let now: Vec<ChildStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
-                if !ready_sent && now.iter().all(|c| c.ever_ready) {
+                if !ready_sent && now.iter().all(|c| c.life.ever_ready) {
                     ready_sent = true;
                     let names: Vec<&str> = plan.children.iter().map(|c| c.name.as_str()).collect();
                     notify(&[sd_notify::NotifyState::Ready]);

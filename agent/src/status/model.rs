@@ -56,10 +56,10 @@ impl State {
     }
 }
 
-/// A child's state, published on every change and on every health round.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ChildStatus {
-    pub name: String,
+/// What the supervisor decides of a child's life: its state machine (`serve::child::state`) is the one
+/// place these are set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildLife {
     pub state: State,
     pub pid: Option<u32>,
     /// Unix time of the current process's start.
@@ -70,19 +70,13 @@ pub struct ChildStatus {
     pub last_exit: Option<String>,
     /// Why the child is unhealthy, backing off or crash-looping.
     pub reason: Option<String>,
-    /// The last chain sample of a geth child.
-    pub chain: Option<GethSample>,
     /// Whether it has served at least once since the agent started.
     pub ever_ready: bool,
-    /// When the supervising task last made progress (the watchdog's evidence).
-    #[serde(skip)]
-    pub heartbeat: Instant,
 }
 
-impl ChildStatus {
-    pub fn new_for(name: &str) -> Self {
-        ChildStatus {
-            name: name.to_owned(),
+impl Default for ChildLife {
+    fn default() -> Self {
+        ChildLife {
             state: State::Starting,
             pid: None,
             started_at: None,
@@ -90,8 +84,29 @@ impl ChildStatus {
             unhealthy_restarts: 0,
             last_exit: None,
             reason: None,
-            chain: None,
             ever_ready: false,
+        }
+    }
+}
+
+/// A child's status, published on every change and on every health round: its life as decided, and what
+/// the actor adds.
+#[derive(Debug, Clone)]
+pub struct ChildStatus {
+    pub name: String,
+    pub life: ChildLife,
+    /// The last chain sample of a geth child.
+    pub chain: Option<GethSample>,
+    /// When the supervising task last made progress (the watchdog's evidence).
+    pub heartbeat: Instant,
+}
+
+impl ChildStatus {
+    pub fn new_for(name: &str) -> Self {
+        ChildStatus {
+            name: name.to_owned(),
+            life: ChildLife::default(),
+            chain: None,
             heartbeat: Instant::now(),
         }
     }
@@ -301,12 +316,12 @@ pub struct ReachPart {
 /// Judges the children, the storage, and the services around them (log shipping, Secrets Manager, IMDS:
 /// `services_degraded` when one of them is failing). Pure.
 pub fn overall(children: &[ChildStatus], storage_ok: bool, services_degraded: bool) -> Overall {
-    let serving = |c: &ChildStatus| matches!(c.state, State::Ready) && c.reason.is_none();
+    let serving = |c: &ChildStatus| matches!(c.life.state, State::Ready) && c.life.reason.is_none();
     // Storage gone from under a running geth is as bad as no geth: it may be writing to the local disk.
     if !storage_ok
         || children
             .iter()
-            .all(|c| !matches!(c.state, State::Ready | State::Unhealthy))
+            .all(|c| !matches!(c.life.state, State::Ready | State::Unhealthy))
     {
         return Overall::Down;
     }
@@ -462,8 +477,8 @@ pub(super) mod tests {
 
     fn child(state: State, reason: Option<&str>) -> ChildStatus {
         let mut c = ChildStatus::new_for("geth");
-        c.state = state;
-        c.reason = reason.map(str::to_owned);
+        c.life.state = state;
+        c.life.reason = reason.map(str::to_owned);
         c
     }
 

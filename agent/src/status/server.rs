@@ -181,16 +181,20 @@ fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
         .iter()
         .map(|c| ChildPart {
             name: c.name.clone(),
-            state: c.state,
-            pid: c.pid,
-            started_at: c.started_at,
-            restarts: c.restarts,
-            unhealthy_restarts: c.unhealthy_restarts,
-            last_exit: c.last_exit.clone(),
-            reason: c.reason.clone(),
+            state: c.life.state,
+            pid: c.life.pid,
+            started_at: c.life.started_at,
+            restarts: c.life.restarts,
+            unhealthy_restarts: c.life.unhealthy_restarts,
+            last_exit: c.life.last_exit.clone(),
+            reason: c.life.reason.clone(),
             chain: c.chain.clone(),
-            ever_ready: c.ever_ready,
-            uptime_secs: c.started_at.filter(|_| c.pid.is_some()).map(since),
+            ever_ready: c.life.ever_ready,
+            uptime_secs: c
+                .life
+                .started_at
+                .filter(|_| c.life.pid.is_some())
+                .map(since),
             user: fixed.user.clone(),
         })
         .collect();
@@ -341,12 +345,12 @@ mod tests {
     fn full() -> Live {
         let now_ms = (NOW * 1000) as i64;
         let mut geth = ChildStatus::new_for("geth");
-        geth.state = State::Ready;
-        geth.pid = Some(42);
-        geth.started_at = Some(NOW - 61);
-        (geth.restarts, geth.unhealthy_restarts) = (1, 2);
-        geth.last_exit = Some("exited with code 1".into());
-        geth.reason = Some("warming up: no peers".into());
+        geth.life.state = State::Ready;
+        geth.life.pid = Some(42);
+        geth.life.started_at = Some(NOW - 61);
+        (geth.life.restarts, geth.life.unhealthy_restarts) = (1, 2);
+        geth.life.last_exit = Some("exited with code 1".into());
+        geth.life.reason = Some("warming up: no peers".into());
         geth.chain = Some(GethSample {
             head: 120,
             head_age_secs: 3,
@@ -356,13 +360,13 @@ mod tests {
             authorised: Some(true),
             mining: Some(false),
         });
-        geth.ever_ready = true;
+        geth.life.ever_ready = true;
         let mut ethstats = ChildStatus::new_for("ethstats");
-        ethstats.state = State::BackingOff;
-        ethstats.started_at = Some(NOW - 10);
-        ethstats.restarts = 3;
-        ethstats.last_exit = Some("killed by signal 9".into());
-        ethstats.reason = Some("backing off 4s".into());
+        ethstats.life.state = State::BackingOff;
+        ethstats.life.started_at = Some(NOW - 10);
+        ethstats.life.restarts = 3;
+        ethstats.life.last_exit = Some("killed by signal 9".into());
+        ethstats.life.reason = Some("backing off 4s".into());
         let secret = |name: &str, version: &str, age: u64, error: Option<&str>| SecretInfo {
             name: name.into(),
             version: version.into(),
@@ -463,7 +467,7 @@ mod tests {
     fn the_verdict_counts_log_shipping_services_and_storage() {
         let verdict = |f: &dyn Fn(&mut Live)| {
             let mut live = sparse();
-            live.children[0].state = State::Ready;
+            live.children[0].life.state = State::Ready;
             live.storage.check = Ok(());
             f(&mut live);
             assemble(&fixed(false), live, NOW).overall

@@ -19,10 +19,10 @@ use super::health::{self, Health};
 use crate::config::RestartSettings;
 use crate::logs;
 use crate::plan::{ChildPlan, Probe};
-use crate::status::model::{ChildStatus, GethSample};
+use crate::status::model::{ChildLife, ChildStatus, GethSample};
 use policy::{RestartPolicy, Verdict};
 use spawn::Proc;
-use state::{Action, Event, Life, Note, Phase, Shown};
+use state::{Action, Event, Life, Note, Phase};
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitStatus;
@@ -152,9 +152,9 @@ struct Actor {
 impl Actor {
     /// Publishes what status shows, with the chain sample and a heartbeat (the watchdog's evidence that
     /// this task is alive).
-    fn publish(&self, shown: &Shown) {
+    fn publish(&self, life: &ChildLife) {
         self.status.send_modify(|s| {
-            shown.show(s);
+            s.life.clone_from(life);
             s.chain.clone_from(&self.chain);
             s.heartbeat = Instant::now();
         });

@@ -6,7 +6,7 @@
 
 use super::policy::{HealthRules, RestartPolicy, Verdict};
 use crate::serve::health::Health;
-use crate::status::model::{ChildStatus, State};
+use crate::status::model::{ChildLife, State};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -137,39 +137,11 @@ pub enum Note {
     FenceLifted,
 }
 
-/// What status shows of the child, as decided here (the actor adds the chain sample and the
-/// heartbeat).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Shown {
-    pub state: State,
-    pub pid: Option<u32>,
-    pub started_at: Option<u64>,
-    pub restarts: u32,
-    pub unhealthy_restarts: u32,
-    pub last_exit: Option<String>,
-    pub reason: Option<String>,
-    pub ever_ready: bool,
-}
-
-impl Shown {
-    /// Writes these fields into the published status.
-    pub fn show(&self, s: &mut ChildStatus) {
-        s.state = self.state;
-        s.pid = self.pid;
-        s.started_at = self.started_at;
-        s.restarts = self.restarts;
-        s.unhealthy_restarts = self.unhealthy_restarts;
-        s.last_exit.clone_from(&self.last_exit);
-        s.reason.clone_from(&self.reason);
-        s.ever_ready = self.ever_ready;
-    }
-}
-
 /// A supervised child's life.
 #[derive(Debug, Clone)]
 pub struct Life {
     pub phase: Phase,
-    pub shown: Shown,
+    pub shown: ChildLife,
     policy: RestartPolicy,
     rules: HealthRules,
 }
@@ -179,16 +151,7 @@ impl Life {
     pub fn new(policy: RestartPolicy, rules: HealthRules) -> (Life, Vec<Action>) {
         let life = Life {
             phase: Phase::Spawning,
-            shown: Shown {
-                state: State::Starting,
-                pid: None,
-                started_at: None,
-                restarts: 0,
-                unhealthy_restarts: 0,
-                last_exit: None,
-                reason: None,
-                ever_ready: false,
-            },
+            shown: ChildLife::default(),
             policy,
             rules,
         };
