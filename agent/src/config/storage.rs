@@ -20,6 +20,12 @@ pub const SENTINEL: &str = ".node-agent-storage.json";
 /// execute. mount(2) takes them as flags, not in the NFS option string (the NFS parser rejects them).
 pub const DATA_MOUNT_FLAGS: &str = "nosuid,nodev,noexec";
 
+/// The options amazon-efs-utils mounts with: TLS to the mount target and IAM authorization, then
+/// `storage.efs_mount_options` (the mount adds the access point and the mount target's address).
+pub fn efs_utils_options(options: &str) -> String {
+    format!("tls,iam,{options}")
+}
+
 /// `FS_ID.efs.REGION.amazonaws.com` (`.amazonaws.com.cn` in the China regions).
 pub fn efs_dns_name(file_system_id: &str, region: &str) -> String {
     let suffix = if region.starts_with("cn-") {

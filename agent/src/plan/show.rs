@@ -1,7 +1,7 @@
 //! The plan as `check` prints it: every step `run` takes, in the order it takes them.
 
 use super::{LogTarget, Plan, Rendered};
-use crate::config::storage::{DATA_MOUNT_FLAGS, SENTINEL};
+use crate::config::storage::{efs_utils_options, DATA_MOUNT_FLAGS, SENTINEL};
 use crate::config::StorageSettings;
 use std::fmt::{self, Write as _};
 use std::path::Path;
@@ -79,7 +79,7 @@ impl fmt::Display for Plan {
                     e.dns_name,
                 )?;
                 let options = if e.efs_utils {
-                    format!("tls,iam,{}", e.mount_options)
+                    efs_utils_options(&e.mount_options)
                 } else {
                     e.mount_options.clone()
                 };

@@ -39,7 +39,7 @@ pub fn efs_utils_args(
     mount_target_ip: Option<Ipv4Addr>,
     access_point_id: Option<&str>,
 ) -> Vec<String> {
-    let mut o = format!("tls,iam,{options}");
+    let mut o = crate::config::storage::efs_utils_options(options);
     if let Some(ap) = access_point_id {
         o.push_str(&format!(",accesspoint={ap}"));
     }
