@@ -68,11 +68,21 @@ pub enum Probe {
         signer: Option<String>,
         /// Head older than this is a stall.
         max_head_age_secs: u64,
+        /// Where geth reports to ethstats, when it does: status shows whether the dashboard lists it.
+        ethstats: Option<EthstatsReport>,
     },
     /// A UDP port bound on this host (the bootnode's discovery port).
     Udp { port: u16 },
-    /// A TCP port accepting connections on loopback (the ethstats dashboard).
-    Tcp { port: u16 },
+    /// The ethstats server on this loopback port: its dashboard websocket answers with the node list.
+    Ethstats { port: u16 },
+}
+
+/// The ethstats server a geth node reports to, and the name it reports as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EthstatsReport {
+    /// `host:port`.
+    pub server: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -263,6 +273,10 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
                 ipc: settings.runtime_dir.join("geth.ipc"),
                 signer: (settings.role == Role::Sealer).then(|| settings.signer.clone()),
                 max_head_age_secs: settings.health.max_head_age.as_secs(),
+                ethstats: settings.ethstats.as_ref().map(|server| EthstatsReport {
+                    server: server.clone(),
+                    name: settings.ethstats_name.clone(),
+                }),
             },
         });
     } else if settings.role == Role::Bootnode {
@@ -311,7 +325,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             cwd: Some(dir.clone()),
             secrets: vec![SecretKind::EthstatsWsSecret],
             log: log("ethstats"),
-            probe: Probe::Tcp {
+            probe: Probe::Ethstats {
                 port: settings.ports.ethstats,
             },
         });

@@ -1,5 +1,5 @@
 //! Readiness and health of the children: geth over JSON-RPC on its IPC socket (chain-aware), the bootnode's
-//! UDP port, the ethstats TCP port. Probing does I/O; judging a sample is pure.
+//! UDP port, the ethstats dashboard's websocket (`super::ethstats`). Probing does I/O; judging a sample is pure.
 
 use crate::plan::Probe;
 use crate::status::model::GethSample;
@@ -255,18 +255,6 @@ pub fn udp_table_has_port(table: &str, port: u16) -> bool {
     })
 }
 
-/// Whether something accepts TCP connections on the loopback port.
-pub async fn tcp_accepts(port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-        )
-        .await,
-        Ok(Ok(_))
-    )
-}
-
 /// Whether the child serves yet (readiness). `Ok(())` when it does, otherwise why not.
 pub async fn ready(probe: &Probe) -> Result<(), String> {
     match probe {
@@ -277,10 +265,9 @@ pub async fn ready(probe: &Probe) -> Result<(), String> {
         Probe::Udp { port } => udp_bound(*port)
             .then_some(())
             .ok_or_else(|| format!("UDP port {port} not bound yet")),
-        Probe::Tcp { port } => tcp_accepts(*port)
+        Probe::Ethstats { port } => super::ethstats::nodes(&format!("127.0.0.1:{port}"))
             .await
-            .then_some(())
-            .ok_or_else(|| format!("TCP port {port} not accepting yet")),
+            .map(|_| ()),
     }
 }
 

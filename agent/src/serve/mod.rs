@@ -3,6 +3,7 @@
 //! systemd hears of readiness, status and liveness, until SIGTERM stops it all in order.
 
 pub mod child;
+pub mod ethstats;
 pub mod health;
 pub mod rotation;
 mod watchers;

@@ -25,6 +25,26 @@ pub struct GethSample {
     pub mining: Option<bool>,
 }
 
+/// What the ethstats dashboard (its `/primus` endpoint, asked as a browser asks it) listed at one probe:
+/// on the ethstats host, every node; on a geth host, whether this node is among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EthstatsSample {
+    /// The server asked (`host:port`).
+    pub server: String,
+    /// The dashboard sent its node list.
+    pub answered: bool,
+    /// The names of the nodes reporting now (active), sorted.
+    pub reporting: Vec<String>,
+    /// Nodes the dashboard still lists but that stopped reporting, sorted.
+    pub inactive: Vec<String>,
+    /// On a geth host: the name this node reports as.
+    pub node: Option<String>,
+    /// On a geth host: whether `node` is among `reporting`.
+    pub listed: Option<bool>,
+    /// Why the dashboard did not answer.
+    pub error: Option<String>,
+}
+
 /// Where a child is in its life, as `status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +117,8 @@ pub struct ChildStatus {
     pub life: ChildLife,
     /// The last chain sample of a geth child.
     pub chain: Option<GethSample>,
+    /// The last ethstats sample: the server's nodes (ethstats), or this node's listing (geth).
+    pub ethstats: Option<EthstatsSample>,
     /// When the supervising task last made progress (the watchdog's evidence).
     pub heartbeat: Instant,
 }
@@ -107,6 +129,7 @@ impl ChildStatus {
             name: name.to_owned(),
             life: ChildLife::default(),
             chain: None,
+            ethstats: None,
             heartbeat: Instant::now(),
         }
     }
@@ -258,6 +281,9 @@ pub struct ChildPart {
     /// Only while a process runs.
     pub uptime_secs: Option<u64>,
     pub user: String,
+    /// The last ethstats sample; absent from agents before the ethstats probe.
+    #[serde(default)]
+    pub ethstats: Option<EthstatsSample>,
 }
 
 /// What the role's storage is.
@@ -349,10 +375,13 @@ pub(super) mod tests {
           "last_exit": "exited with code 1", "reason": "warming up: no peers",
           "chain": {"head": 120, "head_age_secs": 3, "peers": 2, "syncing": true, "highest": 130, "authorised": true,
             "mining": false},
-          "ever_ready": true, "uptime_secs": 61, "user": "geth"},
+          "ever_ready": true, "uptime_secs": 61, "user": "geth",
+          "ethstats": {"server": "10.0.0.9:3000", "answered": true, "reporting": ["production-rpc-i-0def"],
+            "inactive": ["production-sealer-i-0abc"], "node": "production-sealer-i-0abc", "listed": false,
+            "error": null}},
         {"name": "ethstats", "state": "backing_off", "pid": null, "started_at": 1699999990, "restarts": 3,
           "unhealthy_restarts": 0, "last_exit": "killed by signal 9", "reason": "backing off 4s", "chain": null,
-          "ever_ready": false, "uptime_secs": null, "user": "geth"}
+          "ever_ready": false, "uptime_secs": null, "user": "geth", "ethstats": null}
       ],
       "bootnode_enode": "enode://ab@10.0.0.1:30301",
       "storage": {"kind": "efs", "source": "fs-1:/production/sealer", "datadir": "/var/lib/node-agent/data",
@@ -395,7 +424,8 @@ pub(super) mod tests {
       "pinned": {"geth": "1.13.15"},
       "children": [
         {"name": "geth", "state": "starting", "pid": null, "started_at": null, "restarts": 0, "unhealthy_restarts": 0,
-          "last_exit": null, "reason": null, "chain": null, "ever_ready": false, "uptime_secs": null, "user": "alice"}
+          "last_exit": null, "reason": null, "chain": null, "ever_ready": false, "uptime_secs": null, "user": "alice",
+          "ethstats": null}
       ],
       "bootnode_enode": null,
       "storage": {"kind": "local", "source": "/tmp/data", "datadir": "/tmp/data", "free_bytes": null,

@@ -1,6 +1,6 @@
 //! The document for people: one compact screen, and text made safe for a terminal.
 
-use super::model::{Document, StorageKind};
+use super::model::{Document, EthstatsSample, StorageKind};
 
 /// An age for people: `59s`, `119m`, `47h`, `3d`.
 pub fn ago(secs: u64) -> String {
@@ -105,6 +105,9 @@ pub fn render(doc: &Document) -> String {
             }
             let _ = writeln!(out, "{line}");
         }
+        if let Some(e) = &c.ethstats {
+            let _ = writeln!(out, "            ethstats: {}", ethstats(e));
+        }
     }
     if let Some(e) = &doc.bootnode_enode {
         let _ = writeln!(out, "  enode     {e}");
@@ -160,6 +163,39 @@ pub fn render(doc: &Document) -> String {
     out
 }
 
+/// One line on the ethstats dashboard: on a geth host whether it lists this node, on the ethstats host
+/// which nodes report.
+fn ethstats(e: &EthstatsSample) -> String {
+    let names = |list: &[String]| match list.len() {
+        0 => "none".to_owned(),
+        _ => list.join(", "),
+    };
+    match (&e.node, e.answered) {
+        (_, false) => format!(
+            "dashboard {} NOT answering: {}",
+            e.server,
+            e.error.as_deref().unwrap_or("no answer")
+        ),
+        (Some(node), true) if e.listed == Some(true) => {
+            format!("reporting as {node} to {} (listed on its dashboard)", e.server)
+        }
+        (Some(node), true) => format!(
+            "{node} NOT listed as reporting on {}'s dashboard (geth's log says why: wrong secret, server unreachable)",
+            e.server
+        ),
+        (None, true) => format!(
+            "{} node{} reporting: {}{}",
+            e.reporting.len(),
+            if e.reporting.len() == 1 { "" } else { "s" },
+            names(&e.reporting),
+            match e.inactive.len() {
+                0 => String::new(),
+                _ => format!("; gone: {}", names(&e.inactive)),
+            }
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::model::tests::{parse, FULL, SPARSE};
@@ -172,6 +208,7 @@ DEGRADED — production sealer on i-0abc (agent 0.1.0 up 66m, geth pinned 1.13.1
   geth      ready       pid 42, user geth, up 61s, restarts 1 (+2 unhealthy), last exited with code 1
             why: warming up: no peers
             chain: head #120 3s old, 2 peers, syncing, authorised signer, NOT sealing
+            ethstats: production-sealer-i-0abc NOT listed as reporting on 10.0.0.9:3000's dashboard (geth's log says why: wrong secret, server unreachable)
   ethstats  backing_off no process, user geth, restarts 3 (+0 unhealthy), last killed by signal 9
             why: backing off 4s
   enode     enode://ab@10.0.0.1:30301
@@ -215,6 +252,32 @@ DOWN — dev rpc on i-local (agent 0.1.0 up 5s, geth pinned 1.13.15)
             "{text}"
         );
         assert!(!text.contains("why: warming"), "{text}");
+    }
+
+    #[test]
+    fn render_shows_the_ethstats_dashboard_from_either_side() {
+        let sample = |node: Option<&str>, answered: bool| EthstatsSample {
+            server: "10.0.0.9:3000".into(),
+            answered,
+            reporting: vec!["dev-rpc-i-1".into(), "dev-sealer-i-2".into()],
+            inactive: vec!["old".into()],
+            node: node.map(Into::into),
+            listed: node.filter(|_| answered).map(|n| n == "dev-rpc-i-1"),
+            error: (!answered).then(|| "ws://10.0.0.9:3000/primus: Connection refused".into()),
+        };
+        assert_eq!(
+            ethstats(&sample(None, true)),
+            "2 nodes reporting: dev-rpc-i-1, dev-sealer-i-2; gone: old"
+        );
+        assert_eq!(
+            ethstats(&sample(Some("dev-rpc-i-1"), true)),
+            "reporting as dev-rpc-i-1 to 10.0.0.9:3000 (listed on its dashboard)"
+        );
+        assert!(ethstats(&sample(Some("x"), true)).starts_with("x NOT listed as reporting"));
+        assert_eq!(
+            ethstats(&sample(Some("x"), false)),
+            "dashboard 10.0.0.9:3000 NOT answering: ws://10.0.0.9:3000/primus: Connection refused"
+        );
     }
 
     #[test]

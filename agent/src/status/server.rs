@@ -196,6 +196,7 @@ fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
                 .filter(|_| c.life.pid.is_some())
                 .map(since),
             user: fixed.user.clone(),
+            ethstats: c.ethstats.clone(),
         })
         .collect();
     Document {
@@ -294,7 +295,7 @@ pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
 #[cfg(test)]
 mod tests {
     use super::super::model::tests::{wire, FULL, SPARSE};
-    use super::super::model::{GethSample, State, StreamStatus};
+    use super::super::model::{EthstatsSample, GethSample, State, StreamStatus};
     use super::*;
 
     const NOW: u64 = 1_700_000_000;
@@ -361,6 +362,15 @@ mod tests {
             mining: Some(false),
         });
         geth.life.ever_ready = true;
+        geth.ethstats = Some(EthstatsSample {
+            server: "10.0.0.9:3000".into(),
+            answered: true,
+            reporting: vec!["production-rpc-i-0def".into()],
+            inactive: vec!["production-sealer-i-0abc".into()],
+            node: Some("production-sealer-i-0abc".into()),
+            listed: Some(false),
+            error: None,
+        });
         let mut ethstats = ChildStatus::new_for("ethstats");
         ethstats.life.state = State::BackingOff;
         ethstats.life.started_at = Some(NOW - 10);

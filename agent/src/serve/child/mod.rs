@@ -15,11 +15,12 @@ mod tests;
 pub use policy::HealthRules;
 pub use spawn::SpawnError;
 
+use super::ethstats;
 use super::health::{self, Health};
 use crate::config::RestartSettings;
 use crate::logs;
-use crate::plan::{ChildPlan, Probe};
-use crate::status::model::{ChildLife, ChildStatus, GethSample};
+use crate::plan::{ChildPlan, EthstatsReport, Probe};
+use crate::status::model::{ChildLife, ChildStatus, EthstatsSample, GethSample};
 use policy::{RestartPolicy, Verdict};
 use spawn::Proc;
 use state::{Action, Event, Life, Note, Phase};
@@ -69,6 +70,7 @@ pub async fn supervise(
         probe: None,
         track: HeadTrack::new(),
         chain: None,
+        ethstats: None,
         until: Instant::now(),
     };
     loop {
@@ -97,8 +99,14 @@ enum Answer {
     Readiness(Result<(), String>),
     /// A health round of a probe other than geth's.
     Check(Result<(), String>),
-    /// A geth sample, and when it was asked for.
-    Geth(Result<GethSample, health::ProbeError>, Instant),
+    /// A geth sample, when it was asked for, and whether the ethstats dashboard lists the node.
+    Geth(
+        Result<GethSample, health::ProbeError>,
+        Instant,
+        Option<EthstatsSample>,
+    ),
+    /// A health round of the ethstats server: the nodes its dashboard lists.
+    Ethstats(EthstatsSample),
 }
 
 type Round = Pin<Box<dyn Future<Output = Answer> + Send>>;
@@ -145,6 +153,8 @@ struct Actor {
     track: HeadTrack,
     /// The last chain sample of the running geth.
     chain: Option<GethSample>,
+    /// The last ethstats sample of the running process.
+    ethstats: Option<EthstatsSample>,
     /// When the current restart delay ends.
     until: Instant,
 }
@@ -156,6 +166,7 @@ impl Actor {
         self.status.send_modify(|s| {
             s.life.clone_from(life);
             s.chain.clone_from(&self.chain);
+            s.ethstats.clone_from(&self.ethstats);
             s.heartbeat = Instant::now();
         });
     }
@@ -211,6 +222,7 @@ impl Actor {
         let began = proc.began;
         proc.drain(&self.child.name).await;
         self.chain = None;
+        self.ethstats = None;
         Event::Exited {
             how: exit
                 .as_ref()
@@ -284,9 +296,22 @@ impl Actor {
             Answer::Readiness(Err(why)) => Event::NotServing(why),
             Answer::Check(Ok(())) => Event::Health(Health::Healthy),
             Answer::Check(Err(why)) => Event::Health(Health::Unhealthy(why)),
+            Answer::Ethstats(sample) => {
+                // A dashboard that does not answer is a wedged server, which a restart does fix.
+                let verdict = match (&sample.answered, &sample.error) {
+                    (true, _) => Health::Healthy,
+                    (false, why) => Health::Unhealthy(why.clone().unwrap_or_default()),
+                };
+                self.ethstats = Some(sample);
+                Event::Health(verdict)
+            }
             // No answer on the IPC socket: a wedged geth, which a restart does fix.
-            Answer::Geth(Err(e), _) => Event::Health(Health::Unhealthy(e.to_string())),
-            Answer::Geth(Ok(sample), asked) => {
+            Answer::Geth(Err(e), _, listing) => {
+                self.ethstats = listing;
+                Event::Health(Health::Unhealthy(e.to_string()))
+            }
+            Answer::Geth(Ok(sample), asked, listing) => {
+                self.ethstats = listing;
                 let Probe::Geth {
                     signer,
                     max_head_age_secs,
@@ -336,14 +361,39 @@ async fn ask(probe: Probe, after: Duration, health: bool) -> Answer {
     }
     match (&probe, health) {
         (_, false) => Answer::Readiness(health::ready(&probe).await),
-        (Probe::Geth { ipc, signer, .. }, true) => {
+        (
+            Probe::Geth {
+                ipc,
+                signer,
+                ethstats,
+                ..
+            },
+            true,
+        ) => {
             let asked = Instant::now();
-            let sample =
-                health::sample_geth(ipc, signer.as_deref(), crate::clock::now_unix()).await;
-            Answer::Geth(sample, asked)
+            let (sample, listing) = tokio::join!(
+                health::sample_geth(ipc, signer.as_deref(), crate::clock::now_unix()),
+                listed(ethstats.as_ref()),
+            );
+            Answer::Geth(sample, asked, listing)
+        }
+        (Probe::Ethstats { port }, true) => {
+            let server = format!("127.0.0.1:{port}");
+            Answer::Ethstats(ethstats::sample(
+                &server,
+                None,
+                ethstats::nodes(&server).await,
+            ))
         }
         (_, true) => Answer::Check(health::ready(&probe).await),
     }
+}
+
+/// Whether the ethstats dashboard geth reports to lists it (`None` when it reports to none).
+async fn listed(report: Option<&EthstatsReport>) -> Option<EthstatsSample> {
+    let report = report?;
+    let answer = ethstats::nodes(&report.server).await;
+    Some(ethstats::sample(&report.server, Some(&report.name), answer))
 }
 
 /// Resolves when the running process exits (never, when none runs).
