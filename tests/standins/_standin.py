@@ -518,7 +518,7 @@ class GethLogger:
         self.verbosity = verbosity
         self.stream = stream if stream is not None else sys.stderr
         self.files = list(files)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: the SIGTERM handler logs on the main thread
         self.padding = {}
 
     def _term_value(self, v):
@@ -677,7 +677,7 @@ class Faults:
         self.file_path = file_path
         self.file_values = {}
         self.file_mtime = None
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: the SIGTERM handler reads switches on the main thread
         self._load_file()
 
     def set_file(self, path):
