@@ -582,6 +582,7 @@ class WsClientTest(unittest.TestCase):
         t = threading.Thread(target=run, daemon=True)
         t.start()
         self.addCleanup(t.join, 5)
+        seen["thread"] = t
         return lsock.getsockname()[1], seen
 
     @staticmethod
@@ -637,6 +638,7 @@ class WsClientTest(unittest.TestCase):
             ws.recv_json(5)
         self.assertEqual((cm.exception.code, str(cm.exception)), (1000, "websocket: close 1000 (normal): bye"))
         ws.close()
+        seen["thread"].join(5)
         self.assertEqual(seen["pong"], (0xA, True, b"hb"))
         self.assertEqual(seen["sent"][:2], (0x1, True))  # client frames are masked
         self.assertEqual(json.loads(seen["sent"][2]), {"emit": ["hello", {"id": "n"}]})
