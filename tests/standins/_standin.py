@@ -8,7 +8,8 @@ Contents:
   * Go `flag` package parsing (also what urfave/cli v2 uses underneath for geth);
   * geth's log formats (terminal, logfmt, json) and utils.Fatalf;
   * fault switches read from the environment and from a JSON file re-read while running;
-  * the STANDIN_*_RECORD invocation record.
+  * the STANDIN_*_RECORD invocation record;
+  * an RFC 6455 websocket client (WsClient), primus helpers and ethstats_dashboard().
 """
 
 import json
