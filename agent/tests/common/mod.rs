@@ -4,6 +4,7 @@
 
 mod agent;
 mod cwproxy;
+mod ethstats;
 mod faultproxy;
 mod host;
 mod imds;
@@ -14,6 +15,8 @@ mod standins;
 pub use agent::*;
 #[allow(unused_imports)] // only the logs tests use the proxy
 pub use cwproxy::*;
+#[allow(unused_imports)] // only the ethstats tests run the real server
+pub use ethstats::*;
 #[allow(unused_imports)] // only the AWS fault tests use the fault proxy
 pub use faultproxy::*;
 #[allow(unused_imports)] // the README tests use only repo()
