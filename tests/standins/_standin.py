@@ -785,3 +785,363 @@ def die_by_signal(signum):
     os.kill(os.getpid(), signum)
     time.sleep(5)
     os._exit(128 + signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small RFC 6455 websocket client (what geth's ethstats service dials with gorilla/websocket),
+# the primus conventions goerli/ethstats-server speaks over it, and a dashboard reader for tests.
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_READ_LIMIT = 15 * 1024 * 1024  # ethstats.go messageSizeLimit (gorilla SetReadLimit)
+
+_WS_CLOSE_NAMES = {1000: "normal", 1001: "going away", 1002: "protocol error", 1003: "unsupported data",
+                   1005: "no status", 1006: "abnormal closure", 1007: "invalid payload data",
+                   1008: "policy violation", 1009: "message too big", 1010: "mandatory extension missing",
+                   1011: "internal server error", 1012: "service restart", 1013: "try again later",
+                   1015: "TLS handshake error"}
+
+
+class WsError(Exception):
+    """A websocket failure; str() is the text gorilla/websocket (or Go's net package) would give."""
+
+
+class WsClosed(WsError):
+    """The connection ended: a close frame (code, reason) or EOF (1006, 'unexpected EOF')."""
+
+    def __init__(self, code, reason=""):
+        self.code, self.reason = code, reason
+        text = "websocket: close %d" % code
+        if code in _WS_CLOSE_NAMES:
+            text += " (%s)" % _WS_CLOSE_NAMES[code]
+        if reason:
+            text += ": " + reason
+        super().__init__(text)
+
+
+def _go_errno_text(e):
+    import errno as _errno
+
+    names = {_errno.ECONNREFUSED: "connection refused", _errno.ECONNRESET: "connection reset by peer",
+             _errno.EPIPE: "broken pipe", _errno.EHOSTUNREACH: "no route to host",
+             _errno.ENETUNREACH: "network is unreachable", _errno.ETIMEDOUT: "connection timed out"}
+    if getattr(e, "errno", None) in names:
+        return names[e.errno]
+    s = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return s[:1].lower() + s[1:]
+
+
+class WsClient:
+    """RFC 6455 client, standard library only. One reader and one writer thread may use it at
+    once (sends are serialised by a lock; close() may be called from any thread).
+
+      connect(host, port, path="/", timeout=5, tls=False, headers=None)
+      send_json(obj)            one masked text frame with the compact JSON of obj
+      recv_json(timeout=None)   next complete message, parsed; answers pings; raises WsClosed on a
+                                close frame or EOF, TimeoutError on timeout, WsError otherwise
+      close(frame=True)         close frame 1000 (frame=False: just drop the TCP connection, which
+                                is what gorilla's Conn.Close and so geth do), then close the socket
+    """
+
+    def __init__(self):
+        import threading as _threading
+
+        self.sock = None
+        self.status = None
+        self.local = self.remote = ""
+        self._buf = bytearray()
+        self._wlock = _threading.Lock()
+        self._closed = False
+        self._close_sent = False
+        self._frags = None  # (opcode, bytearray) of a fragmented message in progress
+
+    # --- handshake
+    def connect(self, host, port, path="/", timeout=5.0, tls=False, headers=None):
+        import base64
+        import hashlib
+        import socket
+
+        deadline = time.monotonic() + timeout
+        hostport = "%s:%d" % (host, port)
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise WsError("dial tcp: lookup %s: no such host" % host) from None
+        fam, _t, _p, _c, addr = infos[0]
+        dial = "dial tcp %s" % (("[%s]:%d" % addr[:2]) if fam == socket.AF_INET6 else "%s:%d" % addr[:2])
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                sock.connect(addr)
+            except socket.timeout:
+                raise WsError(dial + ": i/o timeout") from None
+            except OSError as e:
+                raise WsError("%s: connect: %s" % (dial, _go_errno_text(e))) from None
+            if tls:
+                import ssl
+
+                try:
+                    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                except ssl.SSLError as e:
+                    raise WsError("tls: %s" % (e.reason or e)) from None
+            self.sock = sock
+            self.local = "%s:%d" % sock.getsockname()[:2]
+            self.remote = "%s:%d" % sock.getpeername()[:2]
+            key = base64.b64encode(os.urandom(16)).decode()
+            hdrs = [("Host", hostport if port not in ((443,) if tls else (80,)) else host),
+                    ("User-Agent", "Go-http-client/1.1"), ("Connection", "Upgrade"), ("Origin", "http://localhost"),
+                    ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")]
+            for k, v in (headers or {}).items():
+                hdrs = [(a, b) for a, b in hdrs if a.lower() != k.lower()] + [(k, v)]
+            req = "GET %s HTTP/1.1\r\n" % (path or "/") + "".join("%s: %s\r\n" % kv for kv in hdrs) + "\r\n"
+            sock.sendall(req.encode("latin-1"))
+            raw = bytearray()
+            while b"\r\n\r\n" not in raw:
+                if len(raw) > 65536:
+                    raise WsError("websocket: bad handshake")
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chunk = sock.recv(4096)
+                except socket.timeout:
+                    raise WsError("%s: i/o timeout" % dial.replace("dial", "read", 1)) from None
+                except OSError as e:
+                    raise WsError("read tcp %s->%s: %s" % (self.local, self.remote, _go_errno_text(e))) from None
+                if not chunk:
+                    raise WsError("unexpected EOF" if raw else "EOF")
+                raw += chunk
+            head, _sep, rest = bytes(raw).partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            resp = {}
+            for ln in lines[1:]:
+                k, _c2, v = ln.partition(":")
+                resp[k.strip().lower()] = v.strip()
+            want = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+            if (len(parts) < 2 or parts[1] != "101" or resp.get("upgrade", "").lower() != "websocket"
+                    or "upgrade" not in resp.get("connection", "").lower()
+                    or resp.get("sec-websocket-accept") != want):
+                raise WsError("websocket: bad handshake")
+            self.status = int(parts[1])
+            self._buf = bytearray(rest)
+            sock.settimeout(10.0)  # sends only: receives wait in select()
+            return self
+        except BaseException:
+            self.sock = None
+            try:
+                sock.close()
+            except OSError:
+                pass
+            raise
+
+    # --- frames
+    def _send_frame(self, opcode, payload):
+        hdr = bytearray([0x80 | opcode])
+        n = len(payload)
+        if n < 126:
+            hdr.append(0x80 | n)
+        elif n < 1 << 16:
+            hdr.append(0x80 | 126)
+            hdr += n.to_bytes(2, "big")
+        else:
+            hdr.append(0x80 | 127)
+            hdr += n.to_bytes(8, "big")
+        mask = os.urandom(4)
+        hdr += mask
+        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload)) if n < 4096 else _ws_mask(payload, mask)
+        with self._wlock:
+            if self._closed or self.sock is None:
+                raise WsError("write tcp %s->%s: use of closed network connection" % (self.local, self.remote))
+            if self._close_sent:
+                raise WsError("websocket: close sent")
+            if opcode == 0x8:
+                self._close_sent = True
+            try:
+                self.sock.sendall(bytes(hdr) + masked)
+            except OSError as e:
+                raise WsError("write tcp %s->%s: %s" % (self.local, self.remote, _go_errno_text(e))) from None
+
+    def send_text(self, text):
+        self._send_frame(0x1, text.encode("utf-8"))
+
+    def send_json(self, obj):
+        # gorilla's WriteJSON is encoding/json's Encoder: compact, with a trailing newline
+        self.send_text(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+    def _parse_frame(self):
+        b = self._buf
+        if len(b) < 2:
+            return None
+        fin, rsv, opcode = b[0] & 0x80, b[0] & 0x70, b[0] & 0x0F
+        masked, n, pos = b[1] & 0x80, b[1] & 0x7F, 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, pos = int.from_bytes(b[2:4], "big"), 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, pos = int.from_bytes(b[2:10], "big"), 10
+        if rsv:
+            raise WsError("websocket: unexpected reserved bits 0x%02x" % rsv)
+        if opcode >= 0x8 and (n > 125 or not fin):
+            raise WsError("websocket: control frame length > 125" if n > 125 else "websocket: control frame not final")
+        if n > WS_READ_LIMIT:
+            raise WsError("websocket: read limit exceeded")
+        mask = None
+        if masked:
+            if len(b) < pos + 4:
+                return None
+            mask, pos = bytes(b[pos:pos + 4]), pos + 4
+        if len(b) < pos + n:
+            return None
+        payload = bytes(b[pos:pos + n])
+        del b[:pos + n]
+        if mask:
+            payload = _ws_mask(payload, mask)
+        return bool(fin), opcode, payload
+
+    def _fill(self, deadline):
+        import select
+        import socket
+
+        sock = self.sock
+        if sock is None or self._closed:
+            raise WsError("read tcp %s->%s: use of closed network connection" % (self.local, self.remote))
+        pending = getattr(sock, "pending", None)
+        if not (pending and pending()):
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                r, _w, _x = select.select([sock], [], [], wait)
+            except (OSError, ValueError):
+                raise WsError("read tcp %s->%s: use of closed network connection" % (self.local, self.remote)) from None
+            if not r:
+                raise TimeoutError("read tcp %s->%s: i/o timeout" % (self.local, self.remote))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return
+        except (OSError, ValueError) as e:
+            if self._closed:
+                raise WsError("read tcp %s->%s: use of closed network connection" % (self.local, self.remote)) from None
+            raise WsError("read tcp %s->%s: %s" % (self.local, self.remote, _go_errno_text(e))) from None
+        if not chunk:
+            if self._closed:
+                raise WsError("read tcp %s->%s: use of closed network connection" % (self.local, self.remote))
+            raise WsClosed(1006, "unexpected EOF")
+        self._buf += chunk
+
+    def recv_message(self, timeout=None):
+        """Next complete data message as (opcode, bytes); control frames are handled here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._parse_frame()
+            if frame is None:
+                self._fill(deadline)
+                continue
+            fin, opcode, payload = frame
+            if opcode == 0x9:  # ping -> pong with the same payload
+                try:
+                    self._send_frame(0xA, payload)
+                except WsError:
+                    pass
+                continue
+            if opcode == 0xA:
+                continue
+            if opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                reason = payload[2:].decode("utf-8", "replace")
+                if not self._close_sent:
+                    try:
+                        self._send_frame(0x8, payload[:2])
+                    except WsError:
+                        pass
+                raise WsClosed(code, reason)
+            if opcode == 0x0:
+                if self._frags is None:
+                    raise WsError("websocket: continuation after FIN")
+                self._frags[1].extend(payload)
+                if len(self._frags[1]) > WS_READ_LIMIT:
+                    raise WsError("websocket: read limit exceeded")
+                if fin:
+                    op, data = self._frags
+                    self._frags = None
+                    return op, bytes(data)
+                continue
+            if opcode in (0x1, 0x2):
+                if self._frags is not None:
+                    raise WsError("websocket: data before FIN")
+                if fin:
+                    return opcode, payload
+                self._frags = (opcode, bytearray(payload))
+                continue
+            raise WsError("websocket: unknown opcode %d" % opcode)
+
+    def recv_json(self, timeout=None):
+        _op, data = self.recv_message(timeout)
+        return json.loads(data.decode("utf-8"))
+
+    def close(self, frame=True):
+        import socket
+
+        if self._closed:
+            return
+        if frame and self.sock is not None and not self._close_sent:
+            try:
+                self._send_frame(0x8, (1000).to_bytes(2, "big"))
+            except WsError:
+                pass
+        with self._wlock:
+            self._closed = True
+            sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def _ws_mask(data, mask):
+    n = len(data)
+    if not n:
+        return b""
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
+
+
+def primus_emit(ws, event, *args):
+    """primus-emit's message: {"emit": [event, *args]}."""
+    ws.send_json({"emit": [event, *args]})
+
+
+def primus_pong(ws, msg):
+    """Answers a primus heartbeat ("primus::ping::<ts>" -> "primus::pong::<ts>", as geth does).
+    Returns True when msg was one."""
+    if isinstance(msg, str) and msg.startswith("primus::ping::"):
+        ws.send_json(msg.replace("ping", "pong"))
+        return True
+    return False
+
+
+def ethstats_dashboard(host, port, timeout=5):
+    """The nodes an ethstats server lists, read the way its dashboard does: connect to /primus,
+    emit "ready", wait for {"emit": ["init", {"nodes": [...]}]} (skipping charts, client-ping and
+    other messages). Each node: {"id", "info": {"name", ...}, "stats": {"active", "block": {...}, ...}, ...}."""
+    deadline = time.monotonic() + timeout
+    ws = WsClient().connect(host, port, "/primus", timeout)
+    try:
+        primus_emit(ws, "ready")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("ethstats dashboard %s:%d: no init message within %gs" % (host, port, timeout))
+            msg = ws.recv_json(left)
+            if primus_pong(ws, msg):
+                continue
+            if isinstance(msg, dict) and isinstance(msg.get("emit"), list) and msg["emit"][:1] == ["init"]:
+                return (msg["emit"][1] if len(msg["emit"]) > 1 else {}).get("nodes", [])
+    finally:
+        ws.close()
