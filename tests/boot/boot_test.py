@@ -7,9 +7,10 @@ says what it proves. Outline:
 - A Debian 12 rootfs (debootstrap --variant=minbase) cached outside the clone under CACHE, keyed by a
   hash of its inputs and rebuilt when missing.
 - Per run, an "installed" overlay layer on top of it: `node-agent install --root LAYER --enable` (the
-  bake's step), the geth/bootnode/ethstats stand-ins in place of the pinned programs, a unit drop-in that
-  points the AWS SDK at the emulators, and /etc/node-agent/config.toml (local storage, free ports, short
-  timeouts).
+  bake's step), the geth/bootnode stand-ins in place of the pinned programs, the real ethstats server
+  (tests/ethstats/prepare; the stand-in when its fixture is absent) laid out as the install lays it out, a
+  unit drop-in that points the AWS SDK at the emulators, and /etc/node-agent/config.toml (local storage,
+  free ports, short timeouts).
 - Per machine, one more overlay layer, booted with systemd-nspawn -b on the host's network (no private
   network: the emulators listen on the host's loopback). Each machine gets its own cgroup, so that
   everything it started can be found and killed.
@@ -50,8 +51,9 @@ RUNS = Path(os.environ.get("NODE_AGENT_BOOT_RUNS", "/var/tmp/node-agent-boot"))
 MIRROR = os.environ.get("NODE_AGENT_BOOT_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 # python3: the stand-ins are Python scripts. ca-certificates: every Debian 12 AMI has it, and the agent
-# (rustls with native roots) panics without any CA certificate.
-PACKAGES = ["systemd", "dbus", "python3", "ca-certificates"]
+# (rustls with native roots) panics without any CA certificate. nodejs: the real ethstats server runs on
+# Debian's Node.js, as on a baked host (docs/install-and-bake.md, "Pins").
+PACKAGES = ["systemd", "dbus", "python3", "ca-certificates", "nodejs"]
 # Bump when the way the rootfs is made changes (it is part of the cache key).
 ROOTFS_RECIPE = "1"
 
@@ -410,20 +412,59 @@ esac
 exec /opt/node-agent-standins/geth "$@"
 """
 
-# What `node-agent install --ethstats-source` lays out, with the stand-in in place of `node app.js`.
-ETHSTATS_WRAPPER = """#!/bin/sh
+# Without the ethstats-server fixture only: what `node-agent install --ethstats-source` lays out, with the
+# stand-in in place of `node app.js`.
+ETHSTATS_STANDIN_WRAPPER = """#!/bin/sh
 # node-agent boot test: the ethstats-server stand-in in place of the pinned app (see node-agent install).
 cd /opt/ethstats-server || exit 1
 exec /opt/node-agent-standins/ethstats-server
 """
 
+# The real ethstats server: the app prepared by tests/ethstats/prepare (its cache, ~160 MB, mostly
+# node_modules) is bound read-only into every machine here, and /opt/ethstats-server holds copies of
+# everything but node_modules, which links into the bind (see Rig.install_ethstats).
+ETHSTATS_APP_BIND = "/opt/node-agent-boot/ethstats-app"
+LAYOUT_RS = REPO / "agent/src/cmd/install/layout.rs"
+
+
+def install_ethstats_wrapper() -> str:
+    """The wrapper `node-agent install` writes (layout.rs's ETHSTATS_WRAPPER), read from the source so
+    that the test runs exactly the installed one."""
+    m = re.search(r'^const ETHSTATS_WRAPPER: &str = "(.*?)";$', LAYOUT_RS.read_text(), re.S | re.M)
+    if not m or "\\" in m.group(1) or "exec node app.js" not in m.group(1):
+        raise RuntimeError(f"no plain ETHSTATS_WRAPPER string running `node app.js` in {LAYOUT_RS}")
+    return m.group(1)
+
+
+def prepare_ethstats() -> Path | None:
+    """tests/ethstats/prepare: the prepared app directory, or None when the fixture archive is absent."""
+    p = subprocess.run([str(REPO / "tests/ethstats/prepare")], capture_output=True, text=True, timeout=900)
+    for line in p.stderr.strip().splitlines()[-5:]:
+        log(f"  {line}")
+    if p.returncode == 3:
+        return None
+    if p.returncode != 0 or not p.stdout.strip():
+        raise RuntimeError(f"tests/ethstats/prepare exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    app = Path(p.stdout.strip().splitlines()[-1])
+    if not (app / "app.js").is_file() or not (app / "node_modules").is_dir():
+        raise RuntimeError(f"tests/ethstats/prepare printed {app}, which holds no app.js and node_modules")
+    return app
+
+
+NO_REAL_ETHSTATS = ("NOTE: no ethstats-server fixture (tests/ethstats/prepare exited 3): the ethstats role "
+                    "runs the Python stand-in; the REAL ethstats server was NOT tested")
+
 
 class Rig:
     """One run: work directory, emulators, the installed layer, and every machine booted."""
 
-    def __init__(self, agent: Path, keep: bool):
+    def __init__(self, agent: Path, keep: bool, want_ethstats: bool = True):
         self.agent = agent
         self.keep = keep
+        self.want_ethstats = want_ethstats
+        # The prepared real ethstats server (tests/ethstats/prepare); None: the stand-in runs instead.
+        self.ethstats_app: Path | None = None
+        self.ethstats_missing = False  # tests/ethstats/prepare said the fixture is absent
         self.work = RUNS / f"run-{os.getpid()}"
         self.machines: list[Machine] = []
         self.moto: Moto | None = None
@@ -437,6 +478,10 @@ class Rig:
         self.work.mkdir(parents=True)
         (self.work / "pid").write_text(str(os.getpid()))
         self.base = ensure_rootfs()
+        if self.want_ethstats:
+            self.ethstats_app = prepare_ethstats()
+            self.ethstats_missing = self.ethstats_app is None
+            log(f"ethstats: the real server from {self.ethstats_app}" if self.ethstats_app else NO_REAL_ETHSTATS)
         self.moto = Moto(self.work)
         self.seed_secrets()
         self.install_layer()
@@ -532,15 +577,31 @@ interval_secs = 1
         (bin_ / "geth").write_text(GETH_WRAPPER)
         (bin_ / "geth").chmod(0o755)
         (bin_ / "bootnode").symlink_to("/opt/node-agent-standins/bootnode")
-        (bin_ / "ethstats-server").write_text(ETHSTATS_WRAPPER)
-        (bin_ / "ethstats-server").chmod(0o755)
-        app = root / "opt/ethstats-server"
-        app.mkdir(parents=True)
-        (app / "ws_secret.json").symlink_to("/run/node-agent/secrets/ws_secret.json")
+        self.install_ethstats(root)
         (root / "etc/node-agent-boot").mkdir()
         (root / "etc/node-agent/config.toml").write_text(self.config_toml())
         unmount(root)
         self.installed = layer / "upper"
+
+    def install_ethstats(self, root: Path) -> None:
+        """What `node-agent install --ethstats-source` lays out (layout.rs, ethstats_layout): the app in
+        /opt/ethstats-server, ws_secret.json in it a link to the file the agent writes, and the wrapper
+        /usr/local/bin/ethstats-server. app.js resolves ./ws_secret.json (and ./lib) from its own real path,
+        so it and everything else are copies; node_modules alone links into the read-only bind of the
+        prepared app, which keeps 150 MB out of the layer (and out of the secret scan)."""
+        app = root / "opt/ethstats-server"
+        wrapper = root / "usr/local/bin/ethstats-server"
+        if self.ethstats_app is None:
+            app.mkdir(parents=True)
+            wrapper.write_text(ETHSTATS_STANDIN_WRAPPER)
+        else:
+            shutil.copytree(self.ethstats_app, app, symlinks=True,
+                            ignore=lambda d, names: ["node_modules"] if Path(d) == self.ethstats_app else [])
+            (app / "node_modules").symlink_to(f"{ETHSTATS_APP_BIND}/node_modules")
+            (root / ETHSTATS_APP_BIND.lstrip("/")).mkdir(parents=True)  # the bind's mount point
+            wrapper.write_text(install_ethstats_wrapper())
+        wrapper.chmod(0o755)
+        (app / "ws_secret.json").symlink_to("/run/node-agent/secrets/ws_secret.json")
 
     def passwd(self, user: str) -> tuple[int, int]:
         for line in (self.installed / "etc/passwd").read_text().splitlines():
@@ -619,7 +680,7 @@ class Machine:
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-q", "-D", str(self.root), "-M", f"boot-{self.name}", "--register=no",
              "--keep-unit", "--console=read-only", "--link-journal=no", "--resolv-conf=off",
-             "--timezone=off", "-b"],
+             "--timezone=off", *self.binds(), "-b"],
             stdout=console,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -627,6 +688,10 @@ class Machine:
         )
         self.leader = wait_for("the container's PID 1", 20, self._find_leader, 0.05)
         wait_for("systemd in the container to answer", 30, self._systemd_answers)
+
+    def binds(self) -> list[str]:
+        app = self.rig.ethstats_app
+        return [f"--bind-ro={app}:{ETHSTATS_APP_BIND}"] if app else []
 
     def _find_leader(self) -> int:
         if self.nspawn.poll() is not None:
@@ -985,8 +1050,7 @@ def boot_role(rig: Rig, r: Results, role: str, name: str | None = None) -> tuple
             check_runs_unprivileged, m, role, doc)
     r.check(f"{role}: secrets are 0400 on tmpfs and nowhere else", check_secrets, m, role, doc)
     if role == "ethstats":
-        r.check("ethstats: a node logs in with the WS secret the agent wrote, a wrong one is refused",
-                check_ethstats_login, m)
+        scenario_ethstats(r, m)
     if shipping(doc):
         r.check(f"{role}: the child's lines arrive in CloudWatch Logs", check_cloudwatch, m, role, doc)
     else:
@@ -995,9 +1059,232 @@ def boot_role(rig: Rig, r: Results, role: str, name: str | None = None) -> tuple
     return m, doc
 
 
-def check_ethstats_login(m: Machine) -> str:
-    """The server reads ws_secret.json through the install's link into the secrets directory: a node
-    offering the stored secret is accepted (and logged), one offering another is refused."""
+def scenario_ethstats(r: Results, m: Machine) -> None:
+    """The ethstats server the role runs, checked through its own protocol: the real one (goerli/ethstats-server
+    on the machine's Node.js) when tests/ethstats/prepare had the fixture, else the stand-in's fake login."""
+    if m.rig.ethstats_app is None:
+        log(NO_REAL_ETHSTATS)
+        r.check("ethstats (stand-in): a node logs in with the WS secret the agent wrote, a wrong one is refused",
+                check_ethstats_standin_login, m)
+        r.skip("ethstats: the REAL ethstats server runs and takes a node's login over its websocket API",
+               "no ethstats-server fixture (tests/ethstats/prepare exited 3); the REAL server was NOT tested")
+        return
+    r.check("ethstats: the real server runs as `node app.js` in /opt/ethstats-server and serves its dashboard",
+            check_ethstats_real_server, m)
+    session = EthstatsSession(m)
+    try:
+        r.check("ethstats: a node logging in over /api with the WS secret the agent wrote gets 'ready' and "
+                "is on the dashboard", session.good_login)
+        r.check("ethstats: a node offering a wrong secret is refused ('Closed - wrong auth')", session.bad_login)
+        try:
+            r.check("ethstats: node-agent status --json lists the logged-in node as reporting",
+                    session.agent_reports)
+        except CheckFailed:
+            pass  # counted as failed; the checks below (CloudWatch) still run
+    finally:
+        session.close()
+
+
+def check_ethstats_real_server(m: Machine) -> str:
+    """The ethstats child is the installed wrapper exec'ing Node on app.js from the installed app directory,
+    whose ws_secret.json is the install's link; the machine's Node serves the dashboard page."""
+    rc, doc = m.status()
+    pid = m.host_pid(m.child(doc, "ethstats")["pid"])
+    argv = cmdline(pid)
+    cwd = os.readlink(f"/proc/{pid}/cwd")
+    expect(argv == ["node", "app.js"], f"the ethstats child runs {argv}, want ['node', 'app.js']")
+    expect(cwd.endswith("/opt/ethstats-server"), f"the ethstats child runs in {cwd}, want /opt/ethstats-server")
+    exe = m.exec(["readlink", "-f", f"/proc/{m.child(doc, 'ethstats')['pid']}/exe"], check=False).stdout.strip()
+    version = m.exec(["node", "--version"]).stdout.strip()
+    link = m.exec(["readlink", "/opt/ethstats-server/ws_secret.json"]).stdout.strip()
+    expect(link == "/run/node-agent/secrets/ws_secret.json", f"/opt/ethstats-server/ws_secret.json -> {link!r}")
+    real_app = m.exec(["stat", "-c", "%F", "/opt/ethstats-server/app.js"]).stdout.strip()
+    expect(real_app == "regular file", f"/opt/ethstats-server/app.js is a {real_app}, want a regular file")
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{m.rig.ports['ethstats']}/", timeout=10) as resp:
+        page = resp.read().decode(errors="replace")
+        status = resp.status
+    expect(status == 200 and "<html" in page.lower(), f"GET / answered {status}: {page[:200]!r}")
+    log(f"     ethstats server: node {version} ({exe or 'node'}) in the machine runs /opt/ethstats-server/app.js")
+    return (f"pid {pid}: `node app.js` in /opt/ethstats-server, Node.js {version}; ws_secret.json -> {link}; "
+            f"GET / 200 ({len(page)} bytes of dashboard)")
+
+
+# The node that logs in, as geth's ethstats client introduces itself (hello's info).
+ETHSTATS_NODE = "boot-test-node"
+ETHSTATS_INTRUDER = "boot-test-intruder"
+
+
+def standin_ws():
+    """The websocket and primus helpers of tests/standins/_standin.py (host side)."""
+    sys.path.insert(0, str(REPO / "tests/standins"))
+    import _standin  # noqa: PLC0415
+
+    missing = [n for n in ("WsClient", "WsError", "WsClosed", "primus_emit", "primus_pong", "ethstats_dashboard")
+               if not hasattr(_standin, n)]
+    if missing:
+        raise CheckFailed(f"tests/standins/_standin.py has no {', '.join(missing)} (the websocket helpers of "
+                          "branch standin-ethstats)")
+    return _standin
+
+
+def hello(node: str, secret: str) -> dict:
+    return {"id": node, "secret": secret,
+            "info": {"name": node, "node": "Geth/v1.13.15-stable-c5ba367e/linux-amd64/go1.21.6", "port": 30303,
+                     "net": "1337", "protocol": "eth/68", "api": "No", "os": "linux", "os_v": "amd64",
+                     "client": "0.1.1", "canUpdateHistory": True}}
+
+
+class Ended(Exception):
+    """The server ended the websocket connection."""
+
+
+def recv(ws, timeout: float):
+    """The next message that is not a primus heartbeat (answered, like the primus client does); raises
+    Ended when the server closed the connection, TimeoutError when nothing came."""
+    S = standin_ws()
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            msg = ws.recv_json(left)
+        except S.WsClosed as e:
+            raise Ended(str(e)) from None
+        except S.WsError as e:
+            raise CheckFailed(f"websocket: {e}") from None
+        if not S.primus_pong(ws, msg):
+            return msg
+
+
+def ws_connect(port: int, path: str):
+    """A websocket to the machine's ethstats server; raises unless it answers 101 Switching Protocols."""
+    S = standin_ws()
+    try:
+        return S.WsClient().connect("127.0.0.1", port, path, timeout=10)
+    except (S.WsError, OSError) as e:
+        raise CheckFailed(f"websocket handshake on {path}: {e}") from None
+
+
+class EthstatsSession:
+    """Logins over the server's primus websocket at /api, as geth's ethstats client does. Two connections
+    in all: the server refuses more than about 5 new /api connections per 30 s."""
+
+    def __init__(self, m: Machine):
+        self.m = m
+        self.port = m.rig.ports["ethstats"]
+        self.secret = m.rig.fixture("ethstats/ws-secret").strip()
+        self.ws = None  # the good node's connection, open until close()
+
+    def dashboard(self) -> dict[str, dict]:
+        S = standin_ws()
+        try:
+            nodes = S.ethstats_dashboard("127.0.0.1", self.port, timeout=5)
+        except (S.WsError, TimeoutError, OSError) as e:
+            raise CheckFailed(f"the dashboard feed (/primus): {e}") from None
+        return {n.get("id"): n for n in nodes}
+
+    def good_login(self) -> str:
+        S = standin_ws()
+        self.ws = ws_connect(self.port, "/api")
+        S.primus_emit(self.ws, "hello", hello(ETHSTATS_NODE, self.secret))
+        seen = []
+        end = time.monotonic() + 10
+        while True:
+            try:
+                msg = recv(self.ws, end - time.monotonic())
+            except TimeoutError:
+                raise CheckFailed(f"no {{'emit': ['ready']}} within 10 s of hello; got {seen}; ethstats.log: "
+                                  f"{read_log(self.m, 'ethstats')[-5:]}") from None
+            except Ended as e:
+                raise CheckFailed(f"the server ended the connection after hello with the stored secret ({e}); "
+                                  f"got {seen}; ethstats.log: {read_log(self.m, 'ethstats')[-5:]}") from None
+            if msg == {"emit": ["ready"]}:
+                break
+            seen.append(msg)
+        wait_for("'Connected: N boot-test-node' in ethstats.log", 10, lambda: any(
+            re.search(rf"\bConnected: \d+ {ETHSTATS_NODE}$", ln) for ln in read_log(self.m, "ethstats")), 0.2)
+        nodes = self.dashboard()
+        node = nodes.get(ETHSTATS_NODE)
+        expect(node is not None, f"{ETHSTATS_NODE} is not in the dashboard's node list: {sorted(map(str, nodes))}")
+        expect(node.get("info", {}).get("name") == ETHSTATS_NODE, f"dashboard info {node.get('info')}")
+        expect(node.get("stats", {}).get("active") is True, f"dashboard stats.active {node.get('stats')}")
+        return (f"101 on /api, hello with the stored secret answered {{'emit': ['ready']}}, 'Connected' in "
+                f"ethstats.log, and the dashboard (/primus) lists {ETHSTATS_NODE} active")
+
+    def bad_login(self) -> str:
+        S = standin_ws()
+        ws = ws_connect(self.port, "/api")
+        try:
+            S.primus_emit(ws, "hello", hello(ETHSTATS_INTRUDER, "not-the-secret"))
+            got = []
+            try:
+                while True:
+                    msg = recv(ws, 10)
+                    got.append(msg)
+                    expect(msg != {"emit": ["ready"]}, "a wrong secret got {'emit': ['ready']}")
+            except TimeoutError:
+                raise CheckFailed(f"the server kept the connection open 10 s after a wrong secret; got {got}") \
+                    from None
+            except Ended as e:
+                how = f"{got[-1]!r}, then the connection closed" if got else f"connection closed ({e})"
+        finally:
+            ws.close()
+        # The server logs the refused hello's data after the words, over several lines (util.inspect).
+        refused = re.compile(rf"Closed - wrong auth \{{\s*id: '{ETHSTATS_INTRUDER}'")
+        wait_for("'Closed - wrong auth { id: ...' in ethstats.log", 10,
+                 lambda: refused.search("\n".join(read_log(self.m, "ethstats"))), 0.2)
+        nodes = self.dashboard()
+        expect(ETHSTATS_INTRUDER not in nodes, f"the refused node is on the dashboard: {nodes.get(ETHSTATS_INTRUDER)}")
+        expect(ETHSTATS_NODE in nodes, f"{ETHSTATS_NODE} left the dashboard: {sorted(map(str, nodes))}")
+        return f"ended by the server: {how}; 'Closed - wrong auth' in ethstats.log; not on the dashboard"
+
+    def agent_reports(self) -> str:
+        """The agent reads the dashboard (/primus) too and reports it on the ethstats child."""
+        want = ("children[ethstats].ethstats = {\"server\": \"127.0.0.1:%d\", \"answered\": true, "
+                "\"reporting\": [..., \"%s\"], ...}" % (self.port, ETHSTATS_NODE))
+        child: dict = {}
+        start = time.monotonic()
+
+        def reporting():
+            nonlocal child
+            child = self.m.child(self.m.status()[1], "ethstats")
+            if "ethstats" not in child and time.monotonic() - start > 5:
+                raise CheckFailed(f"node-agent status --json has no `ethstats` field on the ethstats child (it has "
+                                  f"{sorted(child)}); expected {want}: this agent does not report the "
+                                  "dashboard yet")
+            last = child.get("ethstats")
+            return isinstance(last, dict) and ETHSTATS_NODE in (last.get("reporting") or [])
+
+        try:
+            wait_for(f"{ETHSTATS_NODE} in the status's ethstats reporting list", 15, reporting, 0.5)
+        except CheckFailed as e:
+            if "ethstats" not in child:
+                raise
+            raise CheckFailed(f"status --json's ethstats child has ethstats = {json.dumps(child['ethstats'])} "
+                              f"after 15 s; expected {want}") from e
+        last = child["ethstats"]
+        expect(last.get("answered") is True, f"ethstats.answered {last.get('answered')!r}, want true")
+        expect(last.get("server") == f"127.0.0.1:{self.port}", f"ethstats.server {last.get('server')!r}")
+        expect(ETHSTATS_INTRUDER not in (last.get("reporting") or []) + (last.get("inactive") or []),
+               f"the refused node is in the agent's report: {last}")
+        return f"ethstats = {json.dumps(last)}"
+
+    def close(self) -> None:
+        if self.ws is not None:
+            try:
+                self.ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.ws = None
+
+
+def check_ethstats_standin_login(m: Machine) -> str:
+    """Without the fixture: the stand-in reads ws_secret.json through the install's link into the secrets
+    directory; a node offering the stored secret is accepted (and logged), one offering another is refused
+    (through the stand-in's fake POST /standin/hello, not the real websocket protocol)."""
     import urllib.error  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
@@ -1246,7 +1533,7 @@ def main() -> int:
     signal.alarm(DEADLINE_SECS)
 
     started = time.monotonic()
-    rig = Rig(args.agent.resolve(), args.keep)
+    rig = Rig(args.agent.resolve(), args.keep, want_ethstats="ethstats" in only)
     r = Results()
     try:
         rig.setup()
@@ -1287,6 +1574,8 @@ def main() -> int:
         signal.alarm(0)
         rig.teardown()
     log(f"\nboot test: {time.monotonic() - started:.0f}s")
+    if rig.ethstats_missing:
+        log(NO_REAL_ETHSTATS)
     log(f"{r.passed} passed, {len(r.failed)} failed" + (f", {len(r.skipped)} skipped" if r.skipped else ""))
     return 1 if r.failed else 0
 
