@@ -129,10 +129,14 @@ fn the_real_ethstats_server_lists_nodes_with_the_right_secret_refuses_a_wrong_on
         );
     }
     // New heads arrive as `block` messages (the server ignores block #0, the genesis).
-    wait_for("a block reported over the websocket", Duration::from_secs(30), || {
-        let log = ethstats.log("ethstats");
-        (log.contains("Connected: ") && log.contains("[BLK] Block: ")).then_some(())
-    });
+    wait_for(
+        "a block reported over the websocket",
+        Duration::from_secs(30),
+        || {
+            let log = ethstats.log("ethstats");
+            (log.contains("Connected: ") && log.contains("[BLK] Block: ")).then_some(())
+        },
+    );
 
     dashboard_in_chromium(port, &["dev-sealer-a", "dev-rpc-b"]);
 
@@ -211,9 +215,7 @@ fn the_real_ethstats_server_lists_nodes_with_the_right_secret_refuses_a_wrong_on
 /// The dashboard page in headless Chromium lists `names`; its screenshot is kept as a test artifact.
 fn dashboard_in_chromium(port: u16, names: &[&str]) {
     let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find_map(which) else {
-        eprintln!(
-            "SKIPPED: the dashboard in a browser was NOT tested: no chromium on PATH (apt-get install chromium)"
-        );
+        note("SKIPPED: the dashboard in a browser was NOT tested: no chromium on PATH (apt-get install chromium)");
         return;
     };
     let url = format!("http://127.0.0.1:{port}/");
@@ -256,5 +258,9 @@ fn dashboard_in_chromium(port: u16, names: &[&str]) {
     browse(&format!("--screenshot={}", shot.display()));
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", shot.display());
-    eprintln!("dashboard screenshot: {}", shot.display());
+    note(&format!(
+        "the ethstats dashboard in headless Chromium, listing {}: {}",
+        names.join(", "),
+        shot.display()
+    ));
 }
