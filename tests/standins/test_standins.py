@@ -459,6 +459,14 @@ def prepare_real_ethstats():
     return _PREPARED[0]
 
 
+def note(line):
+    """A line tests/run prints after all tests (a skip, an artifact): unittest keeps skip reasons quiet."""
+    path = os.environ.get("NODE_AGENT_TEST_NOTES")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("standins: " + line + "\n")
+
+
 class RealEthstatsTest(GethHelpers):
     """The geth stand-in against the real goerli/ethstats-server (node app.js), one server per test:
     the server takes at most ~5 new /api connections per 30 s (app.js C_LIMIT)."""
@@ -467,8 +475,10 @@ class RealEthstatsTest(GethHelpers):
         super().setUp()
         rc, app, err = prepare_real_ethstats()
         if rc == 3:
-            self.skipTest("REAL ETHSTATS SERVER NOT TESTED: the ethstats-server fixture archive is missing "
-                          "(tests/ethstats/prepare exit 3: %s)" % err)
+            why = ("REAL ETHSTATS SERVER NOT TESTED: the ethstats-server fixture archive is missing "
+                   "(tests/ethstats/prepare exit 3: %s)" % err)
+            note(why)
+            self.skipTest(why)
         self.assertEqual(rc, 0, "tests/ethstats/prepare failed: " + err)
         self.app = app
 
@@ -777,6 +787,32 @@ class EthstatsTest(Base):
         secret_file = self.write("secret", "from-secret-file")
         p, port = self.start({"STANDIN_ETHSTATS_APPDIR": appdir, "WS_SECRET_FILE": secret_file})
         self.assertEqual([self.hello(port, "from-file"), self.hello(port, "from-secret-file")], [200, 403])
+
+    def test_the_dashboard_websocket_lists_the_nodes_logged_in_in_production_mode_too(self):
+        for env in ({"WS_SECRET": "a"}, {"WS_SECRET": "a", "NODE_ENV": "production"}):
+            p, port = self.start(env) if "NODE_ENV" not in env else self.start_quiet(env)
+            self.assertEqual(S.ethstats_dashboard("127.0.0.1", port), [])
+            self.assertEqual([self.hello(port, "a", "node-1"), self.hello(port, "b", "node-2")], [200, 403])
+            nodes = S.ethstats_dashboard("127.0.0.1", port)
+            self.assertEqual([(n["id"], n["stats"]["active"]) for n in nodes], [("node-1", True)])
+            p.send_signal(signal.SIGTERM)
+            p.wait(5)
+
+    def start_quiet(self, env):
+        """In production mode the stand-in answers no plain HTTP request: wait for the dashboard."""
+        port = free_port()
+        e = {"PORT": str(port), "LISTEN": "127.0.0.1"}
+        e.update(env)
+        p = self.spawn(ETHSTATS, env=e)
+
+        def up():
+            try:
+                S.ethstats_dashboard("127.0.0.1", port, timeout=1)
+                return True
+            except Exception:  # noqa: BLE001 (not listening yet)
+                return p.poll() is not None
+        self.wait_for(up, what="ethstats dashboard")
+        return p, port
 
     def test_no_secret_logs_and_crash_after(self):
         p, port = self.start({"STANDIN_ETHSTATS_APPDIR": self.dir, "STANDIN_ETHSTATS_CRASH_AFTER": "0.8",
