@@ -110,6 +110,10 @@ pub struct HealthSettings {
     pub grace: Duration,
     /// Between checks that the instance metadata service still answers.
     pub imds_interval: Duration,
+    /// Where the health endpoint listens (`health.listen`); `None` when off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// An rpc node with fewer peers is not ready (`health.min_peers`).
+    pub min_peers: u64,
 }
 
 impl Settings {
@@ -153,7 +157,7 @@ impl Settings {
         let logs = logs(&file.logs, &vars).map_err(at)?;
         let restart = restart(&file.restart).map_err(at)?;
         let timeouts = timeouts(&file.timeouts).map_err(at)?;
-        let health = health(&file.health, genesis.period).map_err(at)?;
+        let health = health(&file.health, genesis.period, tags.role).map_err(at)?;
         let ports = ports(&file.ports).map_err(at)?;
         Ok(Settings {
             role: tags.role,
@@ -368,7 +372,7 @@ fn timeouts(t: &TimeoutsFile) -> Result<Timeouts, Invalid> {
 }
 
 /// `[health]`: the intervals are not zero; a head age limit of 0 means six Clique periods.
-fn health(h: &HealthFile, clique_period: u64) -> Result<HealthSettings, Invalid> {
+fn health(h: &HealthFile, clique_period: u64, role: Role) -> Result<HealthSettings, Invalid> {
     at_least_a_second("health.interval_secs", h.interval_secs)?;
     at_least_a_second("health.imds_interval_secs", h.imds_interval_secs)?;
     let max_head_age = match h.max_head_age_secs {
@@ -381,7 +385,26 @@ fn health(h: &HealthFile, clique_period: u64) -> Result<HealthSettings, Invalid>
         warmup: Duration::from_secs(h.warmup_secs),
         grace: Duration::from_secs(h.grace_secs),
         imds_interval: Duration::from_secs(h.imds_interval_secs),
+        listen: health_listen(&h.listen, role)?,
+        min_peers: h.min_peers,
     })
+}
+
+/// `health.listen`: an address and port, "" for the role's default, or "off".
+fn health_listen(listen: &str, role: Role) -> Result<Option<std::net::SocketAddr>, Invalid> {
+    let text = match (listen, role) {
+        ("off", _) => return Ok(None),
+        ("", Role::Rpc | Role::Ethstats) => "0.0.0.0:8080",
+        ("", Role::Sealer | Role::Bootnode) => "127.0.0.1:8080",
+        (text, _) => text,
+    };
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(Some(a)),
+        _ => Err(Invalid::new(
+            "health.listen",
+            format!("{text:?} is not an address and port such as 0.0.0.0:8080 (or \"off\")"),
+        )),
+    }
 }
 
 /// `[ports]`: every port is a real one.
@@ -454,6 +477,8 @@ mod tests {
                 warmup: secs(120),
                 grace: secs(60),
                 imds_interval: secs(60),
+                listen: Some("127.0.0.1:8080".parse().unwrap()),
+                min_peers: 1,
             }
         );
         assert_eq!(
