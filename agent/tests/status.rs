@@ -81,7 +81,10 @@ fn a_healthy_rpc_node_reports_exit_0_with_chain_and_process_details() {
     // The load balancer's view, from the same verdict.
     assert_eq!(host.get_health("/ready"), (200, r#"{"ready":true}"#.into()));
     assert_eq!(host.get_health("/live"), (200, r#"{"live":true}"#.into()));
-    assert_eq!(host.get_health("/"), (404, r#"{"error":"not found: GET /ready or /live"}"#.into()));
+    assert_eq!(
+        host.get_health("/"),
+        (404, r#"{"error":"not found: GET /ready or /live"}"#.into())
+    );
     let (_, doc) = status_json(&host);
     assert_eq!(doc["endpoint"]["ready"], true, "{doc:#}");
     assert!(text.contains("  endpoint  127.0.0.1:"), "{text}");
@@ -131,7 +134,11 @@ fn a_stalled_head_is_degraded_with_the_reason() {
 fn a_health_port_in_use_fails_the_boot_with_one_line_naming_health_listen() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let host = Host::new(None, None, &format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let host = Host::new(
+        None,
+        None,
+        &format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let out = host.output(&["run", "--local", "--role", "rpc", "--environment", "dev"]);
     assert!(!out.status.success());
     assert_eq!(
@@ -142,7 +149,9 @@ fn a_health_port_in_use_fails_the_boot_with_one_line_naming_health_listen() {
     let out = bad.output(&["check", "--local", "--role", "rpc", "--environment", "dev"]);
     assert!(!out.status.success());
     assert!(
-        error_line(&out).contains("health.listen: \"everywhere\" is not an address and port such as 0.0.0.0:8080"),
+        error_line(&out).contains(
+            "health.listen: \"everywhere\" is not an address and port such as 0.0.0.0:8080"
+        ),
         "{}",
         error_line(&out)
     );

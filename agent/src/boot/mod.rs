@@ -18,8 +18,8 @@ pub mod runlock;
 mod steps;
 
 use steps::{
-    fetch_checked, first_boot, io, lock_runtime, materialize_secrets, prepare_storage, root_steps,
-    status_socket_then_drop, take_lease, bind_health,
+    bind_health, fetch_checked, first_boot, io, lock_runtime, materialize_secrets, prepare_storage,
+    root_steps, status_socket_then_drop, take_lease,
 };
 
 /// Any failure of the agent, one line each.
@@ -195,7 +195,12 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         }
         let lease = take_lease(&settings, &plan).await?;
         first_boot(&settings, &plan).await?;
-        Ok::<_, AgentError>((secrets, (status_socket, health), (sinks, logs_status), lease))
+        Ok::<_, AgentError>((
+            secrets,
+            (status_socket, health),
+            (sinks, logs_status),
+            lease,
+        ))
     };
     let booted = tokio::select! {
         r = boot => r.map(Some),

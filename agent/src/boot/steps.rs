@@ -207,7 +207,9 @@ fn bind_status_socket(
 }
 
 /// The health endpoint's listening socket (`health.listen`), bound before the drop; `None` when off.
-pub(super) fn bind_health(settings: &Settings) -> Result<Option<tokio::net::TcpListener>, AgentError> {
+pub(super) fn bind_health(
+    settings: &Settings,
+) -> Result<Option<tokio::net::TcpListener>, AgentError> {
     let Some(addr) = settings.health.listen else {
         return Ok(None);
     };

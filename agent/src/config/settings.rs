@@ -3,7 +3,9 @@
 //! this host's identity and the genesis by one check per section, in order; each returns
 //! its typed part or the first problem, naming the key. Pure: no I/O but reading the genesis file.
 
-use super::checks::{at_least_a_second, check_absolute, check_enode, check_host_port, fill};
+use super::checks::{
+    at_least_a_second, check_absolute, check_enode, check_host_port, fill, health_listen,
+};
 use super::checks::{invalid, Invalid, RETENTION_DAYS};
 use super::file::{
     BinariesFile, ChainFile, ConfigFile, HealthFile, LogsFile, PortsFile, RestartFile,
@@ -388,23 +390,6 @@ fn health(h: &HealthFile, clique_period: u64, role: Role) -> Result<HealthSettin
         listen: health_listen(&h.listen, role)?,
         min_peers: h.min_peers,
     })
-}
-
-/// `health.listen`: an address and port, "" for the role's default, or "off".
-fn health_listen(listen: &str, role: Role) -> Result<Option<std::net::SocketAddr>, Invalid> {
-    let text = match (listen, role) {
-        ("off", _) => return Ok(None),
-        ("", Role::Rpc | Role::Ethstats) => "0.0.0.0:8080",
-        ("", Role::Sealer | Role::Bootnode) => "127.0.0.1:8080",
-        (text, _) => text,
-    };
-    match text.parse::<std::net::SocketAddr>() {
-        Ok(a) if a.port() != 0 => Ok(Some(a)),
-        _ => Err(Invalid::new(
-            "health.listen",
-            format!("{text:?} is not an address and port such as 0.0.0.0:8080 (or \"off\")"),
-        )),
-    }
 }
 
 /// `[ports]`: every port is a real one.

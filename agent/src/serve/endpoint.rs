@@ -86,14 +86,20 @@ fn respond(method: &Method, path: &str, verdict: &Verdict, now: Instant) -> Resp
     let which = match path {
         "/ready" => Which::Ready,
         "/live" => Which::Live,
-        _ => return plain(StatusCode::NOT_FOUND, "{\"error\":\"not found: GET /ready or /live\"}"),
+        _ => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "{\"error\":\"not found: GET /ready or /live\"}",
+            )
+        }
     };
     if method != Method::GET {
         let mut r = plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "{\"error\":\"method not allowed: GET only\"}",
         );
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
     let stale = now.saturating_duration_since(verdict.at);

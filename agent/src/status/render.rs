@@ -173,7 +173,10 @@ pub fn render(doc: &Document) -> String {
         );
         match &e.listen {
             Some(addr) => writeln!(out, "  endpoint  {addr}: {answers}"),
-            None => writeln!(out, "  endpoint  off (health.listen): would answer {answers}"),
+            None => writeln!(
+                out,
+                "  endpoint  off (health.listen): would answer {answers}"
+            ),
         }
         .ok();
     }

@@ -2,8 +2,8 @@
 //! that answers with it.
 
 use super::model::{
-    overall, AgentPart, ChildPart, ChildStatus, Document, EndpointPart, HostPart, LogsStatus, Pinned,
-    ReachPart, SecretPart, ServicesPart, StorageKind, StoragePart,
+    overall, AgentPart, ChildPart, ChildStatus, Document, EndpointPart, HostPart, LogsStatus,
+    Pinned, ReachPart, SecretPart, ServicesPart, StorageKind, StoragePart,
 };
 use super::verdict::{self, ReadyRules};
 use super::{REQUEST, SCHEMA};

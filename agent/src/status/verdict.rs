@@ -66,7 +66,10 @@ fn geth_ready(rules: &ReadyRules, c: &ChildStatus) -> Result<(), String> {
         return Err(format!("{}: no chain sample yet", c.name));
     };
     if s.syncing {
-        let target = s.highest.map(|h| format!(", peers at #{h}")).unwrap_or_default();
+        let target = s
+            .highest
+            .map(|h| format!(", peers at #{h}"))
+            .unwrap_or_default();
         return Err(format!("syncing: head #{}{target}", s.head));
     }
     if s.head == 0 {
@@ -151,7 +154,10 @@ mod tests {
         let r = rules(Role::Rpc);
         assert_eq!(ready(&r, &[geth(10, 2, 1)], None), Ok(()));
         let cases: [(ChildStatus, &str); 4] = [
-            (geth(10, 31, 3), "head #10 is 31s old (health.max_head_age_secs 30)"),
+            (
+                geth(10, 31, 3),
+                "head #10 is 31s old (health.max_head_age_secs 30)",
+            ),
             (geth(10, 2, 0), "0 peers (health.min_peers 1)"),
             (geth(0, 2, 3), "no block yet (head #0 is the genesis)"),
             (
@@ -236,10 +242,7 @@ mod tests {
         );
         es.ethstats = Some(sample(true));
         assert_eq!(ready(&r, &[es], None), Ok(()));
-        assert_eq!(
-            ready(&r, &[], None),
-            Err("no child supervised".into())
-        );
+        assert_eq!(ready(&r, &[], None), Err("no child supervised".into()));
     }
 
     #[test]
@@ -250,7 +253,11 @@ mod tests {
         let now = c.heartbeat + Duration::from_secs(5);
         assert_eq!(live(&r, std::slice::from_ref(&c), now), Ok(()));
         assert_eq!(
-            live(&r, std::slice::from_ref(&c), c.heartbeat + Duration::from_secs(40)),
+            live(
+                &r,
+                std::slice::from_ref(&c),
+                c.heartbeat + Duration::from_secs(40)
+            ),
             Err("geth's supervisor has not moved for 40s".into())
         );
         c.life.state = State::CrashLoop;

@@ -209,10 +209,18 @@ listen = "127.0.0.1:{health}"
         use std::io::{Read, Write};
         let text = std::fs::read_to_string(&self.config).expect("read config");
         let doc: toml::Table = text.parse().expect("config");
-        let addr = doc["health"]["listen"].as_str().expect("health.listen").to_owned();
+        let addr = doc["health"]["listen"]
+            .as_str()
+            .expect("health.listen")
+            .to_owned();
         let mut s = std::net::TcpStream::connect(&addr).expect("connect to the health endpoint");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).expect("read the answer");
         let code = answer
@@ -220,7 +228,11 @@ listen = "127.0.0.1:{health}"
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {answer}"));
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
         (code, body)
     }
 
