@@ -78,6 +78,16 @@ fn a_healthy_rpc_node_reports_exit_0_with_chain_and_process_details() {
         text.contains("secret    dev/ethstats/ws-secret version local:"),
         "{text}"
     );
+    // The load balancer's view, from the same verdict.
+    assert_eq!(host.get_health("/ready"), (200, r#"{"ready":true}"#.into()));
+    assert_eq!(host.get_health("/live"), (200, r#"{"live":true}"#.into()));
+    assert_eq!(
+        host.get_health("/"),
+        (404, r#"{"error":"not found: GET /ready or /live"}"#.into())
+    );
+    let (_, doc) = status_json(&host);
+    assert_eq!(doc["endpoint"]["ready"], true, "{doc:#}");
+    assert!(text.contains("  endpoint  127.0.0.1:"), "{text}");
     assert!(agent.terminate().success());
 }
 
@@ -109,7 +119,42 @@ fn a_stalled_head_is_degraded_with_the_reason() {
         text.contains("why: chain stalled upstream: head #"),
         "{text}"
     );
+    // Out of the load balancer's pool, with the reason; still live (a restart would not help).
+    let (code, body) = host.get_health("/ready");
+    assert_eq!(code, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let why = body["reason"].as_str().unwrap();
+    assert!(why.contains("s old (health.max_head_age_secs 2)"), "{why}");
+    assert_eq!(host.get_health("/live").0, 200);
+    assert_eq!(status_json(&host).1["endpoint"]["ready"], false);
     assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_health_port_in_use_fails_the_boot_with_one_line_naming_health_listen() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let host = Host::new(
+        None,
+        None,
+        &format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = host.output(&["run", "--local", "--role", "rpc", "--environment", "dev"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        error_line(&out),
+        format!("node-agent: error: health.listen 127.0.0.1:{port}: cannot listen: Address already in use (os error 98); choose a free port (1024 or above), or health.listen = \"off\"")
+    );
+    let bad = Host::new(None, None, "[health]\nlisten = \"everywhere\"\n");
+    let out = bad.output(&["check", "--local", "--role", "rpc", "--environment", "dev"]);
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains(
+            "health.listen: \"everywhere\" is not an address and port such as 0.0.0.0:8080"
+        ),
+        "{}",
+        error_line(&out)
+    );
 }
 
 #[test]
@@ -122,6 +167,10 @@ fn a_crash_looping_child_is_down() {
     });
     assert_eq!(code, 2);
     assert_eq!(doc["overall"], "down");
+    assert_eq!(doc["endpoint"]["live"], false, "{doc:#}");
+    let (code, body) = host.get_health("/live");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("geth is crash-looping"), "{body}");
     assert!(doc["children"][0]["restarts"].as_u64().unwrap() >= 2);
     assert!(
         doc["children"][0]["last_exit"]

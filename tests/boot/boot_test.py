@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -469,7 +470,7 @@ class Rig:
         self.machines: list[Machine] = []
         self.moto: Moto | None = None
         self.hierarchies = cgroup_hierarchies()
-        self.ports = dict(zip(["p2p", "http", "authrpc", "bootnode", "ethstats"], free_ports(5)))
+        self.ports = dict(zip(["p2p", "http", "authrpc", "bootnode", "ethstats", "health"], free_ports(6)))
 
     # -- setup and teardown
 
@@ -560,6 +561,7 @@ sealer_lease_secs = 5
 
 [health]
 interval_secs = 1
+listen = "127.0.0.1:{p['health']}"
 """
 
     def install_layer(self) -> None:
@@ -930,8 +932,14 @@ def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
     storage = doc.get("storage", {})
     expect(storage.get("kind") == "local" and storage.get("check_ok") is not False,
            f"status storage {storage}, want kind local and its check not failed")
+    # The load balancer's view agrees: GET /ready on the health endpoint, as a target group asks.
+    port = m.rig.ports["health"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
+        ready = (resp.status, resp.read().decode())
+    expect(ready == (200, '{"ready":true}'), f"GET /ready answered {ready}")
+    expect((doc.get("endpoint") or {}).get("ready") is True, f"status endpoint {doc.get('endpoint')}")
     return (f"status --json exit 0, overall healthy, {child['name']} ready (pid {child['pid']}), "
-            f"storage {storage.get('kind')} check_ok {storage.get('check_ok')}"), doc
+            f"storage {storage.get('kind')} check_ok {storage.get('check_ok')}, GET /ready 200"), doc
 
 
 def shipping(doc: dict) -> bool:

@@ -18,8 +18,8 @@ pub mod runlock;
 mod steps;
 
 use steps::{
-    fetch_checked, first_boot, io, lock_runtime, materialize_secrets, prepare_storage, root_steps,
-    status_socket_then_drop, take_lease,
+    bind_health, fetch_checked, first_boot, io, lock_runtime, materialize_secrets, prepare_storage,
+    root_steps, status_socket_then_drop, take_lease,
 };
 
 /// Any failure of the agent, one line each.
@@ -51,6 +51,11 @@ pub enum AgentError {
     Stdout(#[from] crate::out::StdoutError),
     #[error(transparent)]
     RunLock(#[from] runlock::RunLockError),
+    #[error("health.listen {addr}: cannot listen: {source}; choose a free port (1024 or above), or health.listen = \"off\"")]
+    HealthListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
@@ -180,6 +185,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
             None
         };
         let secrets = materialize_secrets(&settings, &plan, account).await?;
+        let health = bind_health(&settings)?;
         let status_socket = status_socket_then_drop(&settings, account)?;
         let (mut logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
         let logs_status = logs.status();
@@ -189,7 +195,12 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         }
         let lease = take_lease(&settings, &plan).await?;
         first_boot(&settings, &plan).await?;
-        Ok::<_, AgentError>((secrets, status_socket, (sinks, logs_status), lease))
+        Ok::<_, AgentError>((
+            secrets,
+            (status_socket, health),
+            (sinks, logs_status),
+            lease,
+        ))
     };
     let booted = tokio::select! {
         r = boot => r.map(Some),
@@ -197,10 +208,11 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         _ = tokio::signal::ctrl_c() => Ok(None),
     };
     let result = match booted {
-        Ok(Some((secrets, status_socket, logs, lease))) => {
+        Ok(Some((secrets, (status_socket, health), logs, lease))) => {
             let boot = serve::Handover {
                 secrets,
                 status_socket,
+                health,
                 logs,
                 lease,
             };

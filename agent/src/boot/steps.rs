@@ -206,6 +206,21 @@ fn bind_status_socket(
     result
 }
 
+/// The health endpoint's listening socket (`health.listen`), bound before the drop; `None` when off.
+pub(super) fn bind_health(
+    settings: &Settings,
+) -> Result<Option<tokio::net::TcpListener>, AgentError> {
+    let Some(addr) = settings.health.listen else {
+        return Ok(None);
+    };
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| AgentError::HealthListen { addr, source })?;
+    tracing::info!(%addr, "health endpoint: GET /ready, GET /live");
+    Ok(Some(bound))
+}
+
 /// The status socket, then the drop to the service user when started as root: bound while still root, to
 /// give it to the operators' group.
 pub(super) fn status_socket_then_drop(

@@ -349,6 +349,10 @@ pub struct HealthFile {
     /// Seconds between checks that the instance metadata service still answers (and the host's role
     /// tags still say what they said at boot).
     pub imds_interval_secs: u64,
+    /// The health endpoint's address; "" the role's default, "off" none.
+    pub listen: String,
+    /// An rpc node with fewer peers is not ready.
+    pub min_peers: u64,
 }
 
 impl Default for HealthFile {
@@ -359,6 +363,8 @@ impl Default for HealthFile {
             warmup_secs: 120,
             grace_secs: 60,
             imds_interval_secs: 60,
+            listen: String::new(),
+            min_peers: 1,
         }
     }
 }

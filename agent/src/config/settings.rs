@@ -3,7 +3,9 @@
 //! this host's identity and the genesis by one check per section, in order; each returns
 //! its typed part or the first problem, naming the key. Pure: no I/O but reading the genesis file.
 
-use super::checks::{at_least_a_second, check_absolute, check_enode, check_host_port, fill};
+use super::checks::{
+    at_least_a_second, check_absolute, check_enode, check_host_port, fill, health_listen,
+};
 use super::checks::{invalid, Invalid, RETENTION_DAYS};
 use super::file::{
     BinariesFile, ChainFile, ConfigFile, HealthFile, LogsFile, PortsFile, RestartFile,
@@ -110,6 +112,10 @@ pub struct HealthSettings {
     pub grace: Duration,
     /// Between checks that the instance metadata service still answers.
     pub imds_interval: Duration,
+    /// Where the health endpoint listens (`health.listen`); `None` when off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// An rpc node with fewer peers is not ready (`health.min_peers`).
+    pub min_peers: u64,
 }
 
 impl Settings {
@@ -153,7 +159,7 @@ impl Settings {
         let logs = logs(&file.logs, &vars).map_err(at)?;
         let restart = restart(&file.restart).map_err(at)?;
         let timeouts = timeouts(&file.timeouts).map_err(at)?;
-        let health = health(&file.health, genesis.period).map_err(at)?;
+        let health = health(&file.health, genesis.period, tags.role).map_err(at)?;
         let ports = ports(&file.ports).map_err(at)?;
         Ok(Settings {
             role: tags.role,
@@ -368,7 +374,7 @@ fn timeouts(t: &TimeoutsFile) -> Result<Timeouts, Invalid> {
 }
 
 /// `[health]`: the intervals are not zero; a head age limit of 0 means six Clique periods.
-fn health(h: &HealthFile, clique_period: u64) -> Result<HealthSettings, Invalid> {
+fn health(h: &HealthFile, clique_period: u64, role: Role) -> Result<HealthSettings, Invalid> {
     at_least_a_second("health.interval_secs", h.interval_secs)?;
     at_least_a_second("health.imds_interval_secs", h.imds_interval_secs)?;
     let max_head_age = match h.max_head_age_secs {
@@ -381,6 +387,8 @@ fn health(h: &HealthFile, clique_period: u64) -> Result<HealthSettings, Invalid>
         warmup: Duration::from_secs(h.warmup_secs),
         grace: Duration::from_secs(h.grace_secs),
         imds_interval: Duration::from_secs(h.imds_interval_secs),
+        listen: health_listen(&h.listen, role)?,
+        min_peers: h.min_peers,
     })
 }
 
@@ -454,6 +462,8 @@ mod tests {
                 warmup: secs(120),
                 grace: secs(60),
                 imds_interval: secs(60),
+                listen: Some("127.0.0.1:8080".parse().unwrap()),
+                min_peers: 1,
             }
         );
         assert_eq!(

@@ -106,6 +106,8 @@ pub struct Plan {
     pub init: Option<InitPlan>,
     pub children: Vec<ChildPlan>,
     pub agent_log: LogTarget,
+    /// The health endpoint's address (`health.listen`).
+    pub health_listen: Option<std::net::SocketAddr>,
     pub log_retention_days: u32,
     /// Whether the log files are shipped to CloudWatch Logs (`logs.ship`); files only when not.
     pub log_ship: bool,
@@ -343,6 +345,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         init,
         children,
         agent_log: log("node-agent"),
+        health_listen: settings.health.listen,
         log_retention_days: settings.logs.retention_days,
         log_ship: settings.logs.ship,
         user: settings.user.clone(),

@@ -193,6 +193,13 @@ impl fmt::Display for Plan {
             self.agent_log.file.display(),
             self.destination(&self.agent_log, &retention)
         )?;
+        match self.health_listen {
+            Some(addr) => writeln!(
+                out,
+                "  health    GET /ready, GET /live on {addr} (health.listen; for load balancers)"
+            )?,
+            None => writeln!(out, "  health    no endpoint (health.listen = \"off\")")?,
+        }
         f.write_str(&out)
     }
 }
@@ -277,7 +284,7 @@ mod tests {
             steps,
             [
                 "identity", "storage", "mount", "exposure", "secrets", "user", "version", "lease",
-                "init", "child", "agent"
+                "init", "child", "agent", "health"
             ],
             "{text}"
         );

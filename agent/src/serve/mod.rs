@@ -3,6 +3,7 @@
 //! systemd hears of readiness, status and liveness, until SIGTERM stops it all in order.
 
 pub mod child;
+mod endpoint;
 pub mod ethstats;
 pub mod health;
 pub mod rotation;
@@ -82,6 +83,8 @@ fn status_line(plan: &Plan, children: &[ChildStatus]) -> String {
 pub struct Handover {
     pub secrets: Option<(secrets::Source, secrets::SecretSet)>,
     pub status_socket: tokio::net::UnixListener,
+    /// The health endpoint's socket (`health.listen`), when it serves.
+    pub health: Option<tokio::net::TcpListener>,
     pub logs: (Vec<logs::LineSink>, watch::Receiver<status::LogsStatus>),
     /// The sealer's lease, kept (and geth fenced without it) for as long as the agent runs.
     pub lease: Option<lease::Lease>,
@@ -96,6 +99,7 @@ pub async fn supervise(
     let Handover {
         secrets,
         status_socket,
+        health,
         logs: (sinks, logs_rx),
         lease,
     } = boot;
@@ -161,6 +165,19 @@ pub async fn supervise(
         Duration::from_secs(2),
         storage_tx,
     ));
+    let watchdog = sd_notify::watchdog_enabled();
+    let gate = status::Gate {
+        listen: settings.health.listen.map(|a| a.to_string()),
+        rules: status::verdict::ReadyRules {
+            role: plan.role,
+            max_head_age_secs: settings.health.max_head_age.as_secs(),
+            min_peers: settings.health.min_peers,
+            // A task that has not moved for this long is stuck: not live, and systemd's watchdog is no
+            // longer fed, so systemd restarts us.
+            stuck_after: (rules.interval * 2 + Duration::from_secs(15))
+                .max(watchdog.unwrap_or_default()),
+        },
+    };
     let sources = status::Sources {
         fixed: std::sync::Arc::new(status::Static {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -175,6 +192,7 @@ pub async fn supervise(
             user: plan.user.clone(),
             storage: storage_place(&plan.storage),
             enode,
+            gate: gate.clone(),
         }),
         children: statuses.clone(),
         secrets: secrets_rx,
@@ -227,10 +245,9 @@ pub async fn supervise(
         ))
     });
 
-    let watchdog = sd_notify::watchdog_enabled();
-    // A task that has not moved for this long is stuck: stop feeding the watchdog so systemd restarts us.
-    let stuck_after =
-        (rules.interval * 2 + Duration::from_secs(15)).max(watchdog.unwrap_or_default());
+    // The load balancer's endpoint answers from the verdict each tick publishes.
+    let (verdict_tx, verdict_rx) = watch::channel(endpoint::Verdict::starting());
+    let endpoint_task = health.map(|listener| tokio::spawn(endpoint::serve(listener, verdict_rx)));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut ready_sent = false;
     let mut last_status = String::new();
@@ -252,13 +269,19 @@ pub async fn supervise(
                     notify(&[sd_notify::NotifyState::Ready]);
                     tracing::info!(children = %names.join(","), "ready");
                 }
+                let at = Instant::now();
+                verdict_tx.send_replace(endpoint::Verdict {
+                    ready: status::verdict::ready(&gate.rules, &now, None),
+                    live: status::verdict::live(&gate.rules, &now, at),
+                    at,
+                });
                 let line = status_line(plan, &now);
                 if line != last_status {
                     notify(&[sd_notify::NotifyState::Status(&line)]);
                     last_status = line;
                 }
                 if let Some(period) = watchdog {
-                    let alive = now.iter().all(|c| c.heartbeat.elapsed() < stuck_after);
+                    let alive = now.iter().all(|c| c.heartbeat.elapsed() < gate.rules.stuck_after);
                     if alive && last_ping.elapsed() >= period / 2 {
                         notify(&[sd_notify::NotifyState::Watchdog]);
                         last_ping = Instant::now();
@@ -274,6 +297,12 @@ pub async fn supervise(
         t.abort();
     }
     status_task.abort();
+    // Stopping: no new traffic from here on.
+    verdict_tx.send_replace(endpoint::Verdict {
+        ready: Err("stopping".into()),
+        live: Ok(()),
+        at: Instant::now(),
+    });
     drop(controls);
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
@@ -287,6 +316,9 @@ pub async fn supervise(
         }
     };
     fed_while(stopped, stop_limit).await;
+    if let Some(t) = endpoint_task {
+        t.abort();
+    }
     // Only now that geth is gone: a replacement may take the lease from here on.
     if let Some(t) = lease_task {
         t.abort();

@@ -4,17 +4,21 @@
 //!
 //! `model` is the document (one type for the agent that sends it and the command that reads it) and the
 //! verdict; `server` assembles it from what the agent's tasks publish and answers on the socket;
-//! `client` is the command; `render` the layout for people.
+//! `client` is the command; `render` the layout for people; `verdict` the load balancer's ready and live,
+//! which the health endpoint serves and the document shows.
 
 mod client;
 pub mod model;
 mod render;
 mod server;
+pub mod verdict;
 
 pub use client::{command, record_socket};
 pub use model::{LogsStatus, StorageKind};
 pub use render::bytes;
-pub use server::{serve, Reach, SecretInfo, Services, Sources, Static, StoragePlace, StorageProbe};
+pub use server::{
+    serve, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace, StorageProbe,
+};
 
 /// The JSON document's schema version; bumped only on incompatible changes.
 pub const SCHEMA: u32 = 1;

@@ -92,6 +92,9 @@ pub struct ChildLife {
     pub reason: Option<String>,
     /// Whether it has served at least once since the agent started.
     pub ever_ready: bool,
+    /// Crash-looping: from the restart that found it so until it serves again (the restarts in between
+    /// show `starting` and `crash_loop` in turn).
+    pub crash_looping: bool,
 }
 
 impl Default for ChildLife {
@@ -105,6 +108,7 @@ impl Default for ChildLife {
             last_exit: None,
             reason: None,
             ever_ready: false,
+            crash_looping: false,
         }
     }
 }
@@ -235,6 +239,20 @@ pub struct Document {
     pub logs: Option<LogsStatus>,
     #[serde(default)]
     pub services: ServicesPart,
+    /// Absent from agents before the health endpoint.
+    #[serde(default)]
+    pub endpoint: Option<EndpointPart>,
+}
+
+/// What the health endpoint answers (`health.listen`): the same verdict as `/ready` and `/live`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPart {
+    /// Where `/ready` and `/live` are served; null when `health.listen = "off"`.
+    pub listen: Option<String>,
+    pub ready: bool,
+    pub ready_reason: Option<String>,
+    pub live: bool,
+    pub live_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,7 +430,9 @@ pub(super) mod tests {
           "failing_secs": 40, "error": "timeout"},
         "imds": {"ok": true, "ok_at": 1699999995, "ok_age_secs": 5, "failing_since": null, "failing_secs": null,
           "error": null}
-      }
+      },
+      "endpoint": {"listen": "0.0.0.0:8080", "ready": false, "ready_reason": "syncing: head #120, peers at #130",
+        "live": true, "live_reason": null}
     }"#;
 
     /// A local rpc node with its storage check failed and nothing optional (taken as [`FULL`] was).
@@ -438,7 +458,9 @@ pub(super) mod tests {
             "rejected_expired": 0, "rejected_invalid": 0, "last_rejected": null, "last_error": null,
             "setup_error": null, "failing_since_ms": null, "unwritten_lines": 0, "lost_bytes": 0}
         ]},
-      "services": {"secrets_manager": null, "imds": null}
+      "services": {"secrets_manager": null, "imds": null},
+      "endpoint": {"listen": null, "ready": false, "ready_reason": "geth is starting", "live": true,
+        "live_reason": null}
     }"#;
 
     /// `text` as the agent sends it: compact, in the order written.

@@ -160,6 +160,26 @@ pub fn render(doc: &Document) -> String {
     }
     let logs = doc.logs.as_ref().map_or("-", |l| l.summary.as_str());
     let _ = writeln!(out, "  logs      {logs}");
+    if let Some(e) = &doc.endpoint {
+        let answer = |ok: bool, why: &Option<String>| match (ok, why) {
+            (true, _) => "200".to_owned(),
+            (false, Some(why)) => format!("503 ({why})"),
+            (false, None) => "503".to_owned(),
+        };
+        let answers = format!(
+            "/ready {}, /live {}",
+            answer(e.ready, &e.ready_reason),
+            answer(e.live, &e.live_reason)
+        );
+        match &e.listen {
+            Some(addr) => writeln!(out, "  endpoint  {addr}: {answers}"),
+            None => writeln!(
+                out,
+                "  endpoint  off (health.listen): would answer {answers}"
+            ),
+        }
+        .ok();
+    }
     out
 }
 
@@ -218,12 +238,14 @@ DEGRADED — production sealer on i-0abc (agent 0.1.0 up 66m, geth pinned 1.13.1
   rotation  Secrets Manager FAILING for 40s: timeout
   imds      instance metadata answered 5s ago
   logs      CloudWatch failing for 31s (ThrottlingException), lag 2.0 KiB, 3 lines not written (disk), 2 events rejected by CloudWatch, 4.0 KiB rotated away unshipped, error: PutRetentionPolicy denied
+  endpoint  0.0.0.0:8080: /ready 503 (syncing: head #120, peers at #130), /live 200
 ";
     const SPARSE_TEXT: &str = "\
 DOWN — dev rpc on i-local (agent 0.1.0 up 5s, geth pinned 1.13.15)
   geth      starting    no process, user alice, restarts 0 (+0 unhealthy)
   storage   /tmp/data at /tmp/data, CHECK FAILED: sentinel missing, ? free
   logs      files only (not shipped)
+  endpoint  off (health.listen): would answer /ready 503 (geth is starting), /live 200
 ";
 
     #[test]
@@ -344,6 +366,7 @@ DOWN — dev rpc on i-local (agent 0.1.0 up 5s, geth pinned 1.13.15)
     fn a_document_without_its_optional_parts_renders() {
         let mut doc = parse(SPARSE);
         doc.logs = None;
+        doc.endpoint = None;
         doc.storage.check_error = None;
         let text = render(&doc);
         assert!(text.ends_with("  logs      -\n"), "{text}");

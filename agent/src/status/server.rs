@@ -2,9 +2,10 @@
 //! that answers with it.
 
 use super::model::{
-    overall, AgentPart, ChildPart, ChildStatus, Document, HostPart, LogsStatus, Pinned, ReachPart,
-    SecretPart, ServicesPart, StorageKind, StoragePart,
+    overall, AgentPart, ChildPart, ChildStatus, Document, EndpointPart, HostPart, LogsStatus,
+    Pinned, ReachPart, SecretPart, ServicesPart, StorageKind, StoragePart,
 };
+use super::verdict::{self, ReadyRules};
 use super::{REQUEST, SCHEMA};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -131,6 +132,15 @@ pub struct Static {
     pub storage: StoragePlace,
     /// For the bootnode: its enode URL, derived from its key.
     pub enode: Option<String>,
+    pub gate: Gate,
+}
+
+/// The health endpoint's address and the rules its verdict follows.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// `health.listen`, when it serves.
+    pub listen: Option<String>,
+    pub rules: ReadyRules,
 }
 
 /// Where the server reads the live parts.
@@ -153,6 +163,7 @@ struct Live {
     logs: LogsStatus,
     services: Services,
     storage: StorageProbe,
+    at: tokio::time::Instant,
 }
 
 impl Sources {
@@ -163,6 +174,7 @@ impl Sources {
             logs: self.logs.borrow().clone(),
             services: self.services.borrow().clone(),
             storage: self.storage.borrow().clone(),
+            at: tokio::time::Instant::now(),
         }
     }
 }
@@ -246,6 +258,20 @@ fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
             .collect(),
         logs: Some(live.logs),
         services: live.services.part(now),
+        endpoint: Some(endpoint(&fixed.gate, &live.children, live.at)),
+    }
+}
+
+/// The verdict the health endpoint answers, from the same function and inputs. Pure.
+fn endpoint(gate: &Gate, children: &[ChildStatus], at: tokio::time::Instant) -> EndpointPart {
+    let ready = verdict::ready(&gate.rules, children, None);
+    let live = verdict::live(&gate.rules, children, at);
+    EndpointPart {
+        listen: gate.listen.clone(),
+        ready: ready.is_ok(),
+        ready_reason: ready.err(),
+        live: live.is_ok(),
+        live_reason: live.err(),
     }
 }
 
@@ -339,6 +365,19 @@ mod tests {
             user: user.into(),
             storage,
             enode: full.then(|| "enode://ab@10.0.0.1:30301".into()),
+            gate: Gate {
+                listen: full.then(|| "0.0.0.0:8080".into()),
+                rules: ReadyRules {
+                    role: if full {
+                        crate::host::Role::Sealer
+                    } else {
+                        crate::host::Role::Rpc
+                    },
+                    max_head_age_secs: 30,
+                    min_peers: 1,
+                    stuck_after: Duration::from_secs(35),
+                },
+            },
         }
     }
 
@@ -441,6 +480,7 @@ mod tests {
                 check: Ok(()),
                 free_bytes: Some(8_000_000_000),
             },
+            at: tokio::time::Instant::now(),
         }
     }
 
@@ -459,6 +499,7 @@ mod tests {
                 check: Err("sentinel missing".into()),
                 free_bytes: None,
             },
+            at: tokio::time::Instant::now(),
         }
     }
 

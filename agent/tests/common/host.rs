@@ -93,6 +93,7 @@ ethstats = {ethstats}
 interval_secs = 1
 warmup_secs = 20
 grace_secs = 2
+listen = "127.0.0.1:{health}"
 "#,
             genesis = repo.join("resources/genesis.json").display(),
             id = BOOTNODE_ID,
@@ -109,6 +110,7 @@ grace_secs = 2
             authrpc = free_port(),
             bootnode = free_udp_port(),
             ethstats = free_port(),
+            health = free_port(),
         );
         let text = if extra.is_empty() {
             text
@@ -200,6 +202,38 @@ grace_secs = 2
         let out = self.output(&["status", "--json"]);
         let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (out.status.code(), doc)
+    }
+
+    /// `GET path` on the health endpoint (`health.listen`): the status code and the body.
+    pub fn get_health(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let doc: toml::Table = text.parse().expect("config");
+        let addr = doc["health"]["listen"]
+            .as_str()
+            .expect("health.listen")
+            .to_owned();
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the health endpoint");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read the answer");
+        let code = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {answer}"));
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (code, body)
     }
 
     pub fn log(&self, child: &str) -> String {

@@ -165,6 +165,12 @@ impl Life {
         let phase = std::mem::replace(&mut self.phase, Phase::Stopped);
         let (phase, actions) = self.decide(phase, event, now, jitter);
         self.phase = phase;
+        // A crash loop lasts through the restarts it backs off between, until the child serves again.
+        match self.shown.state {
+            State::CrashLoop => self.shown.crash_looping = true,
+            State::Ready => self.shown.crash_looping = false,
+            _ => {}
+        }
         actions
     }
 
