@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -932,10 +933,22 @@ def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
     storage = doc.get("storage", {})
     expect(storage.get("kind") == "local" and storage.get("check_ok") is not False,
            f"status storage {storage}, want kind local and its check not failed")
-    # The load balancer's view agrees: GET /ready on the health endpoint, as a target group asks.
+    # The load balancer's view agrees: GET /ready on the health endpoint, as a target group asks. It
+    # answers from the agent's last 500 ms tick, so it may trail the document by that much.
     port = m.rig.ports["health"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
-        ready = (resp.status, resp.read().decode())
+
+    def get_ready() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    deadline = time.monotonic() + 5
+    ready = get_ready()
+    while ready[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ready = get_ready()
     expect(ready == (200, '{"ready":true}'), f"GET /ready answered {ready}")
     expect((doc.get("endpoint") or {}).get("ready") is True, f"status endpoint {doc.get('endpoint')}")
     return (f"status --json exit 0, overall healthy, {child['name']} ready (pid {child['pid']}), "
