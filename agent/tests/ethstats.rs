@@ -55,13 +55,7 @@ fn reporting(sample: &Value) -> Vec<&str> {
 
 /// A copy of the test's secrets, with `ws_secret` as the environment's ethstats secret.
 fn secrets_copy(dir: &Path, ws_secret: &str) -> PathBuf {
-    assert!(std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("tests/fixtures/secrets"))
-        .arg(dir)
-        .status()
-        .unwrap()
-        .success());
+    copy_fixture_secrets(dir);
     set_ws_secret(dir, ws_secret);
     dir.to_owned()
 }

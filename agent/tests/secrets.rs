@@ -354,17 +354,10 @@ async fn a_bad_new_version_is_refused_and_the_old_child_keeps_running() {
 fn secrets_changing_together_cause_one_restart() {
     // Local secrets behind a symlink: swapping it changes two secrets in one atomic step.
     let host = Host::new(None, None, "[secrets]\nrotation_interval_secs = 1\n");
-    let fixtures = repo().join("tests/fixtures/secrets");
     let a = host.path("secrets-a");
     let b = host.path("secrets-b");
     for dir in [&a, &b] {
-        assert!(std::process::Command::new("cp")
-            .arg("-r")
-            .arg(&fixtures)
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success());
+        copy_fixture_secrets(dir);
     }
     std::fs::write(b.join("dev/ethstats/ws-secret"), "second-ws-secret").unwrap();
     let ks: serde_json::Value =
@@ -428,13 +421,7 @@ fn keystore_with_password(dir: &std::path::Path, password: &str) -> Vec<u8> {
 fn a_new_keystore_and_its_new_password_rotated_a_poll_apart_are_installed_together() {
     let host = Host::new(None, None, "[secrets]\nrotation_interval_secs = 1\n");
     let local = host.path("secrets");
-    assert!(std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("tests/fixtures/secrets"))
-        .arg(&local)
-        .status()
-        .unwrap()
-        .success());
+    copy_fixture_secrets(&local);
     host.configure(&format!("[secrets]\nlocal_dir = \"{}\"\n", local.display()));
     let rekeyed = keystore_with_password(host.dir.path(), "the-new-password");
 

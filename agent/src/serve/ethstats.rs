@@ -32,6 +32,11 @@ pub struct Listed {
     pub active: bool,
 }
 
+/// The ethstats server this host runs, as [`nodes`] asks it: its port on loopback.
+pub fn on_loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
 /// The nodes the dashboard at `server` (`host:port`) lists, within [`TIMEOUT`].
 pub async fn nodes(server: &str) -> Result<Vec<Listed>, String> {
     let url = format!("ws://{server}/primus");

@@ -265,7 +265,7 @@ pub async fn ready(probe: &Probe) -> Result<(), String> {
         Probe::Udp { port } => udp_bound(*port)
             .then_some(())
             .ok_or_else(|| format!("UDP port {port} not bound yet")),
-        Probe::Ethstats { port } => super::ethstats::nodes(&format!("127.0.0.1:{port}"))
+        Probe::Ethstats { port } => super::ethstats::nodes(&super::ethstats::on_loopback(*port))
             .await
             .map(|_| ()),
     }

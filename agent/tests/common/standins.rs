@@ -30,3 +30,14 @@ pub fn geth_faults(datadir: &Path, faults: Value) {
     std::fs::create_dir_all(datadir).expect("datadir");
     std::fs::write(datadir.join("standin-faults.json"), faults.to_string()).expect("faults file");
 }
+
+/// A copy of the dev-only secrets (`tests/fixtures/secrets`) at `dir`, for tests that change them.
+pub fn copy_fixture_secrets(dir: &Path) {
+    assert!(std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("tests/fixtures/secrets"))
+        .arg(dir)
+        .status()
+        .expect("cp")
+        .success());
+}

@@ -298,9 +298,9 @@ impl Actor {
             Answer::Check(Err(why)) => Event::Health(Health::Unhealthy(why)),
             Answer::Ethstats(sample) => {
                 // A dashboard that does not answer is a wedged server, which a restart does fix.
-                let verdict = match (&sample.answered, &sample.error) {
-                    (true, _) => Health::Healthy,
-                    (false, why) => Health::Unhealthy(why.clone().unwrap_or_default()),
+                let verdict = match sample.answered {
+                    true => Health::Healthy,
+                    false => Health::Unhealthy(sample.error.clone().unwrap_or_default()),
                 };
                 self.ethstats = Some(sample);
                 Event::Health(verdict)
@@ -378,7 +378,7 @@ async fn ask(probe: Probe, after: Duration, health: bool) -> Answer {
             Answer::Geth(sample, asked, listing)
         }
         (Probe::Ethstats { port }, true) => {
-            let server = format!("127.0.0.1:{port}");
+            let server = ethstats::on_loopback(*port);
             Answer::Ethstats(ethstats::sample(
                 &server,
                 None,
