@@ -936,19 +936,7 @@ class WsClient:
 
     # --- frames
     def _send_frame(self, opcode, payload):
-        hdr = bytearray([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            hdr.append(0x80 | n)
-        elif n < 1 << 16:
-            hdr.append(0x80 | 126)
-            hdr += n.to_bytes(2, "big")
-        else:
-            hdr.append(0x80 | 127)
-            hdr += n.to_bytes(8, "big")
-        mask = os.urandom(4)
-        hdr += mask
-        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload)) if n < 4096 else _ws_mask(payload, mask)
+        data = ws_frame(opcode, payload, os.urandom(4))
         with self._wlock:
             if self._closed or self.sock is None:
                 raise WsError("write tcp %s->%s: use of closed network connection" % (self.local, self.remote))
@@ -957,7 +945,7 @@ class WsClient:
             if opcode == 0x8:
                 self._close_sent = True
             try:
-                self.sock.sendall(bytes(hdr) + masked)
+                self.sock.sendall(data)
             except OSError as e:
                 raise WsError("write tcp %s->%s: %s" % (self.local, self.remote, _go_errno_text(e))) from None
 
@@ -1103,6 +1091,26 @@ class WsClient:
                 sock.close()
             except OSError:
                 pass
+
+
+def ws_frame(opcode, payload, mask=None):
+    """One final frame: masked with the 4-byte `mask` as a client sends it, unmasked (None) as a server does."""
+    n = len(payload)
+    hdr = bytearray([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        hdr.append(bit | n)
+    elif n < 1 << 16:
+        hdr.append(bit | 126)
+        hdr += n.to_bytes(2, "big")
+    else:
+        hdr.append(bit | 127)
+        hdr += n.to_bytes(8, "big")
+    if not mask:
+        return bytes(hdr) + payload
+    hdr += mask
+    masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload)) if n < 4096 else _ws_mask(payload, mask)
+    return bytes(hdr) + masked
 
 
 def _ws_mask(data, mask):
