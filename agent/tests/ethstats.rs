@@ -168,28 +168,14 @@ fn the_real_ethstats_server_lists_nodes_with_the_right_secret_refuses_a_wrong_on
     let server_pid = server.the_child();
     let geths = [sealing.the_child(), serving.the_child()];
     set_ws_secret(&shared, "second-ws-secret");
-    wait_for("the server restarted", Duration::from_secs(30), || {
-        children_of(server.pid())
-            .first()
-            .filter(|p| **p != server_pid)
-            .map(|_| ())
-    });
+    server.restarted_child(server_pid, Duration::from_secs(30));
     let written = std::fs::read_to_string(ethstats.secrets_dir().join("ws_secret.json")).unwrap();
     assert!(
         written.contains("second-ws-secret") && !written.contains("first-ws-secret"),
         "{written}"
     );
     for (agent, before) in [(&sealing, geths[0]), (&serving, geths[1])] {
-        wait_for(
-            "geth restarted with the new secret",
-            Duration::from_secs(30),
-            || {
-                children_of(agent.pid())
-                    .first()
-                    .filter(|p| **p != before)
-                    .map(|_| ())
-            },
-        );
+        agent.restarted_child(before, Duration::from_secs(30));
     }
     for h in [&sealer, &rpc] {
         let toml = std::fs::read_to_string(h.secrets_dir().join("geth-ethstats.toml")).unwrap();

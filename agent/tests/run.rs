@@ -187,9 +187,7 @@ async fn a_crashing_child_is_restarted() {
     let mut agent = r.host.spawn_run(&[]);
     agent.wait_ready();
     let first = agent.the_child();
-    wait_for("a restarted geth", Duration::from_secs(20), || {
-        children_of(agent.pid()).into_iter().find(|p| *p != first)
-    });
+    agent.restarted_child(first, Duration::from_secs(20));
     assert!(
         agent.stderr().contains("child exited; restarting"),
         "{}",

@@ -229,9 +229,7 @@ async fn a_rotated_secret_reaches_the_running_node_with_one_graceful_restart_and
                 .filter(|t| t.contains("rotated-ws-secret-2"))
         },
     );
-    let second = wait_for("a restarted geth", Duration::from_secs(20), || {
-        children_of(agent.pid()).into_iter().find(|p| *p != first)
-    });
+    let second = agent.restarted_child(first, Duration::from_secs(20));
     // Several more polling rounds: no further restart.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(children_of(agent.pid()), [second]);
@@ -378,9 +376,7 @@ fn secrets_changing_together_cause_one_restart() {
     std::os::unix::fs::symlink(&b, &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();
 
-    let second = wait_for("a restarted geth", Duration::from_secs(20), || {
-        children_of(agent.pid()).into_iter().find(|p| *p != first)
-    });
+    let second = agent.restarted_child(first, Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(children_of(agent.pid()), [second]);
     let stderr = agent.stderr();

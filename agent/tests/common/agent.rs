@@ -29,6 +29,15 @@ impl Agent {
         })
     }
 
+    /// Waits up to `within` for the agent's child to be a process other than `before` (a restart), and
+    /// returns it.
+    pub fn restarted_child(&self, before: i32, within: Duration) -> i32 {
+        let pid = self.pid();
+        wait_for("a restarted child", within, || {
+            children_of(pid).into_iter().find(|p| *p != before)
+        })
+    }
+
     /// Waits until the agent has logged `ready`, or panics with what it said.
     pub fn wait_ready(&mut self) {
         let limit = Duration::from_secs(30);
