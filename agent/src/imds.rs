@@ -168,6 +168,73 @@ async fn read(client: &aws_config::imds::Client) -> Result<Identity, Attempt> {
     })
 }
 
+/// Why this instance is going away, as its metadata says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leaving {
+    /// Auto Scaling is terminating it: `autoscaling/target-lifecycle-state` is `Terminated`.
+    Terminated,
+    /// A Spot interruption is scheduled (`spot/instance-action`): terminate, stop or hibernate, at `time`.
+    Spot { action: String, time: String },
+}
+
+impl std::fmt::Display for Leaving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leaving::Terminated => f.write_str("Auto Scaling is terminating this instance"),
+            Leaving::Spot { action, time } => write!(f, "Spot interruption: {action} at {time}"),
+        }
+    }
+}
+
+/// A client for the runtime's questions to IMDS (short timeouts: a poll that fails is asked again).
+pub fn client() -> aws_config::imds::Client {
+    aws_config::imds::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(2))
+        .build()
+}
+
+/// `autoscaling/target-lifecycle-state`: `None` when the instance is not in an Auto Scaling group.
+pub async fn lifecycle_state(client: &aws_config::imds::Client) -> Result<Option<String>, String> {
+    let path = "/latest/meta-data/autoscaling/target-lifecycle-state";
+    match get(client, path).await {
+        Ok(v) => Ok(v.map(|s| s.trim().to_owned())),
+        Err(Attempt::Retry(cause)) => Err(cause),
+        Err(Attempt::Final(e)) => Err(e.to_string()),
+    }
+}
+
+/// Whether the instance is leaving: its lifecycle state is `Terminated`, or a Spot interruption is
+/// scheduled. Both are 404 (`None`) on an instance that stays.
+pub async fn leaving(client: &aws_config::imds::Client) -> Result<Option<Leaving>, String> {
+    if lifecycle_state(client).await?.as_deref() == Some("Terminated") {
+        return Ok(Some(Leaving::Terminated));
+    }
+    let path = "/latest/meta-data/spot/instance-action";
+    let notice = match get(client, path).await {
+        Ok(v) => v,
+        Err(Attempt::Retry(cause)) => return Err(cause),
+        Err(Attempt::Final(e)) => return Err(e.to_string()),
+    };
+    Ok(notice.map(|text| spot_notice(&text)))
+}
+
+/// `{"action": "terminate", "time": "2026-12-01T03:00:00Z"}`; a notice that does not parse still means
+/// the instance is leaving.
+fn spot_notice(text: &str) -> Leaving {
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let field = |k: &str| {
+        doc.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("(unreadable notice)")
+            .to_owned()
+    };
+    Leaving::Spot {
+        action: field("action"),
+        time: field("time"),
+    }
+}
+
 /// Identity for local mode, from flags: no IMDS involved.
 pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identity {
     let host = crate::sys::hostname().unwrap_or_else(|| "localhost".into());
@@ -183,5 +250,19 @@ pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identi
         private_ipv4: "127.0.0.1".into(),
         public_ipv4: None,
         tags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spot_notice_says_its_action_and_time_and_any_notice_means_leaving() {
+        assert_eq!(
+            spot_notice(r#"{"action":"stop","time":"2026-12-01T03:00:00Z"}"#).to_string(),
+            "Spot interruption: stop at 2026-12-01T03:00:00Z"
+        );
+        assert!(matches!(spot_notice("garbage"), Leaving::Spot { .. }));
     }
 }

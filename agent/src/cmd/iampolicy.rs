@@ -155,6 +155,25 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
         }
         statements.push(s);
     }
+    if let Some(hook) = &settings.health.drain.hook {
+        let mut s = json!({
+            "Sid": "CompleteThisRolesTerminationHook",
+            "Effect": "Allow",
+            "Action": "autoscaling:CompleteLifecycleAction",
+            "Resource": arns.of(
+                "autoscaling",
+                &format!("autoScalingGroup:*:autoScalingGroupName/{}", hook.group),
+            ),
+        });
+        // The group is named by the instance's tag at run time: any group tagged for this role.
+        if hook.group == "*" {
+            s["Condition"] = json!({"StringEquals": {
+                format!("autoscaling:ResourceTag/{}", crate::host::tag::ENVIRONMENT): plan.environment,
+                format!("autoscaling:ResourceTag/{}", crate::host::tag::ROLE): plan.role.as_str(),
+            }});
+        }
+        statements.push(s);
+    }
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -219,6 +238,14 @@ pub fn file_system_policy(
 /// `node-agent iam-policy`. Runs where Terraform runs, not on a host: without `--config` and with no
 /// `/etc/node-agent/config.toml` it takes the built-in defaults, and it reads only the keys the policy
 /// depends on (no genesis: the policy does not depend on the chain's signers).
+/// A lifecycle hook's group not named in the file is the instance's `aws:autoscaling:groupName` tag,
+/// known only there: the grant is on any group tagged for this environment and role.
+fn group_known_on_the_instance(file: &ConfigFile, id: &mut imds::Identity) {
+    if file.health.autoscaling_group.is_empty() {
+        id.tags.insert(config::health::GROUP_TAG.into(), "*".into());
+    }
+}
+
 pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
     let default = Path::new(config::DEFAULT_PATH);
     let path = match &args.config {
@@ -230,7 +257,7 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
     file.chain.signer.clear();
     let genesis = crate::chain::genesis::Genesis::dev()?;
     let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
-    let efs = file.storage.kind == config::StorageKind::Efs;
+    let efs = file.storage.place_of(args.role).0 == config::StorageKind::Efs;
     if efs && args.efs_file_system_id.is_none() && file.storage.efs_file_system_id.is_empty() {
         if args.file_system_policy || file.storage.efs_utils {
             return Err(IamPolicyError::NoFileSystem {
@@ -246,6 +273,7 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
         // Plain NFS mounts never ask IAM: the policy is complete without the EFS statement.
         eprintln!("node-agent: note: no EFS file system given (--efs-file-system-id or storage.efs_file_system_id): the policy has no elasticfilesystem statement, which plain NFS mounts (storage.efs_utils = false) do not use");
         file.storage.kind = config::StorageKind::Local;
+        file.storage.rpc.kind = config::StorageKind::Local;
     }
     let mut id = imds::local(args.role.as_str(), &args.environment, Some("i-any"));
     id.region = args.region.clone();
@@ -263,6 +291,7 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
             id.tags.insert(tag.into(), v.clone());
         }
     }
+    group_known_on_the_instance(&file, &mut id);
     let settings = Settings::with_genesis(&file, &path, &id, false, genesis)?;
     let plan = plan::plan(&id, &settings);
     let doc = match &args.role_arn {
@@ -310,6 +339,7 @@ mod tests {
         edit(&mut f);
         let mut id: Identity = imds::local(role, "production", Some("i-any"));
         id.region = "eu-central-1".into();
+        group_known_on_the_instance(&f, &mut id);
         let s = Settings::new(&f, Path::new("example"), &id, false).unwrap();
         policy(&plan::plan(&id, &s), &s, "eu-central-1", "123456789012")
     }
@@ -551,9 +581,43 @@ mod tests {
     }
 
     #[test]
-    fn an_rpc_node_without_ethstats_reads_no_secret() {
+    fn the_termination_hook_is_granted_only_where_one_is_configured() {
+        let hook = "CompleteThisRolesTerminationHook";
+        assert!(statement(&build("rpc", |_| {}), hook).is_none());
+        let named = build("rpc", |f| {
+            f.health.lifecycle_hook = "rpc-terminate".into();
+            f.health.autoscaling_group = "production-rpc".into();
+        });
+        let s = statement(&named, hook).expect("the hook's statement");
+        assert_eq!(s["Action"], "autoscaling:CompleteLifecycleAction");
+        assert_eq!(
+            s["Resource"],
+            "arn:aws:autoscaling:eu-central-1:123456789012:autoScalingGroup:*:autoScalingGroupName/production-rpc"
+        );
+        assert!(s.get("Condition").is_none());
+        // The group comes from the instance's tag: any group tagged with this environment and role.
+        let tagged = build("rpc", |f| f.health.lifecycle_hook = "rpc-terminate".into());
+        let s = statement(&tagged, hook).expect("the hook's statement");
+        assert!(s["Resource"]
+            .as_str()
+            .unwrap()
+            .ends_with("autoScalingGroupName/*"));
+        assert_eq!(
+            s["Condition"]["StringEquals"]["autoscaling:ResourceTag/Role"],
+            "rpc"
+        );
+    }
+
+    #[test]
+    fn an_rpc_node_without_ethstats_reads_no_secret_and_mounts_nothing_by_default() {
         let doc = build("rpc", |_| {});
         assert!(statement(&doc, "ReadThisRolesSecrets").is_none());
-        assert!(statement(&doc, "MountThisRolesFileSystem").is_some());
+        // Its chain is on its own disk (storage.rpc.kind = "local").
+        assert!(statement(&doc, "MountThisRolesFileSystem").is_none());
+        let on_efs = build("rpc", |f| {
+            f.storage.rpc.kind = config::StorageKind::Efs;
+            f.storage.rpc.path_template = "/{environment}/rpc/{instance_id}".into();
+        });
+        assert!(statement(&on_efs, "MountThisRolesFileSystem").is_some());
     }
 }

@@ -171,26 +171,6 @@ pub fn check_absolute(p: &Path) -> Result<(), String> {
     }
 }
 
-/// `health.listen`: an address and port, "" for the role's default, or "off".
-pub fn health_listen(
-    listen: &str,
-    role: crate::host::Role,
-) -> Result<Option<std::net::SocketAddr>, Invalid> {
-    let text = match (listen, role) {
-        ("off", _) => return Ok(None),
-        ("", crate::host::Role::Rpc | crate::host::Role::Ethstats) => "0.0.0.0:8080",
-        ("", crate::host::Role::Sealer | crate::host::Role::Bootnode) => "127.0.0.1:8080",
-        (text, _) => text,
-    };
-    match text.parse::<std::net::SocketAddr>() {
-        Ok(a) if a.port() != 0 => Ok(Some(a)),
-        _ => Err(Invalid::new(
-            "health.listen",
-            format!("{text:?} is not an address and port such as 0.0.0.0:8080 (or \"off\")"),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,40 @@ pub struct StorageFile {
     pub efs_access_point_id: String,
     /// How long boot waits for DNS and the mount target before it fails.
     pub mount_timeout_secs: u64,
+    /// `[storage.rpc]`: the rpc role's own place.
+    pub rpc: RpcStorageFile,
+}
+
+/// `[storage.rpc]`: rpc nodes scale out, and every geth locks its datadir, so each rpc node keeps a
+/// directory of its own: on its own disk by default, or on EFS per instance.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcStorageFile {
+    pub kind: StorageKind,
+    /// "" means `storage.path_template`; on EFS it must contain `{instance_id}`.
+    pub path_template: String,
+}
+
+impl Default for RpcStorageFile {
+    fn default() -> Self {
+        RpcStorageFile {
+            kind: StorageKind::Local,
+            path_template: String::new(),
+        }
+    }
+}
+
+impl StorageFile {
+    /// Where a role keeps its data, and the directory template: `[storage.rpc]` for rpc nodes.
+    pub fn place_of(&self, role: crate::host::Role) -> (StorageKind, &str) {
+        match role {
+            crate::host::Role::Rpc if self.rpc.path_template.is_empty() => {
+                (self.rpc.kind, &self.path_template)
+            }
+            crate::host::Role::Rpc => (self.rpc.kind, &self.rpc.path_template),
+            _ => (self.kind, &self.path_template),
+        }
+    }
 }
 
 impl Default for StorageFile {
@@ -131,6 +165,7 @@ impl Default for StorageFile {
             efs_utils: false,
             efs_access_point_id: String::new(),
             mount_timeout_secs: 300,
+            rpc: RpcStorageFile::default(),
         }
     }
 }
@@ -353,6 +388,15 @@ pub struct HealthFile {
     pub listen: String,
     /// An rpc node with fewer peers is not ready.
     pub min_peers: u64,
+    /// When the instance is leaving (Auto Scaling's `Terminated`, a Spot notice): how long `/ready`
+    /// fails before geth is stopped.
+    pub drain_secs: u64,
+    /// How often the instance metadata service is asked whether the instance is leaving.
+    pub lifecycle_interval_secs: u64,
+    /// The termination lifecycle hook to complete once geth has stopped; "" none.
+    pub lifecycle_hook: String,
+    /// The hook's Auto Scaling group; "" the instance's `aws:autoscaling:groupName` tag.
+    pub autoscaling_group: String,
 }
 
 impl Default for HealthFile {
@@ -365,6 +409,10 @@ impl Default for HealthFile {
             imds_interval_secs: 60,
             listen: String::new(),
             min_peers: 1,
+            drain_secs: 30,
+            lifecycle_interval_secs: 5,
+            lifecycle_hook: String::new(),
+            autoscaling_group: String::new(),
         }
     }
 }

@@ -4,11 +4,12 @@
 //!    start-up reads: built section by section from the file, this host's [`tags`] and the genesis;
 //! 3. [`checks`]: the pure validators the sections are built with.
 //!
-//! [`storage`] and [`secrets`] are those two sections whole: their vocabulary, typed settings and check.
+//! [`storage`], [`secrets`] and [`health`] are those sections whole: their vocabulary, typed settings and check.
 //! Pure: no I/O but reading files.
 
 pub mod checks;
 pub mod file;
+pub mod health;
 pub mod secrets;
 pub mod settings;
 pub mod storage;
@@ -16,8 +17,9 @@ pub mod tags;
 
 pub use checks::{check_access_point_id, check_environment, check_fs_id, fill};
 pub use file::{ChainFile, ConfigFile, SecretSourceKind, StorageKind, DEFAULT_PATH, EXAMPLE};
+pub use health::{HealthSettings, LifecycleHook};
 pub use secrets::{SecretRef, SecretsSettings};
-pub use settings::{HealthSettings, LogsSettings, RestartSettings, Settings};
+pub use settings::{LogsSettings, RestartSettings, Settings};
 pub use storage::{EfsSettings, StorageSettings};
 
 use crate::chain::genesis::GenesisError;

@@ -3,14 +3,12 @@
 //! this host's identity and the genesis by one check per section, in order; each returns
 //! its typed part or the first problem, naming the key. Pure: no I/O but reading the genesis file.
 
-use super::checks::{
-    at_least_a_second, check_absolute, check_enode, check_host_port, fill, health_listen,
-};
+use super::checks::{at_least_a_second, check_absolute, check_enode, check_host_port, fill};
 use super::checks::{invalid, Invalid, RETENTION_DAYS};
 use super::file::{
-    BinariesFile, ChainFile, ConfigFile, HealthFile, LogsFile, PortsFile, RestartFile,
-    TimeoutsFile, UsersFile,
+    BinariesFile, ChainFile, ConfigFile, LogsFile, PortsFile, RestartFile, TimeoutsFile, UsersFile,
 };
+use super::health::{self, HealthSettings};
 use super::secrets::{self, SecretsSettings};
 use super::storage::{self, Owner, StorageSettings};
 use super::tags::HostTags;
@@ -100,24 +98,6 @@ pub struct Timeouts {
     pub lease_check: Duration,
 }
 
-/// Health checks of the children and of the instance metadata service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthSettings {
-    pub interval: Duration,
-    /// A geth head older than this is stalled (`health.max_head_age_secs`, or six Clique periods).
-    pub max_head_age: Duration,
-    /// After a start, how long head age and peers are not held against a child.
-    pub warmup: Duration,
-    /// How long a child may stay unhealthy before it is restarted.
-    pub grace: Duration,
-    /// Between checks that the instance metadata service still answers.
-    pub imds_interval: Duration,
-    /// Where the health endpoint listens (`health.listen`); `None` when off.
-    pub listen: Option<std::net::SocketAddr>,
-    /// An rpc node with fewer peers is not ready (`health.min_peers`).
-    pub min_peers: u64,
-}
-
 impl Settings {
     /// Validates the file against this host's identity. Reads the genesis file; nothing else.
     pub fn new(
@@ -159,7 +139,14 @@ impl Settings {
         let logs = logs(&file.logs, &vars).map_err(at)?;
         let restart = restart(&file.restart).map_err(at)?;
         let timeouts = timeouts(&file.timeouts).map_err(at)?;
-        let health = health(&file.health, genesis.period, tags.role).map_err(at)?;
+        let health = health::section(
+            &file.health,
+            genesis.period,
+            tags.role,
+            &identity.tags,
+            local,
+        );
+        let health = health.map_err(at)?;
         let ports = ports(&file.ports).map_err(at)?;
         Ok(Settings {
             role: tags.role,
@@ -373,25 +360,6 @@ fn timeouts(t: &TimeoutsFile) -> Result<Timeouts, Invalid> {
     })
 }
 
-/// `[health]`: the intervals are not zero; a head age limit of 0 means six Clique periods.
-fn health(h: &HealthFile, clique_period: u64, role: Role) -> Result<HealthSettings, Invalid> {
-    at_least_a_second("health.interval_secs", h.interval_secs)?;
-    at_least_a_second("health.imds_interval_secs", h.imds_interval_secs)?;
-    let max_head_age = match h.max_head_age_secs {
-        0 => clique_period.saturating_mul(6),
-        n => n,
-    };
-    Ok(HealthSettings {
-        interval: Duration::from_secs(h.interval_secs),
-        max_head_age: Duration::from_secs(max_head_age),
-        warmup: Duration::from_secs(h.warmup_secs),
-        grace: Duration::from_secs(h.grace_secs),
-        imds_interval: Duration::from_secs(h.imds_interval_secs),
-        listen: health_listen(&h.listen, role)?,
-        min_peers: h.min_peers,
-    })
-}
-
 /// `[ports]`: every port is a real one.
 fn ports(p: &PortsFile) -> Result<PortsFile, Invalid> {
     if [p.p2p, p.http, p.authrpc, p.bootnode, p.ethstats].contains(&0) {
@@ -464,6 +432,11 @@ mod tests {
                 imds_interval: secs(60),
                 listen: Some("127.0.0.1:8080".parse().unwrap()),
                 min_peers: 1,
+                drain: crate::config::health::DrainSettings {
+                    wait: secs(30),
+                    poll: secs(5),
+                    hook: None,
+                },
             }
         );
         assert_eq!(

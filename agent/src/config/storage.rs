@@ -8,6 +8,7 @@ use super::checks::{
 pub use super::file::EFS_MOUNT_OPTIONS;
 use super::file::{StorageFile, StorageKind};
 use super::tags::HostTags;
+use crate::host::Role;
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -167,7 +168,8 @@ impl StorageSettings {
 }
 
 /// The `[storage]` section for this host: the role's directory (`path_template` filled with `vars`),
-/// on EFS or, in `local` mode, under `local_root`; owned by `storage.owner`, else by `service` (the
+/// on EFS or under `local_root` (in `local` mode, and for rpc nodes unless `[storage.rpc]` says
+/// otherwise); owned by `storage.owner`, else by `service` (the
 /// service user). The `EfsFileSystemId` and `EfsAccessPointId` tags override the file's ids.
 pub fn section(
     st: &StorageFile,
@@ -177,14 +179,19 @@ pub fn section(
     local: bool,
     vars: &[(&str, &str)],
 ) -> Result<StorageSettings, Invalid> {
-    let sub = fill(&st.path_template, vars).map_err(invalid("storage.path_template"))?;
+    let (kind, template) = st.place_of(tags.role);
+    let key = match tags.role {
+        Role::Rpc if !st.rpc.path_template.is_empty() => "storage.rpc.path_template",
+        _ => "storage.path_template",
+    };
+    let sub = fill(template, vars).map_err(invalid(key))?;
     if !sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
         return Err(Invalid::new(
-            "storage.path_template",
+            key,
             format!("{sub:?} must be an absolute path inside the file system, without '..'"),
         ));
     }
-    let kind = if local { StorageKind::Local } else { st.kind };
+    let kind = if local { StorageKind::Local } else { kind };
     // The data directory belongs to the service user the agent and its children run as.
     let owner = Owner::parse(&st.owner, service.clone()).map_err(invalid("storage.owner"))?;
     if kind == StorageKind::Local {
@@ -245,7 +252,6 @@ pub fn section(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Role;
 
     #[test]
     fn dns_name_follows_the_region_partition() {
@@ -403,7 +409,7 @@ mod tests {
         for (key, edit) in cases {
             let mut f = file();
             edit(&mut f);
-            let e = efs(&f, &tags(Role::Rpc, None, None)).unwrap_err();
+            let e = efs(&f, &tags(Role::Sealer, None, None)).unwrap_err();
             assert!(e.contains(key), "{key}: {e}");
         }
     }
@@ -434,7 +440,7 @@ mod tests {
             }
         );
         f.efs_dns_name = "10.0.1.25".into();
-        let e = efs(&f, &tags(Role::Rpc, None, None)).unwrap();
+        let e = efs(&f, &tags(Role::Sealer, None, None)).unwrap();
         assert_eq!(e.dns_name, "10.0.1.25");
     }
 
@@ -465,8 +471,39 @@ mod tests {
 
     #[test]
     fn efs_without_a_file_system_says_where_to_set_it() {
-        let e = efs(&StorageFile::default(), &tags(Role::Rpc, None, None)).unwrap_err();
+        let e = efs(&StorageFile::default(), &tags(Role::Sealer, None, None)).unwrap_err();
         assert!(e.contains("EfsFileSystemId"), "{e}");
+    }
+
+    #[test]
+    fn an_rpc_node_keeps_a_directory_of_its_own_on_its_disk_by_default() {
+        let s = build(&file(), &tags(Role::Rpc, None, None), false).unwrap();
+        assert!(
+            matches!(&s, StorageSettings::Local { datadir, .. } if datadir == Path::new("/var/lib/node-agent/local/staging/rpc")),
+            "{s:?}"
+        );
+        // The other roles keep theirs on EFS.
+        assert!(efs(&file(), &tags(Role::Bootnode, None, None)).is_ok());
+    }
+
+    #[test]
+    fn an_rpc_node_on_efs_has_a_directory_per_instance_with_its_own_template() {
+        let mut f = file();
+        f.rpc.kind = StorageKind::Efs;
+        // One directory for every rpc node: allowed (one rpc node), `check` warns.
+        assert_eq!(
+            efs(&f, &tags(Role::Rpc, None, None)).unwrap().path,
+            "/staging/rpc"
+        );
+        f.rpc.path_template = "/{environment}/rpc/{instance_id}".into();
+        let e = efs(&f, &tags(Role::Rpc, None, None)).unwrap();
+        assert_eq!(e.path, "/staging/rpc/i-0abc");
+        // The sealer keeps its one directory.
+        let s = efs(&f, &tags(Role::Sealer, None, None)).unwrap();
+        assert_eq!(s.path, "/staging/sealer");
+        f.rpc.path_template = "/{environment}/../{instance_id}".into();
+        let e = efs(&f, &tags(Role::Rpc, None, None)).unwrap_err();
+        assert!(e.starts_with("storage.rpc.path_template: "), "{e}");
     }
 
     #[test]

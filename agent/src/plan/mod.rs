@@ -92,6 +92,14 @@ pub struct LogTarget {
     pub stream: String,
 }
 
+/// When Auto Scaling terminates the instance or Spot interrupts it: `/ready` fails, geth keeps serving
+/// for `drain_secs`, stops, and the lifecycle hook (if any) is completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeavingPlan {
+    pub drain_secs: u64,
+    pub lifecycle_hook: Option<crate::config::LifecycleHook>,
+}
+
 /// Everything `run` will do on this host, in order.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -108,6 +116,8 @@ pub struct Plan {
     pub agent_log: LogTarget,
     /// The health endpoint's address (`health.listen`).
     pub health_listen: Option<std::net::SocketAddr>,
+    /// What happens when the instance is leaving; `None` in local mode (no instance metadata).
+    pub leaving: Option<LeavingPlan>,
     pub log_retention_days: u32,
     /// Whether the log files are shipped to CloudWatch Logs (`logs.ship`); files only when not.
     pub log_ship: bool,
@@ -346,6 +356,10 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         children,
         agent_log: log("node-agent"),
         health_listen: settings.health.listen,
+        leaving: (!settings.local).then(|| LeavingPlan {
+            drain_secs: settings.health.drain.wait.as_secs(),
+            lifecycle_hook: settings.health.drain.hook.clone(),
+        }),
         log_retention_days: settings.logs.retention_days,
         log_ship: settings.logs.ship,
         user: settings.user.clone(),

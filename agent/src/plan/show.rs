@@ -3,6 +3,7 @@
 use super::{LogTarget, Plan, Rendered};
 use crate::config::storage::{efs_utils_options, DATA_MOUNT_FLAGS, SENTINEL};
 use crate::config::StorageSettings;
+use crate::host::Role;
 use std::fmt::{self, Write as _};
 use std::path::Path;
 
@@ -87,6 +88,13 @@ impl fmt::Display for Plan {
                     out,
                     "  mount     options {options} (and {DATA_MOUNT_FLAGS}); sentinel {SENTINEL} checked or created"
                 )?;
+                if self.role == Role::Rpc && !e.path.contains(&id.instance_id) {
+                    writeln!(
+                        out,
+                        "  scaling   every rpc node would share {}: only one geth can hold it (geth locks its datadir); to run more, put {{instance_id}} in storage.rpc.path_template or keep storage.rpc.kind = \"local\"",
+                        e.path
+                    )?;
+                }
                 if !e.efs_utils {
                     writeln!(
                         out,
@@ -200,6 +208,17 @@ impl fmt::Display for Plan {
             )?,
             None => writeln!(out, "  health    no endpoint (health.listen = \"off\")")?,
         }
+        if let Some(l) = &self.leaving {
+            let hook = match &l.lifecycle_hook {
+                Some(h) => format!(", then completes lifecycle hook {} of {}", h.name, h.group),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "  leaving   on Terminated or a Spot notice: /ready fails, children stop after {}s (health.drain_secs){hook}, the agent exits",
+                l.drain_secs
+            )?;
+        }
         f.write_str(&out)
     }
 }
@@ -284,7 +303,7 @@ mod tests {
             steps,
             [
                 "identity", "storage", "mount", "exposure", "secrets", "user", "version", "lease",
-                "init", "child", "agent", "health"
+                "init", "child", "agent", "health", "leaving"
             ],
             "{text}"
         );
@@ -300,8 +319,24 @@ mod tests {
             text.contains("  lease     /var/lib/node-agent/data/.node-agent-sealer.lease taken before geth starts"),
             "{text}"
         );
-        let (id, s) = settings("rpc", |f| f.storage.efs_utils = true);
+        let (id, s) = settings("rpc", |f| {
+            f.storage.efs_utils = true;
+            f.storage.rpc.kind = crate::config::StorageKind::Efs;
+            f.storage.rpc.path_template = "/{environment}/rpc/{instance_id}".into();
+        });
         let text = plan(&id, &s).to_string();
+        assert!(text.contains(":/production/rpc/i-0abc mounted"), "{text}");
+        assert!(!text.contains("  scaling "), "{text}");
+        let (id, shared) = settings("rpc", |f| {
+            f.storage.rpc.kind = crate::config::StorageKind::Efs
+        });
+        let shared = plan(&id, &shared).to_string();
+        assert!(
+            shared.contains(
+                "  scaling   every rpc node would share /production/rpc: only one geth can hold it"
+            ),
+            "{shared}"
+        );
         assert!(
             text.contains("  mount     options tls,iam,nfsvers=4.1"),
             "{text}"

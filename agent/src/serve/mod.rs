@@ -3,6 +3,7 @@
 //! systemd hears of readiness, status and liveness, until SIGTERM stops it all in order.
 
 pub mod child;
+mod drain;
 mod endpoint;
 pub mod ethstats;
 pub mod health;
@@ -12,7 +13,7 @@ mod watchers;
 use crate::config::{Settings, StorageSettings};
 use crate::plan::{self, Plan};
 use crate::status::model::ChildStatus;
-use crate::{lease, logs, secrets, status};
+use crate::{imds, lease, logs, secrets, status};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -178,6 +179,8 @@ pub async fn supervise(
                 .max(watchdog.unwrap_or_default()),
         },
     };
+    // Why the instance is leaving, once it is: `/ready` fails from then on, for status too.
+    let (draining_tx, draining_rx) = watch::channel(None::<String>);
     let sources = status::Sources {
         fixed: std::sync::Arc::new(status::Static {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -199,6 +202,7 @@ pub async fn supervise(
         logs: logs_rx,
         services: services_rx,
         storage: storage_rx,
+        draining: draining_rx,
     };
     let status_task = tokio::spawn(status::serve(status_socket, sources));
 
@@ -248,6 +252,15 @@ pub async fn supervise(
     // The load balancer's endpoint answers from the verdict each tick publishes.
     let (verdict_tx, verdict_rx) = watch::channel(endpoint::Verdict::starting());
     let endpoint_task = health.map(|listener| tokio::spawn(endpoint::serve(listener, verdict_rx)));
+    let drain = &settings.health.drain;
+    let poll = (!plan.local).then_some(drain.poll);
+    let mut leaving = std::pin::pin!(async move {
+        match poll {
+            Some(poll) => drain::leaving(poll).await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut left: Option<(imds::Leaving, Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut ready_sent = false;
     let mut last_status = String::new();
@@ -261,6 +274,15 @@ pub async fn supervise(
                 if let Ok(Err(e)) = res { failure = Some(e); }
                 break;
             }
+            why = &mut leaving, if left.is_none() => {
+                tracing::warn!(leaving = %why, drain_secs = drain.wait.as_secs(), "this instance is leaving: /ready fails from now; the children stop when the drain is over");
+                draining_tx.send_replace(Some(why.to_string()));
+                left = Some((why, Instant::now() + drain.wait));
+            }
+            _ = tokio::time::sleep_until(left.as_ref().map_or_else(Instant::now, |l| l.1)), if left.is_some() => {
+                tracing::info!("drained: stopping");
+                break;
+            }
             _ = tick.tick() => {
                 let now: Vec<ChildStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
                 if !ready_sent && now.iter().all(|c| c.life.ever_ready) {
@@ -271,7 +293,7 @@ pub async fn supervise(
                 }
                 let at = Instant::now();
                 verdict_tx.send_replace(endpoint::Verdict {
-                    ready: status::verdict::ready(&gate.rules, &now, None),
+                    ready: status::verdict::ready(&gate.rules, &now, draining_tx.borrow().as_deref()),
                     live: status::verdict::live(&gate.rules, &now, at),
                     at,
                 });
@@ -322,6 +344,12 @@ pub async fn supervise(
     // Only now that geth is gone: a replacement may take the lease from here on.
     if let Some(t) = lease_task {
         t.abort();
+    }
+    if let (Some((why, _)), Some(hook)) = (&left, &drain.hook) {
+        let id = &plan.identity;
+        if let Err(e) = drain::complete(hook, why, &id.instance_id, &id.region).await {
+            tracing::error!(error = %e, "lifecycle action not completed");
+        }
     }
     match failure {
         Some(e) => Err(e),

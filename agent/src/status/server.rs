@@ -154,6 +154,8 @@ pub struct Sources {
     pub services: watch::Receiver<Services>,
     /// The storage, as the last probe found it (`watch_storage`): status never touches it itself.
     pub storage: watch::Receiver<StorageProbe>,
+    /// Why the instance is leaving, once it is (the drain): `/ready` fails.
+    pub draining: watch::Receiver<Option<String>>,
 }
 
 /// The live parts at one moment.
@@ -163,6 +165,7 @@ struct Live {
     logs: LogsStatus,
     services: Services,
     storage: StorageProbe,
+    draining: Option<String>,
     at: tokio::time::Instant,
 }
 
@@ -174,6 +177,7 @@ impl Sources {
             logs: self.logs.borrow().clone(),
             services: self.services.borrow().clone(),
             storage: self.storage.borrow().clone(),
+            draining: self.draining.borrow().clone(),
             at: tokio::time::Instant::now(),
         }
     }
@@ -186,6 +190,7 @@ pub fn document(src: &Sources) -> Document {
 
 /// The document of `live` at `now`. Pure.
 fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
+    let endpoint = endpoint(&fixed.gate, &live);
     let check = live.storage.check;
     let since = |t: u64| now.saturating_sub(t);
     let children = live
@@ -258,14 +263,14 @@ fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
             .collect(),
         logs: Some(live.logs),
         services: live.services.part(now),
-        endpoint: Some(endpoint(&fixed.gate, &live.children, live.at)),
+        endpoint: Some(endpoint),
     }
 }
 
 /// The verdict the health endpoint answers, from the same function and inputs. Pure.
-fn endpoint(gate: &Gate, children: &[ChildStatus], at: tokio::time::Instant) -> EndpointPart {
-    let ready = verdict::ready(&gate.rules, children, None);
-    let live = verdict::live(&gate.rules, children, at);
+fn endpoint(gate: &Gate, now: &Live) -> EndpointPart {
+    let ready = verdict::ready(&gate.rules, &now.children, now.draining.as_deref());
+    let live = verdict::live(&gate.rules, &now.children, now.at);
     EndpointPart {
         listen: gate.listen.clone(),
         ready: ready.is_ok(),
@@ -476,6 +481,7 @@ mod tests {
                     ..Reach::default()
                 }),
             },
+            draining: None,
             storage: StorageProbe {
                 check: Ok(()),
                 free_bytes: Some(8_000_000_000),
@@ -495,6 +501,7 @@ mod tests {
                 ..LogsStatus::default()
             },
             services: Services::default(),
+            draining: None,
             storage: StorageProbe {
                 check: Err("sentinel missing".into()),
                 free_bytes: None,
