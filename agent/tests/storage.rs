@@ -15,12 +15,13 @@ fn imds(role: &str) -> ImdsEmulator {
     ))
 }
 
-/// A host whose storage is EFS at `<tmp>/efs-data`, with no server at 127.0.0.1 port 1.
+/// An rpc host whose chain is on EFS (`[storage.rpc]`) at `<tmp>/efs-data`, with no server at
+/// 127.0.0.1 port 1.
 fn efs_host(imds: &ImdsEmulator) -> Host {
     Host::new(
         Some(&imds.endpoint()),
         None,
-        "[storage]\nkind = \"efs\"\ndatadir = \"efs-data\"\nefs_dns_name = \"127.0.0.1\"\nefs_mount_options = \"nfsvers=4.1,hard,timeo=10,retrans=1,port=1\"\nmount_timeout_secs = 2\n",
+        "[storage]\nkind = \"efs\"\ndatadir = \"efs-data\"\nefs_dns_name = \"127.0.0.1\"\nefs_mount_options = \"nfsvers=4.1,hard,timeo=10,retrans=1,port=1\"\nmount_timeout_secs = 2\n\n[storage.rpc]\nkind = \"efs\"\n",
     )
 }
 

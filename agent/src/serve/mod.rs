@@ -297,7 +297,10 @@ pub async fn supervise(
                     live: status::verdict::live(&gate.rules, &now, at),
                     at,
                 });
-                let line = status_line(plan, &now);
+                let line = match draining_tx.borrow().as_deref() {
+                    Some(why) => format!("draining ({why}): {}", status_line(plan, &now)),
+                    None => status_line(plan, &now),
+                };
                 if line != last_status {
                     notify(&[sd_notify::NotifyState::Status(&line)]);
                     last_status = line;
