@@ -215,6 +215,46 @@ async fn rewritten_config_is_seen_on_next_request() {
     assert_eq!(tags.as_ref(), "Role");
 }
 
+/// The two paths an Auto Scaling or Spot instance is told it is going away on: 404 (not in a group, no
+/// interruption scheduled) until the config sets them, then the state text and the compact JSON notice.
+#[tokio::test]
+async fn sdk_client_reads_lifecycle_state_and_spot_action_and_gets_404_without_them() {
+    const STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+    const SPOT: &str = "/latest/meta-data/spot/instance-action";
+    let emulator = ImdsEmulator::start(&sealer_config());
+    let client = emulator.client();
+    for path in [STATE, SPOT] {
+        let err = client.get(path).await.expect_err(path);
+        assert_eq!(status_of(&err), Some(404), "GET {path} gave {err:?}");
+    }
+
+    let mut config = sealer_config();
+    config["lifecycle_state"] = json!("InService");
+    emulator.set_config(&config);
+    assert_eq!(client.get(STATE).await.expect(STATE).as_ref(), "InService");
+    assert_eq!(
+        status_of(&client.get(SPOT).await.expect_err(SPOT)),
+        Some(404)
+    );
+
+    config["lifecycle_state"] = json!("Terminated");
+    config["spot_instance_action"] = json!({"action": "terminate", "time": "2026-12-01T03:00:00Z"});
+    emulator.set_config(&config);
+    assert_eq!(client.get(STATE).await.expect(STATE).as_ref(), "Terminated");
+    let notice: Value = serde_json::from_str(client.get(SPOT).await.expect(SPOT).as_ref())
+        .expect("the Spot notice is JSON");
+    assert_eq!(
+        notice,
+        json!({"action": "terminate", "time": "2026-12-01T03:00:00Z"})
+    );
+    let listing = client.get("/latest/meta-data/").await.expect("listing");
+    let entries: Vec<&str> = listing.as_ref().split('\n').collect();
+    assert!(
+        entries.contains(&"autoscaling/") && entries.contains(&"spot/"),
+        "{entries:?}"
+    );
+}
+
 #[tokio::test]
 async fn outage_status_fails_token_load_until_it_clears() {
     let mut config = sealer_config();

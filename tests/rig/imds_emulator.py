@@ -38,10 +38,11 @@ CREDENTIALS_LIFETIME = timedelta(hours=6)
 CONFIG_KEYS = {
     "instance_id", "region", "availability_zone", "local_ipv4", "public_ipv4", "account_id", "ami_id",
     "instance_type", "architecture", "mac", "pending_time", "user_data", "tags", "iam_role",
-    "credentials", "extended_credentials", "faults",
+    "credentials", "extended_credentials", "faults", "lifecycle_state", "spot_instance_action",
 }
 FAULT_KEYS = {"delay_ms", "status", "token_epoch"}
 CREDENTIAL_KEYS = {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
+SPOT_ACTION_KEYS = {"action", "time"}
 # EC2 refuses to expose instance tags in metadata while any key falls outside this set.
 TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=.,_:@]{1,128}$")
 STARTED = datetime.now(timezone.utc)
@@ -99,10 +100,14 @@ def normalise(raw: object) -> dict:
         "pending_time": text("pending_time", iso8601(STARTED)),
         "user_data": text("user_data", None),
         "iam_role": text("iam_role", None),
+        # Absent: the instance is not in an Auto Scaling group, and the path is 404 as on EC2.
+        "lifecycle_state": text("lifecycle_state", None),
     }
     for key in ("instance_id", "region", "local_ipv4", "account_id", "ami_id", "instance_type"):
         if not cfg[key]:
             raise ConfigError(f"{key} must not be empty")
+    if cfg["lifecycle_state"] == "":
+        raise ConfigError("lifecycle_state must not be empty (null: not in an Auto Scaling group)")
 
     tags = raw.get("tags", {})
     if tags is not None:
@@ -141,6 +146,13 @@ def normalise(raw: object) -> dict:
     if not isinstance(epoch, int):
         raise ConfigError("faults.token_epoch must be an integer")
     cfg["faults"] = {"delay_ms": delay_ms, "status": status, "token_epoch": epoch}
+
+    spot = raw.get("spot_instance_action")
+    if spot is not None:
+        if (not isinstance(spot, dict) or set(spot) != SPOT_ACTION_KEYS
+                or not all(isinstance(v, str) and v for v in spot.values())):
+            raise ConfigError("spot_instance_action must be an object {action, time} of non-empty strings, or null")
+    cfg["spot_instance_action"] = spot
     return cfg
 
 
@@ -166,10 +178,11 @@ def metadata_tree(cfg: dict) -> dict:
     region = cfg["region"]
     domain = "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
     local_hostname = "ip-" + cfg["local_ipv4"].replace(".", "-") + "." + domain
-    meta: dict = {
-        "ami-id": cfg["ami_id"],
-        "hostname": local_hostname,
-    }
+    # Inserted in EC2's (alphabetical) listing order.
+    meta: dict = {"ami-id": cfg["ami_id"]}
+    if cfg["lifecycle_state"] is not None:
+        meta["autoscaling"] = {"target-lifecycle-state": cfg["lifecycle_state"]}
+    meta["hostname"] = local_hostname
     role = cfg["iam_role"]
     if role:
         profile_arn = f"arn:aws:iam::{cfg['account_id']}:instance-profile/{role}"
@@ -196,6 +209,11 @@ def metadata_tree(cfg: dict) -> dict:
         public_domain = "compute-1.amazonaws.com" if region == "us-east-1" else f"{region}.compute.amazonaws.com"
         meta["public-hostname"] = "ec2-" + cfg["public_ipv4"].replace(".", "-") + "." + public_domain
         meta["public-ipv4"] = cfg["public_ipv4"]
+    spot = cfg["spot_instance_action"]
+    if spot is not None:
+        # Compact, `action` before `time`: {"action":"terminate","time":"2026-12-01T03:00:00Z"}.
+        meta["spot"] = {"instance-action": json.dumps({"action": spot["action"], "time": spot["time"]},
+                                                      separators=(",", ":"))}
     if cfg["tags"] is not None:
         # Sorted, so the listing does not depend on the key order of whoever wrote the config.
         meta["tags"] = {"instance": dict(sorted(cfg["tags"].items()))}
@@ -526,6 +544,33 @@ def self_check() -> int:
         time.sleep(1.1)
         assert get("/latest/meta-data/instance-id", short)[0] == 401
 
+    def lifecycle_and_spot() -> None:
+        tok = token()
+        assert get("/latest/meta-data/autoscaling/target-lifecycle-state", tok)[0] == 404
+        assert get("/latest/meta-data/spot/instance-action", tok)[0] == 404
+        listing = get("/latest/meta-data/", tok)[1].split("\n")
+        assert "autoscaling/" not in listing and "spot/" not in listing, listing
+        action = {"action": "terminate", "time": "2026-12-01T03:00:00Z"}
+        write({**base, "lifecycle_state": "InService", "spot_instance_action": action})
+        assert get("/latest/meta-data/autoscaling/target-lifecycle-state", tok) == (200, "InService")
+        assert get("/latest/meta-data/autoscaling/", tok) == (200, "target-lifecycle-state")
+        assert get("/latest/meta-data/spot/instance-action", tok) == (
+            200, '{"action":"terminate","time":"2026-12-01T03:00:00Z"}')
+        listing = get("/latest/meta-data/", tok)[1].split("\n")
+        assert listing.index("ami-id") < listing.index("autoscaling/") < listing.index("hostname"), listing
+        assert listing.index("placement/") < listing.index("spot/") < listing.index("tags/"), listing
+        write({**base, "lifecycle_state": "Terminated", "spot_instance_action": None})
+        assert get("/latest/meta-data/autoscaling/target-lifecycle-state", tok) == (200, "Terminated")
+        assert get("/latest/meta-data/spot/instance-action", tok)[0] == 404
+        for bad in ({"lifecycle_state": 3}, {"lifecycle_state": ""}, {"spot_instance_action": "terminate"},
+                    {"spot_instance_action": {"action": "terminate"}},
+                    {"spot_instance_action": {**action, "extra": "x"}},
+                    {"spot_instance_action": {"action": 1, "time": "t"}}):
+            write({**base, **bad})
+            status, body = get("/latest/meta-data/instance-id", tok)
+            assert status == 500 and "imds_emulator:" in body, (bad, status, body)
+        write(base)
+
     def request_log() -> None:
         with open(log_path, encoding="utf-8") as log:
             lines = log.read().splitlines()
@@ -535,7 +580,8 @@ def self_check() -> int:
                      ("metadata_paths", metadata_paths), ("iam_credentials", iam_credentials),
                      ("tags_disabled_and_reload", tags_disabled_and_reload),
                      ("empty_config_and_bad_config", empty_config_and_bad_config),
-                     ("faults_and_token_expiry", faults_and_token_expiry), ("request_log", request_log)]:
+                     ("faults_and_token_expiry", faults_and_token_expiry),
+                     ("lifecycle_and_spot", lifecycle_and_spot), ("request_log", request_log)]:
         check(name, fn)
     server.shutdown()
     server.server_close()
