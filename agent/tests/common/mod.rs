@@ -3,9 +3,11 @@
 #![allow(dead_code)] // each test binary uses a different part of the rig
 
 mod agent;
+mod asg;
 mod cwproxy;
 mod ethstats;
 mod faultproxy;
+mod haproxy;
 mod host;
 mod imds;
 mod moto;
@@ -13,12 +15,16 @@ mod procfs;
 mod rng;
 mod standins;
 pub use agent::*;
+#[allow(unused_imports)] // only the fleet tests use the Auto Scaling responder
+pub use asg::*;
 #[allow(unused_imports)] // only the logs tests use the proxy
 pub use cwproxy::*;
 #[allow(unused_imports)] // only the ethstats tests run the real server
 pub use ethstats::*;
 #[allow(unused_imports)] // only the AWS fault tests use the fault proxy
 pub use faultproxy::*;
+#[allow(unused_imports)] // only the fleet tests run haproxy
+pub use haproxy::*;
 #[allow(unused_imports)] // the README tests use only repo()
 pub use host::*;
 pub use imds::*;
