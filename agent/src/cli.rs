@@ -41,6 +41,12 @@ pub enum Command {
     /// Install this binary, the systemd unit, users, directories, config and genesis under a root, and
     /// the pinned downloads after checking their sha256.
     Install(InstallArgs),
+    /// Chain backups: a round now on the exporting node (--now), the segments (--list), or a check of
+    /// every segment against the manifest (--verify).
+    Backup(BackupArgs),
+    /// Restore the backups into an empty datadir, offline: geth init, geth import of every segment,
+    /// then the head checked against the manifest. Run it as the service user.
+    Restore(RestoreArgs),
     /// Empty the secrets directory and unmount its tmpfs (the unit runs this as root after every stop,
     /// crash or kill included).
     Cleanup {
@@ -205,6 +211,38 @@ pub struct InstallArgs {
     /// ethstats.commit) and exit. Fails while a pin is empty or malformed.
     #[arg(long, conflicts_with_all = ["root", "geth_archive", "ethstats_source", "genesis", "enable"])]
     pub print_downloads: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["now", "list", "verify"])))]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Run a round now on this host's running agent (it must be the exporter) and say what it wrote.
+    #[arg(long)]
+    pub now: bool,
+    /// The segments: range, size, age, and who exported them.
+    #[arg(long)]
+    pub list: bool,
+    /// Re-read every segment and check it against the manifest (sha256, block range, hashes); exit 1
+    /// naming each bad one.
+    #[arg(long)]
+    pub verify: bool,
+    /// The backups' directory [default: backup.datadir (mounted on the hosts that export or seed)].
+    #[arg(long, value_name = "DIR", conflicts_with = "now")]
+    pub from: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// The datadir to restore into: empty, or not yet there. geth must not run on it.
+    #[arg(long, value_name = "DATADIR")]
+    pub into: PathBuf,
+    /// The backups' directory [default: backup.datadir (mounted on the hosts that export or seed)].
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
 }
 
 /// Where the host's identity and configuration come from.

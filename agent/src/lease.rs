@@ -171,7 +171,7 @@ pub async fn keep(
 }
 
 /// One attempt to take the lease, without waiting: `None` when someone else holds it.
-fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
+pub fn try_take(path: &Path, holder: &str) -> std::io::Result<Option<Lease>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -16,6 +16,7 @@ mod imds;
 mod plan;
 
 // What the boot and the runtime act on.
+mod backup;
 mod lease;
 mod logs;
 mod privileges;
@@ -109,6 +110,12 @@ fn main() -> ExitCode {
             cli::Command::Install(args) => {
                 cmd::install::run(&args).map_err(|e| error::error_chain(&e))
             }
+            cli::Command::Backup(args) => cmd::backup::backup(&args)
+                .await
+                .map_err(|e| error::error_chain(&e)),
+            cli::Command::Restore(args) => cmd::backup::restore(&args)
+                .await
+                .map_err(|e| error::error_chain(&e)),
             cli::Command::Cleanup { config } => {
                 boot::cleanup(config.as_deref()).map_err(|e| error::error_chain(&e))
             }

@@ -31,13 +31,20 @@ pub(super) fn create_dir(
 /// The role's data directory, ready to use: mounted and verified (EFS) or created (local), its sentinel
 /// checked. Fails closed: no child starts on the wrong data or on the local disk instead of EFS.
 pub(super) async fn prepare_storage(settings: &Settings, plan: &Plan) -> Result<(), AgentError> {
-    let host = storage::Host {
+    let mut host = storage::Host {
         environment: &plan.environment,
-        role: plan.role,
+        role: plan.role.as_str(),
         instance_id: &plan.identity.instance_id,
         runtime_dir: &settings.runtime_dir,
     };
-    Ok(storage::prepare(&plan.storage, &host).await?)
+    storage::prepare(&plan.storage, &host).await?;
+    // The backups' directory, on the hosts that export or seed: mounted (or created) the same way, its
+    // sentinel naming it `backups` for every role.
+    if let Some(backup) = &settings.backup {
+        host.role = crate::backup::SENTINEL_ROLE;
+        storage::prepare(&backup.place, &host).await?;
+    }
+    Ok(())
 }
 
 /// The private directory: must be tmpfs outside local mode (`prepare` mounts one).
@@ -67,8 +74,11 @@ pub(super) async fn root_steps(
     prepare_storage(settings, plan).await?;
     let owner = Some((account.uid.as_raw(), account.gid.as_raw()));
     let mut dirs = vec![settings.logs.dir.clone(), settings.runtime_dir.clone()];
-    if let StorageSettings::Local { datadir, .. } = &plan.storage {
-        dirs.push(datadir.clone());
+    let backups = settings.backup.as_ref().map(|b| &b.place);
+    for place in std::iter::once(&plan.storage).chain(backups) {
+        if let StorageSettings::Local { datadir, .. } = place {
+            dirs.push(datadir.clone());
+        }
     }
     for d in &dirs {
         create_dir(d, 0o750, owner)?;
@@ -267,6 +277,41 @@ pub(super) async fn first_boot(settings: &Settings, plan: &Plan) -> Result<(), A
         0o644,
         None,
     )?;
-    geth::first_boot(init, plan.storage.datadir(), genesis).await?;
+    let datadir = plan.storage.datadir();
+    if let Some(b) = settings.backup.as_ref().filter(|b| b.seed) {
+        if !datadir.join("geth/chaindata").exists() {
+            seed(settings, init, b.place.datadir(), datadir).await;
+        }
+    }
+    geth::first_boot(init, datadir, genesis).await?;
     Ok(())
+}
+
+/// An empty datadir, seeded from the newest backup (`storage.seed_from_backup`): geth then syncs only
+/// what came after it. Never fatal: without a usable backup the node syncs everything from its peers.
+async fn seed(settings: &Settings, init: &geth::InitPlan, dir: &Path, datadir: &Path) {
+    let genesis_file = settings
+        .runtime_dir
+        .join(crate::chain::genesis::RUNTIME_FILE);
+    let restore = crate::backup::restore::Restore {
+        geth: &init.program,
+        genesis: settings.genesis.bytes(),
+        genesis_file: &genesis_file,
+        dir,
+        datadir,
+    };
+    tracing::info!(from = %dir.display(), datadir = %datadir.display(), "empty datadir: restoring the newest backup before geth starts");
+    match restore.run(|line| tracing::info!("{line}")).await {
+        Ok(done) => {
+            let marker = datadir.join(geth::GENESIS_MARKER);
+            let sha = geth::genesis_sha256(settings.genesis.bytes());
+            if let Err(e) = std::fs::write(&marker, format!("{sha}\n")) {
+                tracing::warn!(marker = %marker.display(), error = %e, "cannot write the genesis marker; geth init checks the chain instead");
+            }
+            tracing::info!(head = done.head, hash = %done.head_hash, blocks_per_sec = format!("{:.0}", done.blocks_per_sec), "seeded from the backup; geth syncs the rest from its peers");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "not seeded from the backup; geth syncs the whole chain from its peers")
+        }
+    }
 }

@@ -108,6 +108,11 @@ pub async fn check_version(check: &VersionCheck) -> Result<(), GethError> {
 /// The marker recording which genesis a datadir was initialised from.
 pub const GENESIS_MARKER: &str = ".node-agent-genesis.sha256";
 
+/// The sha256 of a genesis file, as the marker (and a backup's manifest) records it.
+pub fn genesis_sha256(bytes: &[u8]) -> String {
+    sha256_hex(bytes)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     crate::chain::genesis::encode_hex(&sha2::Sha256::digest(bytes))

@@ -3,4 +3,5 @@
 
 pub mod genesis;
 pub mod geth;
+pub mod ipc;
 pub mod pins;

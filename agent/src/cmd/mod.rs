@@ -1,5 +1,6 @@
-//! The commands beside `run`: `get-secret`, `iam-policy`, `install` and `version`.
+//! The commands beside `run`: `backup`, `restore`, `get-secret`, `iam-policy`, `install` and `version`.
 
+pub mod backup;
 pub mod getsecret;
 pub mod iampolicy;
 pub mod install;

@@ -29,6 +29,7 @@ pub struct ConfigFile {
     pub users: UsersFile,
     pub ports: PortsFile,
     pub health: HealthFile,
+    pub backup: super::backup::BackupFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -114,6 +115,8 @@ pub struct StorageFile {
     pub efs_access_point_id: String,
     /// How long boot waits for DNS and the mount target before it fails.
     pub mount_timeout_secs: u64,
+    /// A node whose datadir holds no chain restores the newest backup before geth starts.
+    pub seed_from_backup: bool,
     /// `[storage.rpc]`: the rpc role's own place.
     pub rpc: RpcStorageFile,
 }
@@ -165,6 +168,7 @@ impl Default for StorageFile {
             efs_utils: false,
             efs_access_point_id: String::new(),
             mount_timeout_secs: 300,
+            seed_from_backup: false,
             rpc: RpcStorageFile::default(),
         }
     }

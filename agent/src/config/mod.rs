@@ -4,9 +4,10 @@
 //!    start-up reads: built section by section from the file, this host's [`tags`] and the genesis;
 //! 3. [`checks`]: the pure validators the sections are built with.
 //!
-//! [`storage`], [`secrets`] and [`health`] are those sections whole: their vocabulary, typed settings and check.
+//! [`storage`], [`secrets`], [`health`] and [`backup`] are those sections whole: their vocabulary, typed settings and check.
 //! Pure: no I/O but reading files.
 
+pub mod backup;
 pub mod checks;
 pub mod file;
 pub mod health;
@@ -15,6 +16,7 @@ pub mod settings;
 pub mod storage;
 pub mod tags;
 
+pub use backup::ExportSettings;
 pub use checks::{check_access_point_id, check_environment, check_fs_id, fill};
 pub use file::{ChainFile, ConfigFile, SecretSourceKind, StorageKind, DEFAULT_PATH, EXAMPLE};
 pub use health::{HealthSettings, LifecycleHook};

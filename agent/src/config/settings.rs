@@ -3,6 +3,7 @@
 //! this host's identity and the genesis by one check per section, in order; each returns
 //! its typed part or the first problem, naming the key. Pure: no I/O but reading the genesis file.
 
+use super::backup::{self, BackupSettings};
 use super::checks::{at_least_a_second, check_absolute, check_enode, check_host_port, fill};
 use super::checks::{invalid, Invalid, RETENTION_DAYS};
 use super::file::{
@@ -50,6 +51,8 @@ pub struct Settings {
     pub operators: String,
     pub ports: PortsFile,
     pub health: HealthSettings,
+    /// Where the chain's backups are and what this host does with them; `None`: nothing.
+    pub backup: Option<BackupSettings>,
 }
 
 /// Where the logs go and how they are rotated and shipped.
@@ -135,6 +138,16 @@ impl Settings {
         let region = &identity.region;
         let storage = storage::section(&file.storage, &service, &tags, region, local, &vars);
         let storage = storage.map_err(at)?;
+        let backup = backup::section(
+            &file.backup,
+            &file.storage,
+            &service,
+            &tags,
+            region,
+            local,
+            &vars,
+        );
+        let backup = backup.map_err(at)?;
         let secrets = secrets::section(&file.secrets, local, &vars).map_err(at)?;
         let logs = logs(&file.logs, &vars).map_err(at)?;
         let restart = restart(&file.restart).map_err(at)?;
@@ -171,6 +184,7 @@ impl Settings {
             operators: file.users.operators.clone(),
             ports,
             health,
+            backup,
         })
     }
 }

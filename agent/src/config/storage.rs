@@ -184,6 +184,43 @@ pub fn section(
         Role::Rpc if !st.rpc.path_template.is_empty() => "storage.rpc.path_template",
         _ => "storage.path_template",
     };
+    let at = Place {
+        kind: if local { StorageKind::Local } else { kind },
+        template: (key, template),
+        datadir: &st.datadir,
+        local_dir: None,
+        access_point: tags
+            .efs_access_point_id
+            .clone()
+            .map(Ok)
+            .unwrap_or_else(|| Err(st.efs_access_point_id.as_str())),
+    };
+    place(st, service, tags, region, vars, at)
+}
+
+/// Where one directory of the file system goes on this host (the role's, or the backups').
+pub struct Place<'a> {
+    pub kind: StorageKind,
+    /// The key the template comes from, and the template.
+    pub template: (&'static str, &'a str),
+    /// The mount point on EFS.
+    pub datadir: &'a Path,
+    /// A local directory to use as is, instead of `local_root` + the filled template.
+    pub local_dir: Option<&'a Path>,
+    /// The access point: from a tag (`Ok`, checked), or as configured (`Err`, "" for none).
+    pub access_point: Result<String, &'a str>,
+}
+
+/// The directory `at` describes, checked, with the file system settings of `[storage]`.
+pub fn place(
+    st: &StorageFile,
+    service: &Owner,
+    tags: &HostTags,
+    region: &str,
+    vars: &[(&str, &str)],
+    at: Place<'_>,
+) -> Result<StorageSettings, Invalid> {
+    let (key, template) = at.template;
     let sub = fill(template, vars).map_err(invalid(key))?;
     if !sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
         return Err(Invalid::new(
@@ -191,12 +228,14 @@ pub fn section(
             format!("{sub:?} must be an absolute path inside the file system, without '..'"),
         ));
     }
-    let kind = if local { StorageKind::Local } else { kind };
     // The data directory belongs to the service user the agent and its children run as.
     let owner = Owner::parse(&st.owner, service.clone()).map_err(invalid("storage.owner"))?;
-    if kind == StorageKind::Local {
+    if at.kind == StorageKind::Local {
         return Ok(StorageSettings::Local {
-            datadir: st.local_root.join(sub.trim_start_matches('/')),
+            datadir: match at.local_dir {
+                Some(d) => d.to_owned(),
+                None => st.local_root.join(sub.trim_start_matches('/')),
+            },
             owner,
         });
     }
@@ -222,12 +261,10 @@ pub fn section(
         st.efs_dns_name.clone()
     };
     check_mount_options(&st.efs_mount_options).map_err(invalid("storage.efs_mount_options"))?;
-    let access_point_id = match (&tags.efs_access_point_id, st.efs_access_point_id.as_str()) {
-        (Some(t), _) => Some(t.clone()),
-        (None, "") => None,
-        (None, c) => {
-            Some(check_access_point_id(c).map_err(invalid("storage.efs_access_point_id"))?)
-        }
+    let access_point_id = match at.access_point {
+        Ok(t) => Some(t),
+        Err("") => None,
+        Err(c) => Some(check_access_point_id(c).map_err(invalid("storage.efs_access_point_id"))?),
     };
     if access_point_id.is_some() && !st.efs_utils {
         return Err(Invalid::new(
@@ -239,7 +276,7 @@ pub fn section(
     Ok(StorageSettings::Efs(EfsSettings {
         file_system_id: id,
         path: sub,
-        datadir: st.datadir.clone(),
+        datadir: at.datadir.to_owned(),
         dns_name,
         mount_options: st.efs_mount_options.clone(),
         efs_utils: st.efs_utils,

@@ -6,7 +6,6 @@ use crate::status::model::GethSample;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The verdict on one sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,90 +83,7 @@ pub fn assess_geth(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("{0}")]
-    Io(String),
-    #[error("JSON-RPC {method}: {message}")]
-    Rpc { method: String, message: String },
-}
-
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One JSON-RPC call over a geth IPC socket.
-pub async fn ipc_call(path: &Path, method: &str, params: Value) -> Result<Value, ProbeError> {
-    let io = |e: std::io::Error| ProbeError::Io(format!("IPC {}: {e}", path.display()));
-    let call = async {
-        let mut sock = tokio::net::UnixStream::connect(path).await.map_err(io)?;
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let mut bytes = serde_json::to_vec(&req).unwrap_or_default();
-        bytes.push(b'\n');
-        sock.write_all(&bytes).await.map_err(io)?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = sock.read(&mut chunk).await.map_err(io)?;
-            if n == 0 {
-                return Err(ProbeError::Io(format!(
-                    "IPC {}: closed before answering",
-                    path.display()
-                )));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > 1 << 20 {
-                return Err(ProbeError::Io(format!(
-                    "IPC {}: answer too large",
-                    path.display()
-                )));
-            }
-            // geth writes one JSON value per answer; parse as soon as it is complete.
-            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
-            match it.next() {
-                Some(Ok(v)) => return Ok(v),
-                Some(Err(e)) if e.is_eof() => continue,
-                Some(Err(e)) => {
-                    return Err(ProbeError::Io(format!(
-                        "IPC {}: bad JSON: {e}",
-                        path.display()
-                    )))
-                }
-                None => continue,
-            }
-        }
-    };
-    let answer = tokio::time::timeout(RPC_TIMEOUT, call)
-        .await
-        .map_err(|_| {
-            ProbeError::Io(format!(
-                "IPC {}: no answer within {}s",
-                path.display(),
-                RPC_TIMEOUT.as_secs()
-            ))
-        })??;
-    rpc_result(method, answer)
-}
-
-/// The `result` of a JSON-RPC answer, or its error.
-fn rpc_result(method: &str, answer: Value) -> Result<Value, ProbeError> {
-    if let Some(e) = answer.get("error") {
-        let message = e
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("error")
-            .to_owned();
-        return Err(ProbeError::Rpc {
-            method: method.into(),
-            message,
-        });
-    }
-    answer
-        .get("result")
-        .cloned()
-        .ok_or_else(|| ProbeError::Rpc {
-            method: method.into(),
-            message: "answer has no result".into(),
-        })
-}
+pub use crate::chain::ipc::{ipc_call, ProbeError};
 
 fn hex_u64(method: &str, v: &Value) -> Result<u64, ProbeError> {
     v.as_str()
@@ -274,6 +190,7 @@ pub async fn ready(probe: &Probe) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::ipc::rpc_result;
 
     fn sample(head_age_secs: u64, peers: u64, authorised: Option<bool>) -> GethSample {
         GethSample {

@@ -181,6 +181,26 @@ pub async fn supervise(
     };
     // Why the instance is leaving, once it is: `/ready` fails from then on, for status too.
     let (draining_tx, draining_rx) = watch::channel(None::<String>);
+    // Chain backups, on the nodes of the exporting role: a round every interval, or when asked.
+    let mut backup_task = None;
+    let (mut backup_rx, mut backup_now) = (None, None);
+    if let Some((b, export)) = settings.backup.as_ref().and_then(|b| Some((b, b.export?))) {
+        let exporter = crate::backup::export::Exporter {
+            dir: b.place.datadir().to_owned(),
+            ipc: settings.runtime_dir.join("geth.ipc"),
+            settings: export,
+            instance_id: plan.identity.instance_id.clone(),
+            environment: plan.environment.clone(),
+            network_id: settings.network_id,
+            genesis_sha256: crate::chain::geth::genesis_sha256(settings.genesis.bytes()),
+        };
+        let (report, rx) = watch::channel(status::backup::BackupStatus::default());
+        let (asks, asked) = mpsc::channel(4);
+        backup_task = Some(tokio::spawn(crate::backup::export::run(
+            exporter, asked, report,
+        )));
+        (backup_rx, backup_now) = (Some(rx), Some(asks));
+    }
     let sources = status::Sources {
         fixed: std::sync::Arc::new(status::Static {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -203,6 +223,8 @@ pub async fn supervise(
         services: services_rx,
         storage: storage_rx,
         draining: draining_rx,
+        backup: backup_rx,
+        backup_now,
     };
     let status_task = tokio::spawn(status::serve(status_socket, sources));
 
@@ -315,7 +337,7 @@ pub async fn supervise(
             }
         }
     }
-    for t in [rotation_task, imds_task, Some(storage_task)]
+    for t in [rotation_task, imds_task, Some(storage_task), backup_task]
         .into_iter()
         .flatten()
     {

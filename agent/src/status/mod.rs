@@ -7,6 +7,7 @@
 //! `client` is the command; `render` the layout for people; `verdict` the load balancer's ready and live,
 //! which the health endpoint serves and the document shows.
 
+pub mod backup;
 mod client;
 pub mod model;
 mod render;
@@ -15,9 +16,10 @@ pub mod verdict;
 
 pub use client::{command, record_socket};
 pub use model::{LogsStatus, StorageKind};
-pub use render::bytes;
+pub use render::{ago, bytes};
 pub use server::{
-    serve, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace, StorageProbe,
+    serve, BackupAsk, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace,
+    StorageProbe, BACKUP_NOW,
 };
 
 /// The JSON document's schema version; bumped only on incompatible changes.

@@ -190,6 +190,8 @@ pub struct LogsStatus {
     pub streams: Vec<StreamStatus>,
 }
 
+pub use super::backup::{BackupStatus, NewestSegment};
+
 /// Overall verdict, also the exit code of `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -242,6 +244,9 @@ pub struct Document {
     /// Absent from agents before the health endpoint.
     #[serde(default)]
     pub endpoint: Option<EndpointPart>,
+    /// Chain backups, on the nodes of the exporting role (absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
 }
 
 /// What the health endpoint answers (`health.listen`): the same verdict as `/ready` and `/live`.

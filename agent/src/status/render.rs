@@ -180,6 +180,14 @@ pub fn render(doc: &Document) -> String {
         }
         .ok();
     }
+    if let Some(b) = &doc.backup {
+        let now = doc.agent.started_at + doc.agent.uptime_secs;
+        let _ = writeln!(
+            out,
+            "  backup    {}",
+            printable(&super::backup::line(b, now))
+        );
+    }
     out
 }
 

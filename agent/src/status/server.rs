@@ -2,8 +2,8 @@
 //! that answers with it.
 
 use super::model::{
-    overall, AgentPart, ChildPart, ChildStatus, Document, EndpointPart, HostPart, LogsStatus,
-    Pinned, ReachPart, SecretPart, ServicesPart, StorageKind, StoragePart,
+    overall, AgentPart, BackupStatus, ChildPart, ChildStatus, Document, EndpointPart, HostPart,
+    LogsStatus, Pinned, ReachPart, SecretPart, ServicesPart, StorageKind, StoragePart,
 };
 use super::verdict::{self, ReadyRules};
 use super::{REQUEST, SCHEMA};
@@ -156,7 +156,17 @@ pub struct Sources {
     pub storage: watch::Receiver<StorageProbe>,
     /// Why the instance is leaving, once it is (the drain): `/ready` fails.
     pub draining: watch::Receiver<Option<String>>,
+    /// Chain backups, on the nodes of the exporting role.
+    pub backup: Option<watch::Receiver<BackupStatus>>,
+    /// Asks the exporter for a round now (`backup --now`).
+    pub backup_now: Option<tokio::sync::mpsc::Sender<BackupAsk>>,
 }
+
+/// `backup --now`: the round's outcome in one line.
+pub type BackupAsk = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// The socket's request for a backup round now.
+pub const BACKUP_NOW: &str = "backup now";
 
 /// The live parts at one moment.
 struct Live {
@@ -166,6 +176,7 @@ struct Live {
     services: Services,
     storage: StorageProbe,
     draining: Option<String>,
+    backup: Option<BackupStatus>,
     at: tokio::time::Instant,
 }
 
@@ -178,6 +189,7 @@ impl Sources {
             services: self.services.borrow().clone(),
             storage: self.storage.borrow().clone(),
             draining: self.draining.borrow().clone(),
+            backup: self.backup.as_ref().map(|b| b.borrow().clone()),
             at: tokio::time::Instant::now(),
         }
     }
@@ -221,7 +233,9 @@ fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
         overall: overall(
             &live.children,
             check.is_ok(),
-            live.logs.degraded || live.services.failing(),
+            live.logs.degraded
+                || live.services.failing()
+                || live.backup.as_ref().is_some_and(|b| b.degraded(now)),
         ),
         agent: AgentPart {
             version: fixed.agent_version.clone(),
@@ -264,6 +278,7 @@ fn assemble(fixed: &Static, live: Live, now: u64) -> Document {
         logs: Some(live.logs),
         services: live.services.part(now),
         endpoint: Some(endpoint),
+        backup: live.backup,
     }
 }
 
@@ -306,6 +321,9 @@ pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
             let got = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
             let answer = match got {
                 Ok(Ok(_)) if line.trim() == REQUEST => serde_json::to_vec(&document(&src)),
+                Ok(Ok(_)) if line.trim() == BACKUP_NOW => {
+                    serde_json::to_vec(&backup_now(src.backup_now.as_ref()).await)
+                }
                 _ => serde_json::to_vec(
                     &serde_json::json!({"error": format!("unknown request; send \"{REQUEST}\\n\"")}),
                 ),
@@ -320,6 +338,23 @@ pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
             .await;
             drop(slot);
         });
+    }
+}
+
+/// Runs a backup round on the exporter and answers its outcome; slow (a round takes as long as its
+/// export), so the client waits, with its own limit.
+async fn backup_now(asks: Option<&tokio::sync::mpsc::Sender<BackupAsk>>) -> serde_json::Value {
+    let Some(asks) = asks else {
+        return serde_json::json!({"error": "this node does not export backups (backup.role names another role, or \"\")"});
+    };
+    let (ask, answer) = tokio::sync::oneshot::channel();
+    if asks.send(ask).await.is_err() {
+        return serde_json::json!({"error": "the exporter is not running"});
+    }
+    match answer.await {
+        Ok(Ok(done)) => serde_json::json!({"done": done}),
+        Ok(Err(e)) => serde_json::json!({"error": e}),
+        Err(_) => serde_json::json!({"error": "the exporter stopped before answering"}),
     }
 }
 
@@ -482,6 +517,7 @@ mod tests {
                 }),
             },
             draining: None,
+            backup: None,
             storage: StorageProbe {
                 check: Ok(()),
                 free_bytes: Some(8_000_000_000),
@@ -502,6 +538,7 @@ mod tests {
             },
             services: Services::default(),
             draining: None,
+            backup: None,
             storage: StorageProbe {
                 check: Err("sentinel missing".into()),
                 free_bytes: None,

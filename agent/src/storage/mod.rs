@@ -30,7 +30,6 @@ mod sentinel;
 
 use crate::config::storage::{Owner, SENTINEL};
 use crate::config::StorageSettings;
-use crate::host::Role;
 use crate::sys::safefs::Dir;
 use efs::{expected_source, prepare_efs};
 use mountinfo::{mount_state, mounts, MountState};
@@ -94,7 +93,8 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Storage
 #[derive(Debug, Clone)]
 pub struct Host<'a> {
     pub environment: &'a str,
-    pub role: Role,
+    /// Whose data: the role, or `backups`.
+    pub role: &'a str,
     pub instance_id: &'a str,
     /// Local, non-persistent directory for the temporary root mountpoint.
     pub runtime_dir: &'a Path,
@@ -192,7 +192,7 @@ mod tests {
     fn host(dir: &Path) -> Host<'_> {
         Host {
             environment: "dev",
-            role: Role::Rpc,
+            role: "rpc",
             instance_id: "i-1",
             runtime_dir: dir,
         }
@@ -214,7 +214,7 @@ mod tests {
         prepare_local(&datadir, &Owner::Agent, &host(tmp.path())).unwrap();
         // A sealer pointed at the rpc directory.
         let mut sealer = host(tmp.path());
-        sealer.role = Role::Sealer;
+        sealer.role = "sealer";
         let e = prepare_local(&datadir, &Owner::Agent, &sealer).unwrap_err();
         assert!(e.to_string().contains("role rpc"), "{e}");
         assert!(!e.to_string().contains('\n'));

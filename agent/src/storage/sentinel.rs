@@ -59,7 +59,7 @@ pub(super) fn expected_sentinel(
     Sentinel {
         file_system_id: file_system_id.map(str::to_owned),
         environment: host.environment.to_owned(),
-        role: host.role.as_str().to_owned(),
+        role: host.role.to_owned(),
         path: path.to_owned(),
         created_by: host.instance_id.to_owned(),
         created_at: crate::clock::now_unix(),
