@@ -9,8 +9,14 @@ ratios against their baselines and targets.
   that records its start), read from /proc/PID/schedstat (ns) the moment the child runs;
 - log shipping vs a boto3 shipper (bench/logs.sh): CPU s per million lines and the ratio;
 - steady-state RSS of the agent supervising the geth stand-in and shipping its lines to moto;
-- the static binary's size.
+- the static binary's size;
+- the health endpoint (health.listen on a free loopback port, the agent supervising the geth stand-in as an
+  rpc node in local mode, logs not shipped): GET /ready latency and the agent's CPU, see health().
 Not a test: numbers depend on the machine, which the report prints. Needs moto[server], boto3, GNU time.
+
+    python3 bench/report.py --only health
+
+runs only the health endpoint rows (no moto, boto3 or GNU time needed).
 
     python3 bench/report.py --against REV
 
@@ -19,9 +25,12 @@ every benchmark on both binaries in the same run, printing each figure side by s
 (this / baseline; for every row, above 1.10 is a regression of more than 10%).
 """
 import argparse
+import collections
+import errno
 import os
 import platform
 import re
+import selectors
 import shutil
 import socket
 import subprocess
@@ -144,6 +153,174 @@ def steady_rss(binary, port, seconds=20):
     return rss
 
 
+def paced_get(port, path, rate, seconds, timeout=5.0):
+    """GET `path` on 127.0.0.1:`port` at `rate` requests/s for `seconds`, open loop: request i is due at
+    start + i/rate whatever the earlier ones are doing (a selector keeps any number in flight), each on a
+    new TCP connection (connect, one request with `Connection: close`, read the whole response, close), as
+    an ALB health check does. A request's latency runs from its scheduled time to the last byte of its
+    body, so a stall (of the agent, or of this client) counts against every request it delays instead of
+    being hidden by coordinated omission. A request that fails or takes longer than `timeout` counts as an
+    infinite latency. Returns (sorted latencies in s, status codes, errors, sorted send lags in s)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    sel = selectors.DefaultSelector()
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.05
+    latencies, lags = [], []
+    codes, errors = collections.Counter(), collections.Counter()
+    due = 0
+
+    def finish(s, st, error=None):
+        sel.unregister(s)
+        s.close()
+        if error:
+            errors[error] += 1
+            latencies.append(float("inf"))
+        else:
+            latencies.append(time.perf_counter() - st["due"])
+
+    def complete(buf):
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        return int(head.split(b" ", 2)[1]) if m and len(body) >= int(m.group(1)) else None
+
+    while due < total or sel.get_map():
+        now = time.perf_counter()
+        while due < total and start + due / rate <= now:
+            s = socket.socket()
+            s.setblocking(False)
+            st = {"due": start + due / rate, "buf": b"", "sent": False}
+            lags.append(now - st["due"])
+            due += 1
+            err = s.connect_ex(("127.0.0.1", port))
+            if err not in (0, errno.EINPROGRESS):
+                s.close()
+                errors[os.strerror(err)] += 1
+                latencies.append(float("inf"))
+                continue
+            sel.register(s, selectors.EVENT_WRITE, st)
+        for key in list(sel.get_map().values()):
+            if now - key.data["due"] > timeout:
+                finish(key.fileobj, key.data, "timeout")
+        wait = max(0.0, start + due / rate - time.perf_counter()) if due < total else 0.1
+        for key, _ in sel.select(wait):
+            s, st = key.fileobj, key.data
+            try:
+                if not st["sent"]:
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        finish(s, st, os.strerror(err))
+                        continue
+                    s.send(request)
+                    st["sent"] = True
+                    sel.modify(s, selectors.EVENT_READ, st)
+                    continue
+                chunk = s.recv(4096)
+            except OSError as e:
+                finish(s, st, e.strerror or type(e).__name__)
+                continue
+            st["buf"] += chunk
+            code = complete(st["buf"])
+            if code is not None:
+                codes[code] += 1
+                finish(s, st)
+            elif not chunk:
+                finish(s, st, "closed before a whole response")
+    sel.close()
+    return sorted(latencies), codes, errors, sorted(lags)
+
+
+def percentile(sorted_values, p):
+    """Nearest rank."""
+    return sorted_values[min(len(sorted_values) - 1, max(0, -(-len(sorted_values) * p // 100) - 1))]
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (every thread), in clock ticks, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def threads_ns(pid):
+    """The run time of the process's live threads, in ns, summed from /proc/PID/task/*/schedstat: exact where
+    utime + stime is counted in ticks (a cross-check; misses threads that ended in between)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += cpu_ns(f"{pid}/task/{tid}")
+        except OSError:
+            pass
+    return total
+
+
+def cpu_percent(pid, seconds, load=None):
+    """The agent's CPU over `seconds` of wall time while `load` runs (or nothing: idle), in % of one core:
+    its utime + stime delta / wall; and the same from its threads' schedstat."""
+    t0, c0, n0 = time.perf_counter(), cpu_ticks(pid), threads_ns(pid)
+    load() if load else time.sleep(seconds)
+    t1, c1, n1 = time.perf_counter(), cpu_ticks(pid), threads_ns(pid)
+    return 100 * (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0), 100 * (n1 - n0) / 1e9 / (t1 - t0)
+
+
+def health(binary, rate=200, seconds=10, cpu_rate=10, cpu_seconds=20):
+    """The health endpoint under load: one agent (`run --local --role rpc`, the geth stand-in, logs in
+    files, health.listen on a free loopback port), once GET /ready says 200 (the stand-in's first block,
+    ~10 s; at most 30 s, then it goes on with 503s) and after a short settle: its CPU idle for `cpu_seconds` (no checks), then its CPU while GET /ready comes at `cpu_rate`/s for as
+    long, then GET /ready latency at `rate`/s for `seconds` (see paced_get: open loop, a new connection per
+    request). Returns (latency p50 ms, p99 ms, CPU % of one core at cpu_rate, CPU % idle, detail text),
+    or None when this binary rejects the config (one without health.listen) or never answers on it."""
+    work = tempfile.mkdtemp()
+    port = free_port()
+    cfg = config(work, os.path.join(REPO, "tests/standins/geth"), f'[health]\nlisten = "127.0.0.1:{port}"\n')
+    # No AWS_REGION: local mode then keeps the logs in files (no shipping in the figures).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["NODE_AGENT_LOG"] = "warn"
+    err = open(os.path.join(work, "agent.err"), "w+")
+    agent = subprocess.Popen([binary, "run", "--local", "--role", "rpc", "--environment", "bench",
+                              "--config", cfg], stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline, answered = time.monotonic() + 30, False
+        while True:
+            if agent.poll() is not None or (time.monotonic() > deadline and not answered):
+                err.seek(0)
+                why = err.read().strip().splitlines()
+                status = agent.poll()
+                why = why[-1] if why else f"exited {status}" if status is not None else "no answer in 30 s"
+                return None, f"no health endpoint: {why}"
+            _, codes, _, _ = paced_get(port, "/ready", 1, 1, timeout=1)
+            answered = answered or bool(codes)
+            if 200 in codes or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        idle, idle_ns = cpu_percent(agent.pid, cpu_seconds)
+        checked = []
+        busy, busy_ns = cpu_percent(agent.pid, cpu_seconds,
+                           lambda: checked.append(paced_get(port, "/ready", cpu_rate, cpu_seconds)))
+        lat, codes, errors, lags = paced_get(port, "/ready", rate, seconds)
+        if agent.poll() is not None:
+            err.seek(0)
+            sys.exit("node-agent exited during the health endpoint benchmark:\n" + err.read())
+        p50, p99 = (percentile(lat, p) * 1e3 for p in (50, 99))
+        show = lambda c: ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=str)) or "none"
+        detail = (f"{len(lat)} GET /ready at {rate}/s, new connection each: p50 {p50:.2f} ms, "
+                  f"p90 {percentile(lat, 90) * 1e3:.2f} ms, p99 {p99:.2f} ms, max {lat[-1] * 1e3:.2f} ms; "
+                  f"answers {show(codes)}; errors {show(errors)}; this client's send lag p99 "
+                  f"{percentile(lags, 99) * 1e3:.2f} ms, max {lags[-1] * 1e3:.2f} ms\n"
+                  f"agent CPU over {cpu_seconds} s, % of one core, utime+stime (threads' schedstat): idle "
+                  f"{idle:.3f}% ({idle_ns:.3f}%), at {cpu_rate} checks/s {busy:.3f}% ({busy_ns:.3f}%); "
+                  f"answers {show(checked[0][1])}; errors {show(checked[0][2])}")
+        return (p50, p99, busy, idle), detail
+    finally:
+        if agent.poll() is None:
+            agent.terminate()
+            agent.wait()
+        err.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def ratio_row(text, label):
     m = re.search(r"\| " + re.escape(label) + r"\s*\|([^\n]*)", text)
     return [c.strip() for c in m.group(1).split("|") if c.strip()] if m else None
@@ -152,7 +329,7 @@ def ratio_row(text, label):
 def static_build(tree, out):
     """Builds the shipped binary of `tree` (a checkout) and copies it to `out`: the target directory is
     shared, so the next build would overwrite it in place."""
-    target = os.path.join(REPO, "target")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
     subprocess.run(["bake/static-build"], cwd=tree, check=True, text=True, capture_output=True,
                    env=dict(os.environ, CARGO_TARGET_DIR=target))
     # Where bake/static-build puts it (an older tree's script prints its own target directory).
@@ -162,34 +339,49 @@ def static_build(tree, out):
 
 
 def measure(binary, args):
-    """Every figure for one binary, as (name, number, unit, target, lower is better)."""
-    gs = sh([sys.executable, "tests/bench/get_secret.py", "--runs", str(args.runs), "--binary", binary])
-    gs_ratio = ratio_row(gs, "ratio node-agent/python")
-    logs = sh(["bench/logs.sh", str(args.lines)], env=dict(os.environ, NODE_AGENT=binary))
-    logs_agent = ratio_row(logs, "node-agent")
-    logs_ratio = ratio_row(logs, "ratio Python / node-agent")
-    boot_ms = bootstrap(binary, args.runs)
-    moto, port = start_moto()
-    try:
-        rss = steady_rss(binary, port)
-    finally:
-        moto.kill()
-        moto.wait()
-    size = os.path.getsize(binary) / 2**20
+    """Every figure for one binary, as (name, number or None for n/a, unit, target, lower is better), and
+    the detail texts."""
+    rows, details = [], []
     number = lambda v: float(str(v).rstrip("x"))
-    rows = [
-        ("get-secret wall time vs boto3 script", number(gs_ratio[0]), "x", "<= 0.05x", True),
-        ("get-secret peak RSS vs boto3 script", number(gs_ratio[2]), "x", "<= 0.33x", True),
-        ("bootstrap: agent CPU from start to child exec", boot_ms, " ms", "<= 50 ms", True),
-        ("log shipping CPU per 1M lines", number(logs_agent[2]), " s", "<= 1 s", True),
-        ("log shipping CPU vs boto3 shipper", number(logs_ratio[1]), "x less", ">= 10x less", False),
-        ("steady-state RSS supervising + shipping", rss, " MiB", "<= 15 MiB", True),
-        ("static binary size", size, " MiB", "<= 10 MB", True),
+    if args.only != "health":
+        gs = sh([sys.executable, "tests/bench/get_secret.py", "--runs", str(args.runs), "--binary", binary])
+        gs_ratio = ratio_row(gs, "ratio node-agent/python")
+        logs = sh(["bench/logs.sh", str(args.lines)], env=dict(os.environ, NODE_AGENT=binary))
+        logs_agent = ratio_row(logs, "node-agent")
+        logs_ratio = ratio_row(logs, "ratio Python / node-agent")
+        boot_ms = bootstrap(binary, args.runs)
+        moto, port = start_moto()
+        try:
+            rss = steady_rss(binary, port)
+        finally:
+            moto.kill()
+            moto.wait()
+        size = os.path.getsize(binary) / 2**20
+        rows += [
+            ("get-secret wall time vs boto3 script", number(gs_ratio[0]), "x", "<= 0.05x", True),
+            ("get-secret peak RSS vs boto3 script", number(gs_ratio[2]), "x", "<= 0.33x", True),
+            ("bootstrap: agent CPU from start to child exec", boot_ms, " ms", "<= 50 ms", True),
+            ("log shipping CPU per 1M lines", number(logs_agent[2]), " s", "<= 1 s", True),
+            ("log shipping CPU vs boto3 shipper", number(logs_ratio[1]), "x less", ">= 10x less", False),
+            ("steady-state RSS supervising + shipping", rss, " MiB", "<= 15 MiB", True),
+            ("static binary size", size, " MiB", "<= 10 MB", True),
+        ]
+        details += [("get-secret", gs), ("log shipping", logs)]
+    figures, detail = health(binary)
+    p50, p99, busy, idle = figures or (None,) * 4
+    rows += [
+        ("health GET /ready p50 at 200/s, new connection each", p50, " ms", "(p99 is the target)", True),
+        ("health GET /ready p99 at 200/s, new connection each", p99, " ms", "<= 5 ms", True),
+        ("health: agent CPU at 10 checks/s, % of one core", busy, "%", "<= 1%", True),
+        ("health: same agent idle (no checks), % of one core", idle, "%", "(reference)", True),
     ]
-    return rows, gs, logs
+    details.append(("health endpoint", detail + "\n"))
+    return rows, details
 
 
 def fmt(v, unit):
+    if v is None:
+        return "n/a"
     return f"{v:.3f}{unit}" if v < 1 else f"{v:.1f}{unit}" if unit != "x" else f"{v:.2f}{unit}"
 
 
@@ -198,6 +390,7 @@ def main():
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--against", metavar="REV", help="also measure commit REV, side by side")
+    ap.add_argument("--only", choices=["health"], help="run only these rows (the health endpoint's)")
     args = ap.parse_args()
 
     # The binary the bake ships, for every measurement.
@@ -212,8 +405,8 @@ def main():
             sh(["git", "worktree", "remove", "--force", tree])
     binary = static_build(REPO, os.path.join(work, "node-agent"))
 
-    rows, gs, logs = measure(binary, args)
-    base_rows = measure(baseline, args)[0] if baseline else None
+    rows, details = measure(binary, args)
+    base_rows, base_details = measure(baseline, args) if baseline else (None, None)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}")
     print()
@@ -221,16 +414,18 @@ def main():
         print(f"| benchmark | node-agent | baseline {args.against} | change (worse when > 1.10) | target |")
         print("|---|---:|---:|---:|---:|")
         for (name, v, unit, target, lower), (_, b, _, _, _) in zip(rows, base_rows):
-            change = (v / b if lower else b / v) if b and v else float("nan")
-            print(f"| {name} | {fmt(v, unit)} | {fmt(b, unit)} | {change:.2f} | {target} |")
+            change = f"{v / b if lower else b / v:.2f}" if b and v else "n/a"
+            print(f"| {name} | {fmt(v, unit)} | {fmt(b, unit)} | {change} | {target} |")
     else:
         print("| benchmark | node-agent | target |")
         print("|---|---:|---:|")
         for name, v, unit, target, _ in rows:
             print(f"| {name} | {fmt(v, unit)} | {target} |")
     print()
-    print("get-secret detail:\n" + gs)
-    print("log shipping detail:\n" + logs)
+    for name, text in details:
+        print(f"{name} detail:\n{text}")
+    if base_rows:
+        print(f"health endpoint detail, baseline {args.against}:\n{base_details[-1][1]}")
     shutil.rmtree(work, ignore_errors=True)
 
 
