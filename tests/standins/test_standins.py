@@ -1007,6 +1007,57 @@ class CryptoTest(unittest.TestCase):
         pub = S.pubkey_from_priv(bytes.fromhex(SIGNER_KEY))
         self.assertEqual(S.checksum_address(S.address_from_pub(pub)), "0x71562b71999873DB5b286dF957af199Ec94617F7")
 
+    def test_rlp_and_keccak_reproduce_the_mainnet_genesis_hash(self):
+        # the 15-field legacy header of Ethereum mainnet's block 0 -> its well-known hash
+        header = [bytes(32), bytes.fromhex(EMPTY_UNCLES), bytes(20),
+                  bytes.fromhex("d7f8974fb5ac78d9ac099b9ad5018bedc2ce0a72dad1827a1709da30580f0544"),
+                  bytes.fromhex(EMPTY_ROOT), bytes.fromhex(EMPTY_ROOT), bytes(256), 17179869184, 0, 5000, 0, 0,
+                  bytes.fromhex("11bbe8db4e347b4e8c937c1c8370e4b5ed33adb3db69cbdb7a38e1e50b1b82fa"), bytes(32),
+                  (0x42).to_bytes(8, "big")]
+        self.assertEqual(S.keccak256(S.rlp_encode(header)).hex(),
+                         "d4e56740f876aef8c010b86a40d5f56745a118d0906a34e69aec8c0db1cb8fa3")
+        self.assertEqual(S.rlp_encode([b"", b"\x01", b"\x80", [], 1024]).hex(), "c880018180c0820400")
+        for n in list(range(0, 300)) + [4096]:  # every padding case, against the bytes-at-a-time reference below
+            data = bytes((i * 7 + n) & 0xFF for i in range(n))
+            self.assertEqual(S.keccak256(data), _keccak_reference(data), n)
+
+
+def _keccak_reference(data):
+    """Keccak-256 written the slow, obvious way (the stand-in's is generated straight-line code)."""
+    rc, r = [], 1
+    for _ in range(24):
+        c = 0
+        for j in range(7):
+            r = ((r << 1) ^ ((r >> 7) * 0x71)) % 256
+            if r & 2:
+                c ^= 1 << ((1 << j) - 1)
+        rc.append(c)
+    rot = lambda v, n: ((v << n) | (v >> (64 - n))) & (2**64 - 1) if n else v  # noqa: E731
+    offs = [[0] * 5 for _ in range(5)]
+    x, y = 1, 0
+    for t in range(24):
+        offs[x][y] = ((t + 1) * (t + 2) // 2) % 64
+        x, y = y, (2 * x + 3 * y) % 5
+    msg = bytearray(data) + b"\x01"
+    while len(msg) % 136:
+        msg.append(0)
+    msg[-1] |= 0x80
+    a = [[0] * 5 for _ in range(5)]
+    for off in range(0, len(msg), 136):
+        for i in range(17):
+            a[i % 5][i // 5] ^= int.from_bytes(msg[off + 8 * i:off + 8 * i + 8], "little")
+        for rnd in range(24):
+            c = [a[x][0] ^ a[x][1] ^ a[x][2] ^ a[x][3] ^ a[x][4] for x in range(5)]
+            d = [c[(x - 1) % 5] ^ rot(c[(x + 1) % 5], 1) for x in range(5)]
+            a = [[a[x][y] ^ d[x] for y in range(5)] for x in range(5)]
+            b = [[0] * 5 for _ in range(5)]
+            for x in range(5):
+                for y in range(5):
+                    b[y][(2 * x + 3 * y) % 5] = rot(a[x][y], offs[x][y])
+            a = [[b[x][y] ^ ((~b[(x + 1) % 5][y]) & b[(x + 2) % 5][y]) for y in range(5)] for x in range(5)]
+            a[0][0] ^= rc[rnd]
+    return b"".join(a[i % 5][i // 5].to_bytes(8, "little") for i in range(4))
+
 
 class BootnodeTest(Base):
     def test_genkey_and_writeaddress(self):
