@@ -564,6 +564,317 @@ class RealEthstatsTest(GethHelpers):
         self.assertEqual(self.finish(p)[0], 0)
 
 
+# --- chain backups: block hashes, admin_exportChain, geth export / geth import
+
+EMPTY_UNCLES = "1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347"
+EMPTY_ROOT = "56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421"
+
+
+def rlp_decode_all(data):
+    """A small independent RLP decoder: the list of top-level items (bytes or nested lists) and,
+    for each, its raw first-item (header) bytes. Raises ValueError on truncation."""
+
+    def item(pos):
+        b = data[pos]
+        if b < 0x80:
+            return data[pos:pos + 1], pos + 1
+        if b < 0xB8:
+            n, s = b - 0x80, pos + 1
+        elif b < 0xC0:
+            ln = b - 0xB7
+            n, s = int.from_bytes(data[pos + 1:pos + 1 + ln], "big"), pos + 1 + ln
+        elif b < 0xF8:
+            n, s = b - 0xC0, pos + 1
+        else:
+            ln = b - 0xF7
+            n, s = int.from_bytes(data[pos + 1:pos + 1 + ln], "big"), pos + 1 + ln
+        if s + n > len(data):
+            raise ValueError("truncated")
+        if b < 0xC0:
+            return data[s:s + n], s + n
+        out, p = [], s
+        while p < s + n:
+            x, p = item(p)
+            out.append(x)
+        return out, s + n
+
+    blocks, pos = [], 0
+    while pos < len(data):
+        start = pos
+        blk, pos = item(pos)
+        # the header's raw bytes: the first item inside the block list
+        hb = data[start]
+        hpos = start + 1 + (hb - 0xF7 if hb >= 0xF8 else 0)
+        _h, hend = item(hpos)
+        blocks.append((blk, data[hpos:hend]))
+    return blocks
+
+
+def decode_export(path):
+    """[(number, hash hex, parentHash hex, header fields, body)] of an exported file (gzip by name)."""
+    import gzip
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
+    out = []
+    for blk, raw in rlp_decode_all(data):
+        header = blk[0]
+        out.append((int.from_bytes(header[8], "big"), "0x" + S.keccak256(raw).hex(), "0x" + header[0].hex(), header, blk[1:]))
+    return out
+
+
+class GethBackupTest(GethHelpers):
+    def chain_with_blocks(self, name="src", at_least=12):
+        """An initialised datadir whose stand-in chain has >= at_least blocks, node stopped."""
+        datadir = self.init_datadir(name)
+        p = self.start_node(datadir, "--networkid", "4242", period="0.02")
+        chain = os.path.join(datadir, "geth", "chaindata", "STANDIN-CHAIN.json")
+
+        def head():
+            try:
+                with open(chain) as f:
+                    return json.load(f)["head"]
+            except (OSError, ValueError, KeyError):
+                return 0
+
+        self.wait_for(lambda: head() >= at_least, timeout=10, what="%d blocks" % at_least)
+        p.send_signal(signal.SIGTERM)
+        rc, _, _ = self.finish(p)
+        self.assertEqual(rc, 0)
+        return datadir, head()
+
+    def head_of(self, datadir):
+        with open(os.path.join(datadir, "geth", "chaindata", "STANDIN-CHAIN.json")) as f:
+            return json.load(f)["head"]
+
+    def test_block_hashes_are_keccak_of_the_legacy_header_and_never_change(self):
+        g = genesis(period=5, timestamp="0x65000000")
+        datadir = self.init_datadir(g=g)
+        p = self.start_node(datadir, "--networkid", "4242", period="0.05")
+        ipc = os.path.join(datadir, "geth.ipc")
+        self.wait_for(lambda: int(self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"], 16) >= 4, what="4 blocks")
+        blocks = [self.ipc_rpc(ipc, self.call("eth_getBlockByNumber", hex(n), False))["result"] for n in range(5)]
+        for n in range(1, 5):
+            b = blocks[n]
+            self.assertEqual(b["parentHash"], blocks[n - 1]["hash"])
+            self.assertEqual((b["sha3Uncles"], b["transactionsRoot"], b["receiptsRoot"]),
+                             ("0x" + EMPTY_UNCLES, "0x" + EMPTY_ROOT, "0x" + EMPTY_ROOT))
+            self.assertEqual(len(bytes.fromhex(b["extraData"][2:])), 97)
+            header = [bytes.fromhex(b["parentHash"][2:]), bytes.fromhex(EMPTY_UNCLES), bytes(20),
+                      bytes.fromhex(b["stateRoot"][2:]), bytes.fromhex(EMPTY_ROOT), bytes.fromhex(EMPTY_ROOT), bytes(256),
+                      2, n, 0x1c9c380, 0, 0x65000000 + 5 * n, bytes.fromhex(b["extraData"][2:]), bytes(32), bytes(8)]
+            self.assertEqual("0x" + S.keccak256(S.rlp_encode(header)).hex(), b["hash"], "block %d" % n)
+            self.assertEqual(int(b["size"], 16), len(S.rlp_encode([header, [], []])))
+            self.assertEqual(self.ipc_rpc(ipc, self.call("eth_getBlockByHash", b["hash"], False))["result"]["number"], hex(n))
+        self.assertEqual(blocks[1]["parentHash"], blocks[0]["hash"])  # the genesis hash, as before
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(p)[0], 0)
+        head = self.head_of(datadir)
+        cache = os.path.join(datadir, "geth", "chaindata", "STANDIN-HASHES.bin")
+        self.assertGreaterEqual(os.path.getsize(cache), 32 + 32 * head)
+        # later, and from a corrupted cache: the same hashes (the timestamp in the header is genesis + n * period)
+        time.sleep(1.1)
+        with open(cache, "r+b") as f:
+            f.seek(-32, os.SEEK_END)
+            f.write(b"\xff" * 32)
+        p = self.start_node(datadir, "--networkid", "4242", "--verbosity", "2", period="5")
+        again = [self.ipc_rpc(ipc, self.call("eth_getBlockByNumber", hex(n), False))["result"]["hash"] for n in range(5)]
+        self.assertEqual(again, [b["hash"] for b in blocks])
+
+    def test_admin_export_chain_ranges_refusals_and_gzip(self):
+        datadir = self.init_datadir()
+        p = self.start_node(datadir, "--networkid", "4242", period="0.05")
+        ipc = os.path.join(datadir, "geth.ipc")
+        self.wait_for(lambda: int(self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"], 16) >= 8, what="8 blocks")
+
+        def export(*params):
+            return self.ipc_rpc(ipc, self.call("admin_exportChain", *params))
+
+        def hash_of(n):
+            return self.ipc_rpc(ipc, self.call("eth_getBlockByNumber", hex(n), False))["result"]["hash"]
+
+        f1 = self.path("seg-1-5.rlp")
+        self.assertEqual(export(f1, 1, 5), {"jsonrpc": "2.0", "id": 1, "result": True})
+        blocks = decode_export(f1)
+        self.assertEqual([b[0] for b in blocks], [1, 2, 3, 4, 5])
+        self.assertEqual([b[1] for b in blocks], [hash_of(n) for n in range(1, 6)])
+        self.assertEqual(blocks[0][2], hash_of(0))
+        for (n, h, parent, header, body) in blocks:
+            self.assertEqual(len(header), 15)
+            self.assertEqual(body, [[], []])
+        umask = os.umask(0)
+        os.umask(umask)
+        self.assertEqual(os.stat(f1).st_mode & 0o777, 0o644 & ~umask)
+        # refusals, with geth's texts
+        self.assertEqual(export(f1, 1, 5)["error"], {"code": -32000, "message": "location would overwrite an existing file"})
+        self.assertEqual(export(self.path("x.rlp"), None, 3)["error"]["message"], "last cannot be specified without first")
+        self.assertFalse(os.path.exists(self.path("x.rlp")))
+        self.assertEqual(export(self.path("y.rlp"), 5, 2)["error"]["message"], "export failed: first (5) is greater than last (2)")
+        self.assertEqual(os.path.getsize(self.path("y.rlp")), 0)  # geth creates the file first
+        r = export(self.path("z.rlp"), 1, 100000)["error"]["message"]
+        self.assertRegex(r, r"^export failed on #(\d+): not found$")
+        missing = int(re.search(r"#(\d+)", r).group(1))
+        self.assertEqual([b[0] for b in decode_export(self.path("z.rlp"))], list(range(1, missing)))  # left behind, as geth
+        self.assertEqual(export(self.path("w.rlp"), "0x1", 2)["error"],
+                         {"code": -32602, "message": "invalid argument 1: json: cannot unmarshal string into Go value of type uint64"})
+        self.assertEqual(export(self.path("w.rlp"), -1, 2)["error"]["message"],
+                         "invalid argument 1: json: cannot unmarshal number -1 into Go value of type uint64")
+        self.assertEqual(export()["error"]["message"], "missing value for required argument 0")
+        self.assertIn("no such file or directory", export(self.path("no", "dir.rlp"), 1, 2)["error"]["message"])
+        # first without last: up to the head; gzip by name; no range: from the genesis
+        head = int(self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"], 16)
+        self.assertIs(export(self.path("tail.rlp.gz"), 3)["result"], True)
+        with open(self.path("tail.rlp.gz"), "rb") as f:
+            self.assertEqual(f.read(2), b"\x1f\x8b")
+        nums = [b[0] for b in decode_export(self.path("tail.rlp.gz"))]
+        self.assertEqual(nums, list(range(3, nums[-1] + 1)))
+        self.assertGreaterEqual(nums[-1], head)
+        self.assertIs(export(self.path("all.rlp"))["result"], True)
+        self.assertEqual(decode_export(self.path("all.rlp"))[0][0], 0)
+        # admin is an IPC-only module by default
+        # export_delay: a kill -9 mid-export leaves a partial file behind
+        with open(os.path.join(datadir, "standin-faults.json"), "w") as f:
+            json.dump({"export_delay": 0.3}, f)
+        time.sleep(0.7)
+        import threading
+
+        t = threading.Thread(target=lambda: self.assertRaises(Exception, export, self.path("slow.rlp"), 1, 8), daemon=True)
+        t.start()
+        self.wait_for(lambda: os.path.exists(self.path("slow.rlp")) and os.path.getsize(self.path("slow.rlp")) > 0,
+                      what="export to start")
+        p.kill()
+        p.wait()
+        t.join(5)
+        partial = decode_export(self.path("slow.rlp"))
+        self.assertTrue(1 <= len(partial) < 8, len(partial))
+        self.assertIn("Exporting batch of blocks                count=5", p.stderr.read())
+
+    def test_geth_export_command(self):
+        datadir, head = self.chain_with_blocks()
+        out = self.path("all.rlp")
+        r = self.run_cmd(GETH, "export", "--datadir", datadir, out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"^Export done in \S+\n$")
+        self.assertIn("Exporting blockchain                     file=" + out, r.stderr)
+        self.assertIn("Exported blockchain                      file=" + out, r.stderr)
+        self.assertEqual([b[0] for b in decode_export(out)], list(range(0, head + 1)))
+        umask = os.umask(0)
+        os.umask(umask)
+        self.assertEqual(os.stat(out).st_mode & 0o777, 0o777 & ~umask)  # os.ModePerm
+        # a range appends (twice -> twice the blocks); gzip by name
+        seg = self.path("seg.rlp.gz")
+        for _ in range(2):
+            r = self.run_cmd(GETH, "--datadir", datadir, "export", seg, "2", "4")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("Exported blockchain to                   file=" + seg, r.stderr)
+        self.assertEqual([b[0] for b in decode_export(seg)], [2, 3, 4, 2, 3, 4])
+        # argument errors
+        for args, text in ((["x.rlp", "a", "3"], "Export error in parsing parameters: block number not an integer"),
+                           (["x.rlp", "-1", "3"], "Export error: block number must be greater than 0"),
+                           (["x.rlp", "1", str(head + 5)], "Export error: block number %d larger than head block %d" % (head + 5, head)),
+                           (["x.rlp", "4", "2"], "Export error: export failed: first (4) is greater than last (2)"),
+                           ([], "This command requires an argument.")):
+            r = self.run_cmd(GETH, "export", "--datadir", datadir, *args)
+            self.assertEqual(r.returncode, 1, args)
+            self.assertIn("Fatal: " + text + "\n", r.stderr)
+        r = self.run_cmd(GETH, "export", "--datadir", datadir, self.path("no", "x.rlp"))
+        self.assertIn("Fatal: Export error: open %s: no such file or directory\n\n" % self.path("no", "x.rlp"), r.stdout)
+        r = self.run_cmd(GETH, "export", "--bogus", "x.rlp")
+        self.assertEqual((r.returncode, r.stderr), (1, "flag provided but not defined: -bogus\n"))
+        self.assertIn("geth export [command options] <filename> [<blockNumFirst> <blockNumLast>]", r.stdout)
+        # the datadir lock
+        self.start_node(datadir, "--networkid", "4242")
+        r = self.run_cmd(GETH, "export", "--datadir", datadir, self.path("locked.rlp"))
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to create the protocol stack: datadir already used by another process")
+
+    def test_import_reproduces_the_head_and_refuses_gaps_other_genesis_and_a_running_node(self):
+        src, head = self.chain_with_blocks()
+        seg1, seg2 = self.path("seg1.rlp"), self.path("seg2.rlp.gz")
+        for f, a, b in ((seg1, 1, 5), (seg2, 6, head)):
+            self.assertEqual(self.run_cmd(GETH, "export", "--datadir", src, f, str(a), str(b)).returncode, 0)
+        want = decode_export(seg2)[-1][1]
+        # restore into a fresh, initialised datadir
+        dst = self.init_datadir("dst")
+        r = self.run_cmd(GETH, "import", "--datadir", dst, seg1, seg2)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Importing blockchain                     file=" + seg1, r.stderr)
+        self.assertRegex(r.stderr, r"Imported new chain segment +number=5 hash=\w+\.\.\w+ blocks=5 txs=0 mgas=0\.000 ")
+        self.assertRegex(r.stderr, r"Imported new chain segment +number=%d .*blocks=%d " % (head, head - 5))
+        self.assertRegex(r.stdout, r"^Import done in \S+\.\n\n")
+        self.assertIn("Compacting entire database...", r.stdout)
+        self.assertEqual(self.head_of(dst), head)
+        # importing again skips; the block 0 of a full export is ignored
+        full = self.path("full.rlp")
+        self.assertEqual(self.run_cmd(GETH, "export", "--datadir", src, full).returncode, 0)
+        r = self.run_cmd(GETH, "import", "--datadir", dst, full)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Skipping batch as all blocks present     batch=0", r.stderr)
+        # the restored node reports the same head hash and continues from head + 1
+        p = self.start_node(dst, "--networkid", "4242", period="0.05")
+        ipc = os.path.join(dst, "geth.ipc")
+        self.assertEqual(self.ipc_rpc(ipc, self.call("eth_getBlockByNumber", hex(head), False))["result"]["hash"], want)
+        self.wait_for(lambda: int(self.ipc_rpc(ipc, self.call("eth_blockNumber"))["result"], 16) >= head + 2, what="new blocks")
+        # ... and holds the lock: an import now is refused like geth
+        r = self.run_cmd(GETH, "import", "--datadir", dst, seg1)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.splitlines()[-1], "Fatal: Failed to create the protocol stack: datadir already used by another process")
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = self.finish(p)
+        self.assertEqual(rc, 0)
+        imported = [int(n) for n in re.findall(r"Imported new chain segment +number=(\d+)", err)]
+        self.assertEqual(imported[:2], [head + 1, head + 2])
+        # a gap: the second segment alone
+        gap = self.init_datadir("gap")
+        r = self.run_cmd(GETH, "import", "--datadir", gap, seg2)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.splitlines()[-1], "invalid block 6: unknown ancestor")
+        self.assertIn('Import error                             err="invalid block 6: unknown ancestor"', r.stderr)
+        self.assertIn("########## BAD BLOCK #########\nBlock: 6 (", r.stderr)
+        self.assertIn("Import done in", r.stdout)
+        self.assertEqual(self.head_of(gap) if os.path.exists(os.path.join(gap, "geth", "chaindata", "STANDIN-CHAIN.json")) else 0, 0)
+        # several files: a failure does not stop the next one; the error still fails the command
+        r = self.run_cmd(GETH, "import", "--datadir", gap, seg2, seg1)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('Import error                             file=%s err="invalid block 6: unknown ancestor"' % seg2, r.stderr)
+        self.assertEqual(self.head_of(gap), 5)
+        # another genesis, and a datadir never initialised (mainnet)
+        other = self.init_datadir("other", g=genesis(chain_id=4343))
+        r = self.run_cmd(GETH, "import", "--datadir", other, seg1)
+        self.assertEqual((r.returncode, r.stderr.splitlines()[-1]), (1, "invalid block 1: unknown ancestor"))
+        fresh = self.path("fresh")
+        r = self.run_cmd(GETH, "import", "--datadir", fresh, seg1)
+        self.assertEqual((r.returncode, r.stderr.splitlines()[-1]), (1, "invalid block 1: unknown ancestor"))
+        self.assertIn("Writing default main-net genesis block", r.stderr)
+        # a truncated file fails while reading its batch: nothing of it is imported
+        with open(seg1, "rb") as f:
+            data = f.read()
+        cut = self.path("cut.rlp")
+        with open(cut, "wb") as f:
+            f.write(data[:-10])
+        trunc = self.init_datadir("trunc")
+        r = self.run_cmd(GETH, "import", "--datadir", trunc, cut)
+        self.assertEqual((r.returncode, r.stderr.splitlines()[-1]), (1, "at block 4: unexpected EOF"))
+        r = self.run_cmd(GETH, "import", "--datadir", trunc)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("Fatal: This command requires an argument.", r.stderr)
+        r = self.run_cmd(GETH, "import", "--datadir", trunc, self.path("nope.rlp"))
+        self.assertEqual(r.stderr.splitlines()[-1], "open %s: no such file or directory" % self.path("nope.rlp"))
+
+    def test_hashing_speed(self):
+        """20,000 hashes: measured, not asserted tightly (pure-Python keccak; the datadir cache makes it once)."""
+        hdr = S.rlp_encode([bytes(32), bytes(32), bytes(20), bytes(32), bytes(32), bytes(32), bytes(256), 2, 20000,
+                            0x1c9c380, 0, 100000, bytes(97), bytes(32), bytes(8)])
+        t = time.time()
+        for _ in range(500):
+            S.keccak256(hdr)
+        per = (time.time() - t) / 500
+        note("keccak256 of a %d-byte header: %.2f ms -> 20,000 hashes in %.1f s" % (len(hdr), per * 1000, per * 20000))
+        self.assertLess(per, 0.01)
+
+
 class WsClientTest(unittest.TestCase):
     """WsClient against a one-connection server of our own: ping/pong, fragments, 16/64-bit lengths, close."""
 
@@ -695,6 +1006,57 @@ class CryptoTest(unittest.TestCase):
         self.assertEqual(S.checksum_address(S.address_from_pub(pub)), "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23")
         pub = S.pubkey_from_priv(bytes.fromhex(SIGNER_KEY))
         self.assertEqual(S.checksum_address(S.address_from_pub(pub)), "0x71562b71999873DB5b286dF957af199Ec94617F7")
+
+    def test_rlp_and_keccak_reproduce_the_mainnet_genesis_hash(self):
+        # the 15-field legacy header of Ethereum mainnet's block 0 -> its well-known hash
+        header = [bytes(32), bytes.fromhex(EMPTY_UNCLES), bytes(20),
+                  bytes.fromhex("d7f8974fb5ac78d9ac099b9ad5018bedc2ce0a72dad1827a1709da30580f0544"),
+                  bytes.fromhex(EMPTY_ROOT), bytes.fromhex(EMPTY_ROOT), bytes(256), 17179869184, 0, 5000, 0, 0,
+                  bytes.fromhex("11bbe8db4e347b4e8c937c1c8370e4b5ed33adb3db69cbdb7a38e1e50b1b82fa"), bytes(32),
+                  (0x42).to_bytes(8, "big")]
+        self.assertEqual(S.keccak256(S.rlp_encode(header)).hex(),
+                         "d4e56740f876aef8c010b86a40d5f56745a118d0906a34e69aec8c0db1cb8fa3")
+        self.assertEqual(S.rlp_encode([b"", b"\x01", b"\x80", [], 1024]).hex(), "c880018180c0820400")
+        for n in list(range(0, 300)) + [4096]:  # every padding case, against the bytes-at-a-time reference below
+            data = bytes((i * 7 + n) & 0xFF for i in range(n))
+            self.assertEqual(S.keccak256(data), _keccak_reference(data), n)
+
+
+def _keccak_reference(data):
+    """Keccak-256 written the slow, obvious way (the stand-in's is generated straight-line code)."""
+    rc, r = [], 1
+    for _ in range(24):
+        c = 0
+        for j in range(7):
+            r = ((r << 1) ^ ((r >> 7) * 0x71)) % 256
+            if r & 2:
+                c ^= 1 << ((1 << j) - 1)
+        rc.append(c)
+    rot = lambda v, n: ((v << n) | (v >> (64 - n))) & (2**64 - 1) if n else v  # noqa: E731
+    offs = [[0] * 5 for _ in range(5)]
+    x, y = 1, 0
+    for t in range(24):
+        offs[x][y] = ((t + 1) * (t + 2) // 2) % 64
+        x, y = y, (2 * x + 3 * y) % 5
+    msg = bytearray(data) + b"\x01"
+    while len(msg) % 136:
+        msg.append(0)
+    msg[-1] |= 0x80
+    a = [[0] * 5 for _ in range(5)]
+    for off in range(0, len(msg), 136):
+        for i in range(17):
+            a[i % 5][i // 5] ^= int.from_bytes(msg[off + 8 * i:off + 8 * i + 8], "little")
+        for rnd in range(24):
+            c = [a[x][0] ^ a[x][1] ^ a[x][2] ^ a[x][3] ^ a[x][4] for x in range(5)]
+            d = [c[(x - 1) % 5] ^ rot(c[(x + 1) % 5], 1) for x in range(5)]
+            a = [[a[x][y] ^ d[x] for y in range(5)] for x in range(5)]
+            b = [[0] * 5 for _ in range(5)]
+            for x in range(5):
+                for y in range(5):
+                    b[y][(2 * x + 3 * y) % 5] = rot(a[x][y], offs[x][y])
+            a = [[b[x][y] ^ ((~b[(x + 1) % 5][y]) & b[(x + 2) % 5][y]) for y in range(5)] for x in range(5)]
+            a[0][0] ^= rc[rnd]
+    return b"".join(a[i % 5][i // 5].to_bytes(8, "little") for i in range(4))
 
 
 class BootnodeTest(Base):
