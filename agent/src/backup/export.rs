@@ -115,7 +115,11 @@ impl Exporter {
             s.confirmations,
             s.segment_blocks,
         ) {
-            let segment = self.export(first, last).await?;
+            let parent = match manifest.newest() {
+                Some(s) => s.last_hash.clone(),
+                None => manifest.genesis_hash.clone(),
+            };
+            let segment = self.export(first, last, &parent).await?;
             manifest.segments.push(segment.clone());
             let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             let path = self.dir.join(super::MANIFEST);
@@ -146,7 +150,7 @@ impl Exporter {
     }
 
     /// Exports `first..=last` and checks it; returns its manifest entry once it is in place.
-    async fn export(&self, first: u64, last: u64) -> Result<Segment, String> {
+    async fn export(&self, first: u64, last: u64, parent: &str) -> Result<Segment, String> {
         let partial = self.dir.join(partial_name(first, last, &self.instance_id));
         let limit = Duration::from_secs(60) + Duration::from_millis(10) * (last - first + 1) as u32;
         let file = partial.display().to_string();
@@ -171,6 +175,13 @@ impl Exporter {
             segment::read(&p)
         })
         .await?;
+        if found.first_parent != parent {
+            return Err(format!(
+                "the export of #{first}-#{last} begins with a block whose parent is {}, not #{}'s hash {parent}",
+                found.first_parent,
+                first - 1
+            ));
+        }
         if (found.first, found.last, found.blocks) != (first, last, last - first + 1) {
             return Err(format!(
                 "the export of #{first}-#{last} holds #{}-#{} ({} blocks)",
@@ -229,17 +240,25 @@ pub async fn run(ex: Exporter, mut asks: mpsc::Receiver<Ask>, report: watch::Sen
     let holder = format!("{} pid {}", ex.instance_id, std::process::id());
     let lock_path = ex.dir.join(super::LOCK);
     let mut lock = None;
-    let mut tick = tokio::time::interval(ex.settings.interval);
+    // The first round once geth has had a minute to come up, then every interval.
+    let first = tokio::time::Instant::now() + ex.settings.interval.min(Duration::from_secs(60));
+    let mut tick = tokio::time::interval_at(first, ex.settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = BackupStatus {
         dir: ex.dir.display().to_string(),
         interval_secs: ex.settings.interval.as_secs(),
         ..BackupStatus::default()
     };
+    // The lock at once (so whoever starts first exports), then a round each tick or when asked.
+    let mut started = false;
     loop {
-        let ask = tokio::select! {
-            _ = tick.tick() => None,
-            Some(ask) = asks.recv() => Some(ask),
+        let first = !std::mem::replace(&mut started, true);
+        let ask = match first {
+            true => None,
+            false => tokio::select! {
+                _ = tick.tick() => None,
+                Some(ask) = asks.recv() => Some(ask),
+            },
         };
         if lock.is_none() {
             let (path, who) = (lock_path.clone(), holder.clone());
@@ -263,9 +282,9 @@ pub async fn run(ex: Exporter, mut asks: mpsc::Receiver<Ask>, report: watch::Sen
         }
         status.exporting = lock.is_some();
         status.holder = super::lock_holder(&ex.dir);
-        let outcome = match lock {
-            Some(_) => Some(ex.round().await),
-            None => None,
+        let outcome = match (&lock, first) {
+            (Some(_), false) => Some(ex.round().await),
+            _ => None,
         };
         match &outcome {
             Some(Ok(_)) => status.error = None,

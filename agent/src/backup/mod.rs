@@ -167,6 +167,7 @@ pub fn list(manifest: &Manifest, now: u64) -> String {
 pub fn verify(dir: &Path, manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     let mut expect_first = 1;
+    let mut parent = manifest.genesis_hash.clone();
     for s in &manifest.segments {
         if s.first != expect_first {
             problems.push(format!(
@@ -182,9 +183,15 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Vec<String> {
             Ok(found) => {
                 if let Some(why) = mismatch(s, &found) {
                     problems.push(format!("{}: {why}", s.file));
+                } else if found.first_parent != parent {
+                    problems.push(format!(
+                        "{}: its first block's parent is {}, not the block before's hash {parent}",
+                        s.file, found.first_parent
+                    ));
                 }
             }
         }
+        parent = s.last_hash.clone();
     }
     problems
 }

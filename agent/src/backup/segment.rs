@@ -15,6 +15,8 @@ pub struct Summary {
     pub blocks: u64,
     pub first: u64,
     pub first_hash: String,
+    /// The first block's parent: the last hash of the segment before (or the genesis).
+    pub first_parent: String,
     pub last: u64,
     pub last_hash: String,
     /// Of the file's bytes as stored (compressed when `.gz`).
@@ -52,6 +54,7 @@ pub fn summarize(mut data: &[u8]) -> Result<Summary, String> {
                     blocks: 1,
                     first: number,
                     first_hash: hash.clone(),
+                    first_parent: parent,
                     last: number,
                     last_hash: hash,
                     sha256: String::new(),
@@ -196,6 +199,7 @@ pub mod tests {
         let s = summarize(&data).unwrap();
         assert_eq!((s.blocks, s.first, s.last), (300, 1, 300));
         assert_eq!(s.last_hash, last);
+        assert_eq!(s.first_parent, format!("0x{}", "07".repeat(32)));
         assert_eq!(summarize(&chain(42, 1, [0; 32]).0).unwrap().first, 42);
     }
 

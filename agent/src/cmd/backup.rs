@@ -29,8 +29,8 @@ pub enum BackupCmdError {
     Round(String),
     #[error("backup --verify: {bad} of {all} segments fail their check (each named above)")]
     Verify { bad: usize, all: usize },
-    #[error("restore: run it as the service user (e.g. sudo -u node-agent), so the restored datadir belongs to geth's user, not root")]
-    Root,
+    #[error(transparent)]
+    Privilege(#[from] crate::privileges::PrivilegeError),
 }
 
 /// The backups' directory: `--from`, else the one this host mounts.
@@ -110,10 +110,12 @@ async fn round_now(path: &std::path::Path) -> Result<String, BackupCmdError> {
 }
 
 pub async fn restore(args: &RestoreArgs) -> Result<(), BackupCmdError> {
+    let (settings, plan) = make_plan(&args.host).await?;
+    // The restored chain is the service user's, as if its geth had written it: root drops to it first,
+    // and writes nothing itself.
     if crate::sys::is_root() {
-        return Err(BackupCmdError::Root);
+        crate::privileges::drop_to(crate::privileges::resolve(&plan.user)?)?;
     }
-    let (settings, _) = make_plan(&args.host).await?;
     let dir = place(&settings, &args.from)?;
     let scratch = tempfile::tempdir()
         .map_err(|e| BackupError::Refused(format!("cannot make a scratch directory: {e}")))?;

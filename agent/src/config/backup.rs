@@ -3,49 +3,13 @@
 //! empty datadir seeds from them. The file's part, the typed [`BackupSettings`] and the check. Pure.
 
 use super::checks::{at_least_a_second, check_absolute, invalid, Invalid};
-use super::file::{StorageFile, StorageKind};
+use super::file::{BackupFile, StorageFile, StorageKind};
 use super::storage::{self, Owner, Place, StorageSettings};
 use super::tags::HostTags;
 use crate::host::Role;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackupFile {
-    /// The role whose node exports the chain (a full node, never the sealer); "" none.
-    pub role: String,
-    pub interval_secs: u64,
-    /// Blocks per segment file.
-    pub segment_blocks: u64,
-    /// A block is exported only once the head is this many blocks past it.
-    pub confirmations: u64,
-    /// The backups' directory in the file system.
-    pub path_template: String,
-    /// Where it is mounted on this host.
-    pub datadir: PathBuf,
-    /// `fsap-…`: mount the backups' directory through this access point (root directory
-    /// `path_template`); "" none.
-    pub efs_access_point_id: String,
-    /// With local storage: this directory instead of `storage.local_root` + `path_template`.
-    pub local_dir: PathBuf,
-}
-
-impl Default for BackupFile {
-    fn default() -> Self {
-        BackupFile {
-            role: "rpc".into(),
-            interval_secs: 3600,
-            segment_blocks: 10_000,
-            confirmations: 120,
-            path_template: "/{environment}/backups".into(),
-            datadir: "/var/lib/node-agent/backups".into(),
-            efs_access_point_id: String::new(),
-            local_dir: PathBuf::new(),
-        }
-    }
-}
 
 /// Where the backups are, and what this host does with them.
 #[derive(Debug, Clone, Serialize)]

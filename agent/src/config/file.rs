@@ -29,7 +29,7 @@ pub struct ConfigFile {
     pub users: UsersFile,
     pub ports: PortsFile,
     pub health: HealthFile,
-    pub backup: super::backup::BackupFile,
+    pub backup: BackupFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -170,6 +170,43 @@ impl Default for StorageFile {
             mount_timeout_secs: 300,
             seed_from_backup: false,
             rpc: RpcStorageFile::default(),
+        }
+    }
+}
+
+/// `[backup]`: which nodes export the chain, how, and where the segments go.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupFile {
+    /// The role whose node exports the chain (a full node, never the sealer); "" none.
+    pub role: String,
+    pub interval_secs: u64,
+    /// Blocks per segment file.
+    pub segment_blocks: u64,
+    /// A block is exported only once the head is this many blocks past it.
+    pub confirmations: u64,
+    /// The backups' directory in the file system.
+    pub path_template: String,
+    /// Where it is mounted on this host.
+    pub datadir: PathBuf,
+    /// `fsap-…`: mount the backups' directory through this access point (root directory
+    /// `path_template`); "" none.
+    pub efs_access_point_id: String,
+    /// With local storage: this directory instead of `storage.local_root` + `path_template`.
+    pub local_dir: PathBuf,
+}
+
+impl Default for BackupFile {
+    fn default() -> Self {
+        BackupFile {
+            role: "rpc".into(),
+            interval_secs: 3600,
+            segment_blocks: 10_000,
+            confirmations: 120,
+            path_template: "/{environment}/backups".into(),
+            datadir: "/var/lib/node-agent/backups".into(),
+            efs_access_point_id: String::new(),
+            local_dir: PathBuf::new(),
         }
     }
 }

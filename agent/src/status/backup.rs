@@ -1,5 +1,5 @@
-//! The chain backups' part of the document: what the exporter publishes after each round, when it is
-//! degraded, and its line for people.
+//! The chain backups' part of the document (what the exporter publishes after each round, and when it
+//! is degraded), and the socket's request for a round now (`backup --now`).
 
 use serde::{Deserialize, Serialize};
 
@@ -45,44 +45,35 @@ impl BackupStatus {
     }
 }
 
-/// The `backup` line for people.
-pub fn line(b: &BackupStatus, now: u64) -> String {
-    let mut out = match &b.newest {
-        Some(n) => format!(
-            "blocks 1-{} in {} segments, newest #{}-#{} {} old ({})",
-            b.covered_to,
-            b.segments,
-            n.first,
-            n.last,
-            super::render::ago(now.saturating_sub(n.created_at)),
-            super::render::bytes(n.bytes)
-        ),
-        None => "no segment yet".to_owned(),
+/// `backup --now`: the round's outcome in one line.
+pub type BackupAsk = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// The socket's request for a backup round now.
+pub const BACKUP_NOW: &str = "backup now";
+
+/// Runs a backup round on the exporter and answers its outcome; slow (a round takes as long as its
+/// export), so the client waits, with its own limit.
+pub async fn backup_now(asks: Option<&tokio::sync::mpsc::Sender<BackupAsk>>) -> serde_json::Value {
+    let Some(asks) = asks else {
+        return serde_json::json!({"error": "this node does not export backups (backup.role names another role, or \"\")"});
     };
-    match (b.exporting, &b.holder) {
-        (true, _) => out += "; this node exports",
-        (false, Some(h)) => out += &format!("; exported by {h}, this node stands by"),
-        (false, None) => out += "; no node exports yet",
+    let (ask, answer) = tokio::sync::oneshot::channel();
+    if asks.send(ask).await.is_err() {
+        return serde_json::json!({"error": "the exporter is not running"});
     }
-    if b.degraded(now) && b.error.is_none() {
-        out += &format!(
-            " (STALE: older than twice backup.interval_secs, {}s)",
-            b.interval_secs
-        );
+    match answer.await {
+        Ok(Ok(done)) => serde_json::json!({"done": done}),
+        Ok(Err(e)) => serde_json::json!({"error": e}),
+        Err(_) => serde_json::json!({"error": "the exporter stopped before answering"}),
     }
-    if let Some(e) = &b.error {
-        out += &format!("; last round failed: {e}");
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_stale_or_failing_backup_degrades_only_the_exporting_node() {
-        let mut b = BackupStatus {
+    fn exporting() -> BackupStatus {
+        BackupStatus {
             exporting: true,
             interval_secs: 60,
             covered_to: 300,
@@ -94,19 +85,17 @@ mod tests {
                 created_at: 1000,
             }),
             ..BackupStatus::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_stale_or_failing_backup_degrades_only_the_exporting_node() {
+        let mut b = exporting();
         assert!(!b.degraded(1100));
-        assert_eq!(
-            line(&b, 1100),
-            "blocks 1-300 in 3 segments, newest #201-#300 100s old (2.0 KiB); this node exports"
-        );
         assert!(b.degraded(1121));
-        assert!(line(&b, 1121).ends_with("(STALE: older than twice backup.interval_secs, 60s)"));
         b.error = Some("IPC down".into());
         assert!(b.degraded(1001));
         b.exporting = false;
-        b.holder = Some("i-0other pid 7".into());
         assert!(!b.degraded(5000));
-        assert!(line(&b, 5000).contains("exported by i-0other pid 7, this node stands by"));
     }
 }

@@ -14,12 +14,12 @@ mod render;
 mod server;
 pub mod verdict;
 
+pub use backup::{BackupAsk, BACKUP_NOW};
 pub use client::{command, record_socket};
 pub use model::{LogsStatus, StorageKind};
 pub use render::{ago, bytes};
 pub use server::{
-    serve, BackupAsk, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace,
-    StorageProbe, BACKUP_NOW,
+    serve, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace, StorageProbe,
 };
 
 /// The JSON document's schema version; bumped only on incompatible changes.

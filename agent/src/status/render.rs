@@ -1,6 +1,6 @@
 //! The document for people: one compact screen, and text made safe for a terminal.
 
-use super::model::{Document, EthstatsSample, StorageKind};
+use super::model::{BackupStatus, Document, EthstatsSample, StorageKind};
 
 /// An age for people: `59s`, `119m`, `47h`, `3d`.
 pub fn ago(secs: u64) -> String {
@@ -182,11 +182,7 @@ pub fn render(doc: &Document) -> String {
     }
     if let Some(b) = &doc.backup {
         let now = doc.agent.started_at + doc.agent.uptime_secs;
-        let _ = writeln!(
-            out,
-            "  backup    {}",
-            printable(&super::backup::line(b, now))
-        );
+        let _ = writeln!(out, "  backup    {}", printable(&backup_line(b, now)));
     }
     out
 }
@@ -224,11 +220,71 @@ fn ethstats(e: &EthstatsSample) -> String {
     }
 }
 
+/// The `backup` line for people.
+pub fn backup_line(b: &BackupStatus, now: u64) -> String {
+    let mut out = match &b.newest {
+        Some(n) => format!(
+            "blocks 1-{} in {} segments, newest #{}-#{} {} old ({})",
+            b.covered_to,
+            b.segments,
+            n.first,
+            n.last,
+            ago(now.saturating_sub(n.created_at)),
+            bytes(n.bytes)
+        ),
+        None => "no segment yet".to_owned(),
+    };
+    match (b.exporting, &b.holder) {
+        (true, _) => out += "; this node exports",
+        (false, Some(h)) => out += &format!("; exported by {h}, this node stands by"),
+        (false, None) => out += "; no node exports yet",
+    }
+    if b.degraded(now) && b.error.is_none() {
+        out += &format!(
+            " (STALE: older than twice backup.interval_secs, {}s)",
+            b.interval_secs
+        );
+    }
+    if let Some(e) = &b.error {
+        out += &format!("; last round failed: {e}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::model::tests::{parse, FULL, SPARSE};
     use super::super::model::{ReachPart, State};
     use super::*;
+
+    #[test]
+    fn the_backup_line_says_range_age_size_and_who_exports() {
+        let mut b = BackupStatus {
+            exporting: true,
+            interval_secs: 60,
+            covered_to: 300,
+            segments: 3,
+            newest: Some(super::super::model::NewestSegment {
+                first: 201,
+                last: 300,
+                bytes: 2048,
+                created_at: 1000,
+            }),
+            ..BackupStatus::default()
+        };
+        assert_eq!(
+            backup_line(&b, 1100),
+            "blocks 1-300 in 3 segments, newest #201-#300 100s old (2.0 KiB); this node exports"
+        );
+        assert!(
+            backup_line(&b, 1121).ends_with("(STALE: older than twice backup.interval_secs, 60s)")
+        );
+        b.error = Some("IPC down".into());
+        assert!(backup_line(&b, 1001).ends_with("; last round failed: IPC down"));
+        b.exporting = false;
+        b.holder = Some("i-0other pid 7".into());
+        assert!(backup_line(&b, 5000).contains("exported by i-0other pid 7, this node stands by"));
+    }
 
     /// What `render` showed for these documents before the document had a type.
     const FULL_TEXT: &str = "\

@@ -1,6 +1,7 @@
 //! The agent's side: what its tasks publish for status, the document assembled from it, and the socket
 //! that answers with it.
 
+use super::backup::{backup_now, BackupAsk, BACKUP_NOW};
 use super::model::{
     overall, AgentPart, BackupStatus, ChildPart, ChildStatus, Document, EndpointPart, HostPart,
     LogsStatus, Pinned, ReachPart, SecretPart, ServicesPart, StorageKind, StoragePart,
@@ -161,12 +162,6 @@ pub struct Sources {
     /// Asks the exporter for a round now (`backup --now`).
     pub backup_now: Option<tokio::sync::mpsc::Sender<BackupAsk>>,
 }
-
-/// `backup --now`: the round's outcome in one line.
-pub type BackupAsk = tokio::sync::oneshot::Sender<Result<String, String>>;
-
-/// The socket's request for a backup round now.
-pub const BACKUP_NOW: &str = "backup now";
 
 /// The live parts at one moment.
 struct Live {
@@ -338,23 +333,6 @@ pub async fn serve(listener: tokio::net::UnixListener, src: Sources) {
             .await;
             drop(slot);
         });
-    }
-}
-
-/// Runs a backup round on the exporter and answers its outcome; slow (a round takes as long as its
-/// export), so the client waits, with its own limit.
-async fn backup_now(asks: Option<&tokio::sync::mpsc::Sender<BackupAsk>>) -> serde_json::Value {
-    let Some(asks) = asks else {
-        return serde_json::json!({"error": "this node does not export backups (backup.role names another role, or \"\")"});
-    };
-    let (ask, answer) = tokio::sync::oneshot::channel();
-    if asks.send(ask).await.is_err() {
-        return serde_json::json!({"error": "the exporter is not running"});
-    }
-    match answer.await {
-        Ok(Ok(done)) => serde_json::json!({"done": done}),
-        Ok(Err(e)) => serde_json::json!({"error": e}),
-        Err(_) => serde_json::json!({"error": "the exporter stopped before answering"}),
     }
 }
 
