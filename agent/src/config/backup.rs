@@ -57,8 +57,8 @@ pub fn section(
             )),
         },
     };
-    let export = exporter == Some(tags.role);
-    let seed = st.seed_from_backup && tags.role.runs_geth();
+    let (export, seed) = uses(b, st, tags.role);
+    debug_assert!(!export || exporter == Some(tags.role));
     at_least_a_second("backup.interval_secs", b.interval_secs)?;
     if b.segment_blocks == 0 {
         return Err(Invalid::new("backup.segment_blocks", "must be at least 1"));
@@ -76,6 +76,7 @@ pub fn section(
         datadir: &b.datadir,
         local_dir: Some(b.local_dir.as_path()).filter(|d| !d.as_os_str().is_empty()),
         access_point: Err(b.efs_access_point_id.as_str()),
+        access_point_key: "backup.efs_access_point_id",
     };
     let place = storage::place(st, service, tags, region, vars, at)?;
     if place.datadir() == st.datadir || place.datadir() == storage_local(st, tags, vars) {
@@ -93,6 +94,14 @@ pub fn section(
         }),
         seed,
     }))
+}
+
+/// Whether a role's hosts export (`backup.role`) and seed (`storage.seed_from_backup`, a geth role).
+pub fn uses(b: &BackupFile, st: &StorageFile, role: Role) -> (bool, bool) {
+    (
+        b.role == role.as_str() && role == Role::Rpc,
+        st.seed_from_backup && role.runs_geth(),
+    )
 }
 
 /// The role's local data directory, to keep the backups out of it.
@@ -165,7 +174,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Edit = fn(&mut BackupFile);
-        let cases: [(&str, Edit); 6] = [
+        let cases: [(&str, Edit); 7] = [
+            ("backup.efs_access_point_id", |b| {
+                b.efs_access_point_id = "fsap-x".into()
+            }),
             ("backup.role", |b| b.role = "sealer".into()),
             ("backup.role", |b| b.role = "bootnode".into()),
             ("backup.role", |b| b.role = "archive".into()),

@@ -194,6 +194,7 @@ pub fn section(
             .clone()
             .map(Ok)
             .unwrap_or_else(|| Err(st.efs_access_point_id.as_str())),
+        access_point_key: "storage.efs_access_point_id",
     };
     place(st, service, tags, region, vars, at)
 }
@@ -209,6 +210,8 @@ pub struct Place<'a> {
     pub local_dir: Option<&'a Path>,
     /// The access point: from a tag (`Ok`, checked), or as configured (`Err`, "" for none).
     pub access_point: Result<String, &'a str>,
+    /// The key that configures it.
+    pub access_point_key: &'static str,
 }
 
 /// The directory `at` describes, checked, with the file system settings of `[storage]`.
@@ -264,11 +267,11 @@ pub fn place(
     let access_point_id = match at.access_point {
         Ok(t) => Some(t),
         Err("") => None,
-        Err(c) => Some(check_access_point_id(c).map_err(invalid("storage.efs_access_point_id"))?),
+        Err(c) => Some(check_access_point_id(c).map_err(invalid(at.access_point_key))?),
     };
     if access_point_id.is_some() && !st.efs_utils {
         return Err(Invalid::new(
-            "storage.efs_access_point_id",
+            at.access_point_key,
             "an access point is mounted with amazon-efs-utils (mount -t efs -o tls,iam,accesspoint=): set storage.efs_utils = true, or remove the access point (config or EfsAccessPointId tag)",
         ));
     }

@@ -118,6 +118,8 @@ pub struct Plan {
     pub health_listen: Option<std::net::SocketAddr>,
     /// What happens when the instance is leaving; `None` in local mode (no instance metadata).
     pub leaving: Option<LeavingPlan>,
+    /// Chain backups: where, and whether this host exports or seeds.
+    pub backup: Option<crate::config::backup::BackupSettings>,
     pub log_retention_days: u32,
     /// Whether the log files are shipped to CloudWatch Logs (`logs.ship`); files only when not.
     pub log_ship: bool,
@@ -356,6 +358,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         children,
         agent_log: log("node-agent"),
         health_listen: settings.health.listen,
+        backup: settings.backup.clone(),
         leaving: (!settings.local).then(|| LeavingPlan {
             drain_secs: settings.health.drain.wait.as_secs(),
             lifecycle_hook: settings.health.drain.hook.clone(),

@@ -208,6 +208,34 @@ impl fmt::Display for Plan {
             )?,
             None => writeln!(out, "  health    no endpoint (health.listen = \"off\")")?,
         }
+        if let Some(b) = &self.backup {
+            let place = match &b.place {
+                StorageSettings::Efs(e) => format!(
+                    "EFS {}:{} mounted at {}{}",
+                    e.file_system_id,
+                    e.path,
+                    e.datadir.display(),
+                    e.access_point_id
+                        .as_deref()
+                        .map(|ap| format!(" through {ap}"))
+                        .unwrap_or_default()
+                ),
+                StorageSettings::Local { datadir, .. } => datadir.display().to_string(),
+            };
+            let mut what = Vec::new();
+            if let Some(x) = &b.export {
+                what.push(format!(
+                    "exports every {}s when it holds the environment's exporter lock (segments of {} blocks, {} behind the head)",
+                    x.interval.as_secs(),
+                    x.segment_blocks,
+                    x.confirmations
+                ));
+            }
+            if b.seed {
+                what.push("seeds an empty datadir from the newest backup".into());
+            }
+            writeln!(out, "  backup    {place}: {}", what.join("; "))?;
+        }
         if let Some(l) = &self.leaving {
             let hook = match &l.lifecycle_hook {
                 Some(h) => format!(", then completes lifecycle hook {} of {}", h.name, h.group),
@@ -327,6 +355,10 @@ mod tests {
         let text = plan(&id, &s).to_string();
         assert!(text.contains(":/production/rpc/i-0abc mounted"), "{text}");
         assert!(!text.contains("  scaling "), "{text}");
+        assert!(
+            text.contains("  backup    EFS fs-0123456789abcdef0:/production/backups mounted at /var/lib/node-agent/backups: exports every 3600s when it holds the environment's exporter lock (segments of 10000 blocks, 120 behind the head)"),
+            "{text}"
+        );
         let (id, shared) = settings("rpc", |f| {
             f.storage.rpc.kind = crate::config::StorageKind::Efs
         });

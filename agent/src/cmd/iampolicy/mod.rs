@@ -18,9 +18,9 @@ pub enum IamPolicyError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Genesis(#[from] crate::chain::genesis::GenesisError),
-    #[error("iam-policy --file-system-policy: {environment}/{role} does not keep its data on EFS (storage.kind = \"local\"): there is no file system policy to print")]
+    #[error("iam-policy --file-system-policy: {environment}/{role} mounts nothing of EFS (its data is local, and it neither exports nor seeds backups): there is no file system policy to print")]
     NotEfs { environment: String, role: String },
-    #[error("iam-policy --file-system-policy: {environment}/{role} has no EFS access point: pass --efs-access-point-id fsap-… or set storage.efs_access_point_id (without one, IAM cannot tell the roles' directories apart)")]
+    #[error("iam-policy --file-system-policy: {environment}/{role} mounts a directory without an EFS access point: pass --efs-access-point-id fsap-… or set storage.efs_access_point_id, and backup.efs_access_point_id for the backups' directory (without one, IAM cannot tell the directories apart)")]
     NoAccessPoint { environment: String, role: String },
     #[error("iam-policy: {environment}/{role} keeps its data on EFS and no file system is given, but {why}: pass --efs-file-system-id fs-… (or set storage.efs_file_system_id in the --config file)")]
     NoFileSystem {
@@ -142,16 +142,39 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
         ],
         "Resource": [group_arn.clone(), format!("{group_arn}:*")],
     }));
-    if let StorageSettings::Efs(efs) = &plan.storage {
+    // The role's directory and the backups' (on the hosts that export or seed), both of one file system.
+    let backups = settings.backup.as_ref().map(|b| &b.place);
+    let places: Vec<&EfsSettings> = std::iter::once(&plan.storage)
+        .chain(backups)
+        .filter_map(|p| match p {
+            StorageSettings::Efs(e) => Some(e),
+            StorageSettings::Local { .. } => None,
+        })
+        .collect();
+    if let Some(efs) = places.first() {
         // Needed when the file system policy requires IAM authorization (mount -o iam); harmless otherwise.
+        let root = places
+            .iter()
+            .find(|e| e.efs_utils && e.access_point_id.is_none());
         let mut s = json!({
             "Sid": "MountThisRolesFileSystem",
             "Effect": "Allow",
-            "Action": efs_actions(efs),
+            "Action": efs_actions(root.unwrap_or(efs)),
             "Resource": arns.file_system(efs),
         });
-        if let Some(ap) = &efs.access_point_id {
-            s["Condition"] = json!({"StringEquals": {"elasticfilesystem:AccessPointArn": arns.access_point(ap)}});
+        // Limited to the access points only when every directory is mounted through one.
+        let aps: Option<Vec<String>> = places
+            .iter()
+            .map(|e| e.access_point_id.as_deref().map(|ap| arns.access_point(ap)))
+            .collect();
+        match aps.as_deref() {
+            Some([one]) => {
+                s["Condition"] = json!({"StringEquals": {"elasticfilesystem:AccessPointArn": one}})
+            }
+            Some(many) => {
+                s["Condition"] = json!({"StringEquals": {"elasticfilesystem:AccessPointArn": many}})
+            }
+            None => {}
         }
         statements.push(s);
     }
@@ -182,7 +205,7 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
 /// policy (the Deny is the same in each, the Allow's Sid names the environment and role). Pure.
 pub fn file_system_policy(
     efs: &EfsSettings,
-    access_point_id: &str,
+    access_points: &[&str],
     environment: &str,
     role: &str,
     role_arn: &str,
@@ -195,6 +218,13 @@ pub fn file_system_policy(
         account,
     };
     let fs = arns.file_system(efs);
+    let aps = match access_points {
+        [one] => json!(arns.access_point(one)),
+        many => json!(many
+            .iter()
+            .map(|a| arns.access_point(a))
+            .collect::<Vec<_>>()),
+    };
     // Sids are letters and digits only.
     let sid: String = format!("Mount-{environment}-{role}-ThroughItsAccessPoint")
         .split('-')
@@ -215,7 +245,7 @@ pub fn file_system_policy(
                 "Action": efs_actions(efs),
                 "Resource": fs,
                 "Condition": {
-                    "StringEquals": {"elasticfilesystem:AccessPointArn": arns.access_point(access_point_id)},
+                    "StringEquals": {"elasticfilesystem:AccessPointArn": aps},
                     "Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"},
                 },
             },
@@ -257,7 +287,9 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
     file.chain.signer.clear();
     let genesis = crate::chain::genesis::Genesis::dev()?;
     let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
-    let efs = file.storage.place_of(args.role).0 == config::StorageKind::Efs;
+    let (export, seed) = config::backup::uses(&file.backup, &file.storage, args.role);
+    let efs = file.storage.place_of(args.role).0 == config::StorageKind::Efs
+        || (file.storage.kind == config::StorageKind::Efs && (export || seed));
     if efs && args.efs_file_system_id.is_none() && file.storage.efs_file_system_id.is_empty() {
         if args.file_system_policy || file.storage.efs_utils {
             return Err(IamPolicyError::NoFileSystem {
@@ -303,15 +335,28 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
                 });
             }
             let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
-            let StorageSettings::Efs(efs) = &plan.storage else {
+            // The role's directory and the backups' (on the hosts that export or seed).
+            let backups = settings.backup.as_ref().map(|b| &b.place);
+            let places: Vec<&EfsSettings> = std::iter::once(&plan.storage)
+                .chain(backups)
+                .filter_map(|p| match p {
+                    StorageSettings::Efs(e) => Some(e),
+                    StorageSettings::Local { .. } => None,
+                })
+                .collect();
+            let Some(efs) = places.first() else {
                 return Err(IamPolicyError::NotEfs { environment, role });
             };
-            let Some(ap) = &efs.access_point_id else {
+            let Some(aps) = places
+                .iter()
+                .map(|e| e.access_point_id.as_deref())
+                .collect::<Option<Vec<&str>>>()
+            else {
                 return Err(IamPolicyError::NoAccessPoint { environment, role });
             };
             file_system_policy(
                 efs,
-                ap,
+                &aps,
                 &environment,
                 &role,
                 arn,

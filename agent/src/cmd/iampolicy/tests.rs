@@ -211,7 +211,7 @@ fn the_file_system_policy_lets_only_the_role_mount_only_its_access_point_only_ov
     let role = "arn:aws:iam::123456789012:role/staging-sealer";
     let doc = file_system_policy(
         efs,
-        "fsap-0123456789abcdef0",
+        &["fsap-0123456789abcdef0"],
         "staging",
         "sealer",
         role,
@@ -279,11 +279,28 @@ fn the_termination_hook_is_granted_only_where_one_is_configured() {
 }
 
 #[test]
-fn an_rpc_node_without_ethstats_reads_no_secret_and_mounts_nothing_by_default() {
+fn an_rpc_node_without_ethstats_reads_no_secret_and_mounts_only_the_backups() {
     let doc = build("rpc", |_| {});
     assert!(statement(&doc, "ReadThisRolesSecrets").is_none());
-    // Its chain is on its own disk (storage.rpc.kind = "local").
-    assert!(statement(&doc, "MountThisRolesFileSystem").is_none());
+    // Its chain is on its own disk (storage.rpc.kind = "local"); the file system holds the backups it
+    // exports (backup.role = "rpc").
+    assert!(statement(&doc, "MountThisRolesFileSystem").is_some());
+    let no_backups = build("rpc", |f| f.backup.role.clear());
+    assert!(statement(&no_backups, "MountThisRolesFileSystem").is_none());
+    // Through access points: both, the role's and the backups'.
+    let both = build("sealer", |f| {
+        with_access_point(f);
+        f.storage.seed_from_backup = true;
+        f.backup.efs_access_point_id = "fsap-0000000000000000b".into();
+    });
+    let s = statement(&both, "MountThisRolesFileSystem").unwrap();
+    let aps = &s["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"];
+    assert_eq!(aps.as_array().map(Vec::len), Some(2), "{s:#}");
+    assert!(
+        aps.to_string()
+            .contains("access-point/fsap-0000000000000000b"),
+        "{s:#}"
+    );
     let on_efs = build("rpc", |f| {
         f.storage.rpc.kind = config::StorageKind::Efs;
         f.storage.rpc.path_template = "/{environment}/rpc/{instance_id}".into();
