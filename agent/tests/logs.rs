@@ -680,6 +680,36 @@ async fn access_denied_on_create_log_group_is_an_error_in_status_and_the_agent_l
     assert!(agent.terminate().success());
 }
 
+#[tokio::test]
+async fn with_groups_made_beforehand_the_agent_never_asks_to_create_one() {
+    let r = rig(
+        json!([{"lines": 20, "width": 40}]),
+        "create_group = false\n",
+    )
+    .await;
+    r.moto
+        .logs_client()
+        .create_log_group()
+        .log_group_name(GROUP)
+        .send()
+        .await
+        .expect("create the group in moto");
+    // The role may do neither (iam-policy grants neither): a call would be an error in status.
+    r.proxy.set_fault(Fault::Denied("CreateLogGroup"));
+    let mut agent = r.host.spawn_run(&[]);
+    agent.wait_ready();
+    let shipped = r.wait_shipped(20, Duration::from_secs(60), &agent).await;
+    assert_eq!(shipped.len(), 20);
+    assert_eq!(
+        r.proxy.state().faults_served,
+        0,
+        "CreateLogGroup was called"
+    );
+    let (_, doc) = r.host.status();
+    assert_eq!(doc["logs"]["errors"], json!([]), "{doc:#}");
+    assert!(agent.terminate().success());
+}
+
 /// The status of the child's stream (`logs.streams[]`).
 fn child_stream(doc: &Value) -> Value {
     doc["logs"]["streams"]

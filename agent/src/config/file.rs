@@ -283,6 +283,8 @@ pub struct LogsFile {
     pub stream_template: String,
     /// CloudWatch retention of the groups; 0 keeps events forever.
     pub retention_days: u32,
+    /// Create the group and set its retention (else they are made beforehand, e.g. by Terraform).
+    pub create_group: bool,
     pub max_file_bytes: u64,
     pub keep_files: u32,
     /// Gzip rotated files once they are shipped.
@@ -302,6 +304,7 @@ impl Default for LogsFile {
             group_template: "/node-agent/{environment}/{role}".into(),
             stream_template: "{instance_id}/{child}".into(),
             retention_days: 30,
+            create_group: true,
             max_file_bytes: 50 * 1024 * 1024,
             keep_files: 5,
             compress: true,

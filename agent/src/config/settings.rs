@@ -63,6 +63,8 @@ pub struct LogsSettings {
     pub stream_template: String,
     /// CloudWatch retention of the groups; 0 keeps events forever.
     pub retention_days: u32,
+    /// The agent creates the group and sets its retention (`logs.create_group`).
+    pub create_group: bool,
     pub max_file_bytes: u64,
     pub keep_files: u32,
     /// Gzip rotated files once they are shipped.
@@ -319,6 +321,7 @@ fn logs(l: &LogsFile, vars: &[(&str, &str)]) -> Result<LogsSettings, Invalid> {
         group_template: l.group_template.clone(),
         stream_template: l.stream_template.clone(),
         retention_days: l.retention_days,
+        create_group: l.create_group,
         max_file_bytes: l.max_file_bytes,
         keep_files: l.keep_files,
         compress: l.compress,

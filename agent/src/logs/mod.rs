@@ -241,6 +241,7 @@ impl Logs {
                     group: t.group.clone(),
                     stream: t.stream.clone(),
                     retention_days: settings.retention_days,
+                    create_group: settings.create_group,
                     flush: settings.flush,
                     shared: shared.clone(),
                     checkpoint: dir.join(format!("{}.json", name.unwrap_or_default())),

@@ -116,6 +116,8 @@ pub struct Plan {
     pub agent_log: LogTarget,
     /// The health endpoint's address (`health.listen`).
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Every port this host listens on, and who should reach it.
+    pub listens: Vec<ports::Listen>,
     /// What happens when the instance is leaving; `None` in local mode (no instance metadata).
     pub leaving: Option<LeavingPlan>,
     /// Chain backups: where, and whether this host exports or seeds.
@@ -358,6 +360,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         children,
         agent_log: log("node-agent"),
         health_listen: settings.health.listen,
+        listens: ports::listens(settings),
         backup: settings.backup.clone(),
         leaving: (!settings.local).then(|| LeavingPlan {
             drain_secs: settings.health.drain.wait.as_secs(),
@@ -376,6 +379,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
     }
 }
 
+pub mod ports;
 mod show;
 
 #[cfg(test)]

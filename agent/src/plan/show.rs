@@ -208,6 +208,13 @@ impl fmt::Display for Plan {
             )?,
             None => writeln!(out, "  health    no endpoint (health.listen = \"off\")")?,
         }
+        for l in &self.listens {
+            writeln!(
+                out,
+                "  listens   {}/{} on {}: {} (from {})",
+                l.port, l.protocol, l.address, l.what, l.from
+            )?;
+        }
         if let Some(b) = &self.backup {
             let place = match &b.place {
                 StorageSettings::Efs(e) => format!(
@@ -331,7 +338,8 @@ mod tests {
             steps,
             [
                 "identity", "storage", "mount", "exposure", "secrets", "user", "version", "lease",
-                "init", "child", "agent", "health", "leaving"
+                "init", "child", "agent", "health", "listens", "listens", "listens", "listens",
+                "leaving"
             ],
             "{text}"
         );
@@ -355,6 +363,15 @@ mod tests {
         let text = plan(&id, &s).to_string();
         assert!(text.contains(":/production/rpc/i-0abc mounted"), "{text}");
         assert!(!text.contains("  scaling "), "{text}");
+        for port in [
+            "  listens   30303/tcp on 0.0.0.0: geth p2p (from nodes)",
+            "  listens   30303/udp on 0.0.0.0: geth discovery (from nodes)",
+            "  listens   8551/tcp on 127.0.0.1: geth Engine API (from this host)",
+            "  listens   8545/tcp on 0.0.0.0: geth JSON-RPC (from load balancer)",
+            "  listens   8080/tcp on 0.0.0.0: node-agent health endpoint (/ready, /live) (from load balancer)",
+        ] {
+            assert!(text.contains(port), "{port}\n{text}");
+        }
         assert!(
             text.contains("  backup    EFS fs-0123456789abcdef0:/production/backups mounted at /var/lib/node-agent/backups: exports every 3600s when it holds the environment's exporter lock (segments of 10000 blocks, 120 behind the head)"),
             "{text}"

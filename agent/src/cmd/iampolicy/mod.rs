@@ -131,15 +131,20 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
     // Exactly the calls the shipper makes. Log-group actions (CreateLogGroup, PutRetentionPolicy) are
     // authorized on the group's ARN, stream actions on `GROUP:*`; AWS documents both forms, so both go in.
     let group_arn = arns.of("logs", &format!("log-group:{}", plan.agent_log.group));
-    statements.push(json!({
-        "Sid": "ShipThisRolesLogs",
-        "Effect": "Allow",
-        "Action": [
+    // Groups made beforehand (logs.create_group = false) need neither group action.
+    let actions = match settings.logs.create_group {
+        true => json!([
             "logs:CreateLogGroup",
             "logs:PutRetentionPolicy",
             "logs:CreateLogStream",
             "logs:PutLogEvents"
-        ],
+        ]),
+        false => json!(["logs:CreateLogStream", "logs:PutLogEvents"]),
+    };
+    statements.push(json!({
+        "Sid": "ShipThisRolesLogs",
+        "Effect": "Allow",
+        "Action": actions,
         "Resource": [group_arn.clone(), format!("{group_arn}:*")],
     }));
     // The role's directory and the backups' (on the hosts that export or seed), both of one file system.

@@ -307,3 +307,13 @@ fn an_rpc_node_without_ethstats_reads_no_secret_and_mounts_only_the_backups() {
     });
     assert!(statement(&on_efs, "MountThisRolesFileSystem").is_some());
 }
+
+#[test]
+fn groups_made_beforehand_need_no_group_actions() {
+    let doc = build("bootnode", |f| f.logs.create_group = false);
+    let s = statement(&doc, "ShipThisRolesLogs").unwrap();
+    assert_eq!(
+        s["Action"],
+        json!(["logs:CreateLogStream", "logs:PutLogEvents"])
+    );
+}

@@ -62,12 +62,18 @@ impl Stream {
     pub(super) async fn try_ensure(&self) -> Result<(), Setup> {
         let c = &self.client.0;
         let mut denied = Vec::new();
-        if let Err(e) = c
-            .create_log_group()
-            .log_group_name(&self.group)
-            .send()
-            .await
-        {
+        let creating = self.create_group;
+        // Made beforehand (logs.create_group = false): the instance role is not even granted these calls.
+        let created = match creating {
+            true => c
+                .create_log_group()
+                .log_group_name(&self.group)
+                .send()
+                .await
+                .err(),
+            false => None,
+        };
+        if let Some(e) = created {
             match e.code() {
                 Some("ResourceAlreadyExistsException") => {}
                 Some(ACCESS_DENIED) => denied.push(denied_message(
@@ -84,7 +90,7 @@ impl Stream {
                 }
             }
         }
-        if self.retention_days > 0 {
+        if creating && self.retention_days > 0 {
             if let Err(e) = c
                 .put_retention_policy()
                 .log_group_name(&self.group)

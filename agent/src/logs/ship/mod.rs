@@ -51,6 +51,8 @@ pub struct Stream {
     pub group: String,
     pub stream: String,
     pub retention_days: u32,
+    /// Create the group and set its retention; else they exist already (made with the stack).
+    pub create_group: bool,
     pub flush: Duration,
     pub shared: Arc<Shared>,
     pub checkpoint: PathBuf,
