@@ -15,7 +15,7 @@ resource "aws_efs_file_system" "chain" {
 }
 
 resource "aws_efs_mount_target" "chain" {
-  count           = var.az_count
+  count           = length(local.azs)
   file_system_id  = aws_efs_file_system.chain.id
   subnet_id       = aws_subnet.private[count.index].id
   security_groups = [aws_security_group.this["efs"].id]

@@ -5,8 +5,14 @@ data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 data "aws_region" "current" {}
 
-data "aws_availability_zones" "available" {
+# Exactly the zones asked for: a zone AWS adds later never moves a subnet.
+data "aws_availability_zones" "chosen" {
   state = "available"
+
+  filter {
+    name   = "zone-name"
+    values = [for l in var.az_letters : "${data.aws_region.current.name}${l}"]
+  }
 }
 
 # The AMI baked with bake/build (named node-agent-*), or var.ami_id.
@@ -56,7 +62,7 @@ locals {
   account_id     = data.aws_caller_identity.current.account_id
   partition      = data.aws_partition.current.partition
   region         = data.aws_region.current.name
-  azs            = slice(data.aws_availability_zones.available.names, 0, var.az_count)
+  azs            = sort(data.aws_availability_zones.chosen.names)
   rpc_group_name = "${var.environment}-rpc"
   rpc_hook_name  = "${var.environment}-rpc-terminate"
 

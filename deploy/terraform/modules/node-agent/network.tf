@@ -1,4 +1,4 @@
-# One VPC over var.az_count zones. Public subnets hold only the load balancer and the bootnode's
+# One VPC over length(local.azs) zones. Public subnets hold only the load balancer and the bootnode's
 # Elastic IP; the sealer, the rpc nodes, ethstats and EFS sit in private subnets that have no route to the
 # internet at all: the AWS APIs node-agent calls are reached through interface endpoints (no NAT gateway).
 
@@ -21,7 +21,7 @@ resource "aws_internet_gateway" "chain" {
 }
 
 resource "aws_subnet" "public" {
-  count                   = var.az_count
+  count                   = length(local.azs)
   vpc_id                  = aws_vpc.chain.id
   availability_zone       = local.azs[count.index]
   cidr_block              = cidrsubnet(var.vpc_cidr, 4, count.index)
@@ -30,7 +30,7 @@ resource "aws_subnet" "public" {
 }
 
 resource "aws_subnet" "private" {
-  count             = var.az_count
+  count             = length(local.azs)
   vpc_id            = aws_vpc.chain.id
   availability_zone = local.azs[count.index]
   cidr_block        = cidrsubnet(var.vpc_cidr, 4, 8 + count.index)
@@ -49,7 +49,7 @@ resource "aws_route" "public_internet" {
 }
 
 resource "aws_route_table_association" "public" {
-  count          = var.az_count
+  count          = length(local.azs)
   subnet_id      = aws_subnet.public[count.index].id
   route_table_id = aws_route_table.public.id
 }
@@ -61,7 +61,7 @@ resource "aws_route_table" "private" {
 }
 
 resource "aws_route_table_association" "private" {
-  count          = var.az_count
+  count          = length(local.azs)
   subnet_id      = aws_subnet.private[count.index].id
   route_table_id = aws_route_table.private.id
 }

@@ -53,13 +53,14 @@ locals {
     { sg = "bootnode", cidrs = var.bootnode_ingress_cidrs, protocol = "udp", port = local.ports.bootnode, why = "discovery from peers outside the VPC" },
   ]
 
-  ingress_by_key      = { for r in local.ingress : "${r.sg}-from-${r.peer}-${r.protocol}-${r.port}" => r }
+  ingress_by_key = { for r in local.ingress : "${r.sg}-from-${r.peer}-${r.protocol}-${r.port}" => r }
   ingress_cidr_by_key = merge([
     for r in local.ingress_cidr : { for c in r.cidrs : "${r.sg}-from-${c}-${r.protocol}-${r.port}" => merge(r, { cidr = c }) }
   ]...)
 }
 
 resource "aws_security_group" "this" {
+  # checkov:skip=CKV2_AWS_5:the role groups are attached by aws_launch_template.node[role] (network_interfaces), a for_each reference checkov's graph does not follow
   for_each    = local.security_groups
   name        = "${local.name}-${each.key}"
   description = each.value

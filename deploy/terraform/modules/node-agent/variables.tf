@@ -14,14 +14,14 @@ variable "vpc_cidr" {
   default     = "10.20.0.0/16"
 }
 
-variable "az_count" {
-  description = "How many availability zones to spread the subnets, EFS mount targets and rpc nodes over (at least 2)."
-  type        = number
-  default     = 2
+variable "az_letters" {
+  description = "The availability zones (letters of the region's zones) to spread the subnets, EFS mount targets and rpc nodes over: at least 2, at most 8."
+  type        = list(string)
+  default     = ["a", "b"]
 
   validation {
-    condition     = var.az_count >= 2
-    error_message = "az_count: at least 2 (the load balancer needs two zones)."
+    condition     = length(var.az_letters) >= 2 && length(var.az_letters) <= 8
+    error_message = "az_letters: 2 to 8 zones (the load balancer needs two)."
   }
 }
 
