@@ -87,7 +87,7 @@ resource "aws_cloudwatch_log_group" "follow_instance" {
 
 resource "aws_lambda_function" "follow_instance" {
   # checkov:skip=CKV_AWS_117:it calls only the EC2 and Route 53 APIs; inside the VPC it would need two more endpoints (Route 53 has none)
-  # checkov:skip=CKV_AWS_116:Auto Scaling launches are rare and the next launch repeats the update; a failure is in the function's log
+  # checkov:skip=CKV_AWS_116:EventBridge retries a failed asynchronous invocation twice and the failure is in the function's log; a dead-letter queue would be an SQS queue nobody reads
   # checkov:skip=CKV_AWS_272:the code is this module's own file, zipped at plan time; there is no signing profile to check it against
   # checkov:skip=CKV_AWS_173:the environment holds only the zone id, record names and an allocation id, none of them secret
   function_name                  = "node-agent-${var.environment}-follow-instance"
