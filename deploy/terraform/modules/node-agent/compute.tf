@@ -147,6 +147,9 @@ resource "aws_autoscaling_group" "single" {
     version = aws_launch_template.node[each.key].latest_version
   }
 
+  # The first instances' launch events must find the function that names them (dns.tf).
+  depends_on = [aws_cloudwatch_event_target.instance_launched, aws_lambda_permission.instance_launched]
+
   dynamic "tag" {
     for_each = { Name = "${var.environment}-${each.key}", Role = each.key, Environment = var.environment }
     content {

@@ -1,13 +1,16 @@
 # Stable names for the two single instances others dial: bootnode.ZONE (chain.bootnodes) and
 # ethstats.ZONE (chain.ethstats), private to the VPC. A replacement instance has a new address, so a
 # small function follows Auto Scaling's launch events: it updates the record and moves the bootnode's
-# Elastic IP. (A group cannot launch into a fixed private IP or an existing network interface.)
+# Elastic IP. (A group cannot launch into a fixed private IP or an existing network interface.) The groups
+# are made after the rule and the function (compute.tf: depends_on), so their first launch is followed too;
+# names here are the groups' names as compute.tf builds them, not references, to keep it that way.
 
 resource "aws_route53_zone" "private" {
   # checkov:skip=CKV2_AWS_38:DNSSEC signing applies to public zones only
   # checkov:skip=CKV2_AWS_39:query logging of a private zone needs Resolver query logging; the names here are two A records
-  name = var.private_zone_name
-  tags = local.tags
+  name          = var.private_zone_name
+  force_destroy = true # the function's records are not Terraform's
+  tags          = local.tags
 
   vpc {
     vpc_id = aws_vpc.chain.id
@@ -90,25 +93,22 @@ resource "aws_lambda_function" "follow_instance" {
   # checkov:skip=CKV_AWS_116:EventBridge retries a failed asynchronous invocation twice and the failure is in the function's log; a dead-letter queue would be an SQS queue nobody reads
   # checkov:skip=CKV_AWS_272:the code is this module's own file, zipped at plan time; there is no signing profile to check it against
   # checkov:skip=CKV_AWS_173:the environment holds only the zone id, record names and an allocation id, none of them secret
-  function_name                  = "node-agent-${var.environment}-follow-instance"
-  role                           = aws_iam_role.follow_instance.arn
-  runtime                        = "python3.12"
-  handler                        = "follow_instance.handler"
-  filename                       = data.archive_file.follow_instance.output_path
-  source_code_hash               = data.archive_file.follow_instance.output_base64sha256
-  timeout                        = 30
-  reserved_concurrent_executions = 2
-  tags                           = local.tags
-
-  tracing_config {
-    mode = "Active"
-  }
+  # checkov:skip=CKV_AWS_115:a new account may have a concurrency limit of 10, below which no function may reserve any; launches of two groups of one never run it twice at once anyway
+  # checkov:skip=CKV_AWS_50:one API call per launch; X-Ray tracing would need its own grant and service for nothing worth tracing
+  function_name    = "node-agent-${var.environment}-follow-instance"
+  role             = aws_iam_role.follow_instance.arn
+  runtime          = "python3.12"
+  handler          = "follow_instance.handler"
+  filename         = data.archive_file.follow_instance.output_path
+  source_code_hash = data.archive_file.follow_instance.output_base64sha256
+  timeout          = 30
+  tags             = local.tags
 
   environment {
     variables = {
       ZONE_ID     = aws_route53_zone.private.zone_id
-      RECORDS     = jsonencode({ for r, fqdn in local.followed : aws_autoscaling_group.single[r].name => fqdn })
-      ELASTIC_IPS = jsonencode({ (aws_autoscaling_group.single["bootnode"].name) = aws_eip.bootnode.allocation_id })
+      RECORDS     = jsonencode({ for r, fqdn in local.followed : "${var.environment}-${r}" => fqdn })
+      ELASTIC_IPS = jsonencode({ "${var.environment}-bootnode" = aws_eip.bootnode.allocation_id })
     }
   }
 
@@ -120,7 +120,7 @@ resource "aws_cloudwatch_event_rule" "instance_launched" {
   event_pattern = jsonencode({
     source        = ["aws.autoscaling"]
     "detail-type" = ["EC2 Instance Launch Successful"]
-    detail        = { AutoScalingGroupName = [for r in keys(local.followed) : aws_autoscaling_group.single[r].name] }
+    detail        = { AutoScalingGroupName = [for r in keys(local.followed) : "${var.environment}-${r}"] }
   })
   tags = local.tags
 }

@@ -30,6 +30,7 @@ data "aws_iam_policy_document" "kms" {
       values = [
         "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/node-agent/${var.environment}/*",
         "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/vpc-flow/${var.environment}",
+        "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/aws/lambda/node-agent-${var.environment}-follow-instance",
       ]
     }
   }
