@@ -190,7 +190,7 @@ class SecurityGroups(unittest.TestCase):
     def test_who_may_reach_each_port(self):
         plans = {r: AGENT_OUT.plan(r, "production") for r in ROLES}
         http = port(one(RESOURCES["aws_lb_target_group"]["rpc"]["port"]))
-        health = port(LOCALS["ports"]["health"]) if isinstance(LOCALS["ports"]["health"], str) else LOCALS["ports"]["health"]
+        health = int(LOCALS["ports"]["health"])
         rules = ingress()
         for r in rules:
             if r["sg"] in ("rpc", "ethstats") and r["port"] in (http, health):
@@ -199,6 +199,7 @@ class SecurityGroups(unittest.TestCase):
         p2p = int(plans["sealer"]["children"][0]["args"][plans["sealer"]["children"][0]["args"].index("--port") + 1])
         for role in GETH_ROLES:
             peers = {(r["peer"], r["protocol"]) for r in rules if r["sg"] == role and r["port"] == p2p}
+            # From every other geth node; rpc nodes also from each other (a group), the one sealer not from itself.
             want = {(p, proto) for p in GETH_ROLES if p != role or role == "rpc" for proto in ("tcp", "udp")}
             want |= {("bootnode", "udp")}
             self.assertEqual(peers, want, f"{role}: who reaches p2p {p2p}")
