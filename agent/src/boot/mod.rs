@@ -187,7 +187,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         let secrets = materialize_secrets(&settings, &plan, account).await?;
         let health = bind_health(&settings)?;
         let status_socket = status_socket_then_drop(&settings, account)?;
-        let (mut logs, sinks) = logs::Logs::start(&settings.logs, &plan).await?;
+        let (mut logs, sinks, metrics) = logs::Logs::start(&settings.logs, &plan).await?;
         let logs_status = logs.status();
         pipeline = Some(logs);
         if let Some(check) = &plan.version_check {
@@ -198,7 +198,7 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
         Ok::<_, AgentError>((
             secrets,
             (status_socket, health),
-            (sinks, logs_status),
+            (sinks, logs_status, metrics),
             lease,
         ))
     };

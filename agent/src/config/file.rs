@@ -30,6 +30,7 @@ pub struct ConfigFile {
     pub ports: PortsFile,
     pub health: HealthFile,
     pub backup: BackupFile,
+    pub metrics: super::metrics::MetricsFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

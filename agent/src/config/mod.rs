@@ -11,6 +11,7 @@ pub mod backup;
 pub mod checks;
 pub mod file;
 pub mod health;
+pub mod metrics;
 pub mod secrets;
 pub mod settings;
 pub mod storage;

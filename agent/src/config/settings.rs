@@ -53,6 +53,7 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Where the chain's backups are and what this host does with them; `None`: nothing.
     pub backup: Option<BackupSettings>,
+    pub metrics: super::metrics::MetricsSettings,
 }
 
 /// Where the logs go and how they are rotated and shipped.
@@ -163,6 +164,7 @@ impl Settings {
         );
         let health = health.map_err(at)?;
         let ports = ports(&file.ports).map_err(at)?;
+        let metrics = super::metrics::section(&file.metrics).map_err(at)?;
         Ok(Settings {
             role: tags.role,
             environment: tags.environment,
@@ -187,6 +189,7 @@ impl Settings {
             ports,
             health,
             backup,
+            metrics,
         })
     }
 }

@@ -14,7 +14,7 @@ mod stamp;
 mod writer;
 
 use crate::config::LogsSettings;
-use crate::plan::{LogTarget, Plan};
+use crate::plan::{LogTarget, Plan, METRICS};
 use crate::status::LogsStatus;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -73,6 +73,11 @@ fn utf8_cut(b: &[u8]) -> usize {
 }
 
 impl LineSink {
+    /// One line (without its newline), waiting while the writer's queue is full.
+    pub async fn line(&self, line: Vec<u8>) {
+        let _ = self.tx.send(Msg::Line(line)).await;
+    }
+
     /// Forwards every line of `reader` until EOF. Splits over-long lines (between characters when the
     /// text is UTF-8); keeps invalid UTF-8 as is.
     pub async fn pump(self, reader: impl AsyncRead + Unpin) {
@@ -171,12 +176,13 @@ pub struct Logs {
 }
 
 impl Logs {
-    /// Opens every log file of the plan (children and the agent), routes the agent's own log into its
-    /// file, and starts shipping when `logs.ship` is on. Returns one sink per child, in plan order.
+    /// Opens every log file of the plan (children, the EMF events, the agent), routes the agent's own log
+    /// into its file, and starts shipping when `logs.ship` is on. Returns one sink per child, in plan
+    /// order, and the EMF events' sink when they are written.
     pub async fn start(
         settings: &LogsSettings,
         plan: &Plan,
-    ) -> Result<(Logs, Vec<LineSink>), LogError> {
+    ) -> Result<(Logs, Vec<LineSink>, Option<LineSink>), LogError> {
         let rotation = Rotation {
             max_file_bytes: settings.max_file_bytes,
             keep_files: settings.keep_files,
@@ -186,6 +192,7 @@ impl Logs {
             .children
             .iter()
             .map(|c| (c.name.as_str(), &c.log))
+            .chain(plan.metrics_log.iter().map(|(t, _)| (METRICS, t)))
             .chain(std::iter::once((AGENT, &plan.agent_log)))
             .collect();
         // Local mode without AWS_REGION has no CloudWatch to ship to.
@@ -204,6 +211,7 @@ impl Logs {
         }
         let agent_sink = sinks.pop();
         let agent_writer = writers.pop();
+        let metrics_sink = plan.metrics_log.as_ref().and_then(|_| sinks.pop());
         if let Some(s) = agent_sink {
             attach_agent_log(s.tx);
         }
@@ -265,6 +273,7 @@ impl Logs {
                 publisher: None,
             },
             sinks,
+            metrics_sink,
         ))
     }
 

@@ -100,6 +100,9 @@ pub struct LeavingPlan {
     pub lifecycle_hook: Option<crate::config::LifecycleHook>,
 }
 
+/// The EMF events' name in the log directory and in the stream template's `{child}`.
+pub const METRICS: &str = "metrics";
+
 /// Everything `run` will do on this host, in order.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -114,6 +117,8 @@ pub struct Plan {
     pub init: Option<InitPlan>,
     pub children: Vec<ChildPlan>,
     pub agent_log: LogTarget,
+    /// The EMF events (`metrics.emf`): their file and stream, and the namespace.
+    pub metrics_log: Option<(LogTarget, String)>,
     /// The health endpoint's address (`health.listen`).
     pub health_listen: Option<std::net::SocketAddr>,
     /// Every port this host listens on, and who should reach it.
@@ -359,6 +364,11 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
         init,
         children,
         agent_log: log("node-agent"),
+        metrics_log: settings
+            .metrics
+            .emf_namespace
+            .clone()
+            .map(|ns| (log(METRICS), ns)),
         health_listen: settings.health.listen,
         listens: ports::listens(settings),
         backup: settings.backup.clone(),

@@ -201,6 +201,14 @@ impl fmt::Display for Plan {
             self.agent_log.file.display(),
             self.destination(&self.agent_log, &retention)
         )?;
+        if let Some((m, ns)) = &self.metrics_log {
+            writeln!(
+                out,
+                "  metrics   every health check: EMF events (namespace {ns}) into {}{}",
+                m.file.display(),
+                self.destination(m, "")
+            )?;
+        }
         match self.health_listen {
             Some(addr) => writeln!(
                 out,
@@ -338,8 +346,8 @@ mod tests {
             steps,
             [
                 "identity", "storage", "mount", "exposure", "secrets", "user", "version", "lease",
-                "init", "child", "agent", "health", "listens", "listens", "listens", "listens",
-                "leaving"
+                "init", "child", "agent", "metrics", "health", "listens", "listens", "listens",
+                "listens", "leaving"
             ],
             "{text}"
         );

@@ -1,6 +1,8 @@
 //! The health endpoint a load balancer checks (`health.listen`): `GET /ready` and `GET /live`, 200 or 503
 //! with a one-line JSON reason. The answers come from the verdict the main loop publishes every tick
-//! (`status::verdict`, from the supervisor's cached state); a request never reaches geth.
+//! (`status::verdict`, from the supervisor's cached state); a request never reaches geth. `GET /metrics`
+//! serves the status document's figures in Prometheus' text format (`status::metrics`), built from the
+//! same cached state at the request.
 //!
 //! Bounded: HTTP/1 by hyper, GET only, fixed small bodies, at most [`MAX_CONNECTIONS`] connections at a
 //! time (more are closed at once), a header deadline and a connection lifetime. Nothing secret is in a
@@ -46,8 +48,11 @@ impl Verdict {
     }
 }
 
+/// The Prometheus text of the figures as they stand.
+pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves until the task is aborted.
-pub async fn serve(listener: TcpListener, verdict: watch::Receiver<Verdict>) {
+pub async fn serve(listener: TcpListener, verdict: watch::Receiver<Verdict>, metrics: Metrics) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -60,14 +65,13 @@ pub async fn serve(listener: TcpListener, verdict: watch::Receiver<Verdict>) {
             continue;
         };
         let verdict = verdict.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let answer = respond(
-                    req.method(),
-                    req.uri().path(),
-                    &verdict.borrow(),
-                    Instant::now(),
-                );
+                let answer = match req.uri().path() {
+                    "/metrics" => exposition(req.method(), &*metrics),
+                    path => respond(req.method(), path, &verdict.borrow(), Instant::now()),
+                };
                 async move { Ok::<_, Infallible>(answer) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -81,6 +85,29 @@ pub async fn serve(listener: TcpListener, verdict: watch::Receiver<Verdict>) {
     }
 }
 
+/// `GET /metrics`: the text format, version 0.0.4 (what Prometheus scrapes).
+fn exposition(method: &Method, metrics: &dyn Fn() -> String) -> Response<Full<Bytes>> {
+    if method != Method::GET {
+        return not_get();
+    }
+    let mut r = plain(StatusCode::OK, metrics());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn not_get() -> Response<Full<Bytes>> {
+    let mut r = plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{\"error\":\"method not allowed: GET only\"}",
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET"));
+    r
+}
+
 /// The answer to one request, from `verdict` as it stands at `now`. Pure.
 fn respond(method: &Method, path: &str, verdict: &Verdict, now: Instant) -> Response<Full<Bytes>> {
     let which = match path {
@@ -89,18 +116,12 @@ fn respond(method: &Method, path: &str, verdict: &Verdict, now: Instant) -> Resp
         _ => {
             return plain(
                 StatusCode::NOT_FOUND,
-                "{\"error\":\"not found: GET /ready or /live\"}",
+                "{\"error\":\"not found: GET /ready, /live or /metrics\"}",
             )
         }
     };
     if method != Method::GET {
-        let mut r = plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{\"error\":\"method not allowed: GET only\"}",
-        );
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return r;
+        return not_get();
     }
     let stale = now.saturating_duration_since(verdict.at);
     let result = if stale > STALE_AFTER {
@@ -205,5 +226,13 @@ mod tests {
             body(respond(&Method::GET, "/ready/x", &ok, ok.at)).await.0,
             404
         );
+        let text = || "# EOF\n".to_owned();
+        let r = exposition(&Method::GET, &text);
+        assert_eq!(
+            r.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(body(r).await, (200, "# EOF\n".into()));
+        assert_eq!(body(exposition(&Method::HEAD, &text)).await.0, 405);
     }
 }

@@ -7,6 +7,7 @@ mod drain;
 mod endpoint;
 pub mod ethstats;
 pub mod health;
+mod metrics;
 pub mod rotation;
 mod watchers;
 
@@ -86,7 +87,12 @@ pub struct Handover {
     pub status_socket: tokio::net::UnixListener,
     /// The health endpoint's socket (`health.listen`), when it serves.
     pub health: Option<tokio::net::TcpListener>,
-    pub logs: (Vec<logs::LineSink>, watch::Receiver<status::LogsStatus>),
+    /// The children's sinks, the shipping state, and the EMF events' sink (`metrics.emf`).
+    pub logs: (
+        Vec<logs::LineSink>,
+        watch::Receiver<status::LogsStatus>,
+        Option<logs::LineSink>,
+    ),
     /// The sealer's lease, kept (and geth fenced without it) for as long as the agent runs.
     pub lease: Option<lease::Lease>,
 }
@@ -101,7 +107,7 @@ pub async fn supervise(
         secrets,
         status_socket,
         health,
-        logs: (sinks, logs_rx),
+        logs: (sinks, logs_rx, metrics_sink),
         lease,
     } = boot;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -226,6 +232,21 @@ pub async fn supervise(
         backup: backup_rx,
         backup_now,
     };
+    // The figures of the same document: EMF events every health check, Prometheus at each scrape.
+    let emf_task = metrics_sink
+        .zip(plan.metrics_log.as_ref())
+        .map(|(sink, (_, ns))| {
+            tokio::spawn(metrics::emf(
+                sources.clone(),
+                sink,
+                ns.clone(),
+                settings.health.interval,
+            ))
+        });
+    let scrape: endpoint::Metrics = {
+        let sources = sources.clone();
+        std::sync::Arc::new(move || metrics::prometheus(&sources))
+    };
     let status_task = tokio::spawn(status::serve(status_socket, sources));
 
     let mut rotation_task = None;
@@ -273,7 +294,8 @@ pub async fn supervise(
 
     // The load balancer's endpoint answers from the verdict each tick publishes.
     let (verdict_tx, verdict_rx) = watch::channel(endpoint::Verdict::starting());
-    let endpoint_task = health.map(|listener| tokio::spawn(endpoint::serve(listener, verdict_rx)));
+    let endpoint_task =
+        health.map(|listener| tokio::spawn(endpoint::serve(listener, verdict_rx, scrape)));
     let drain = &settings.health.drain;
     let poll = (!plan.local).then_some(drain.poll);
     let mut leaving = std::pin::pin!(async move {
@@ -337,9 +359,15 @@ pub async fn supervise(
             }
         }
     }
-    for t in [rotation_task, imds_task, Some(storage_task), backup_task]
-        .into_iter()
-        .flatten()
+    for t in [
+        rotation_task,
+        imds_task,
+        Some(storage_task),
+        backup_task,
+        emf_task,
+    ]
+    .into_iter()
+    .flatten()
     {
         t.abort();
     }

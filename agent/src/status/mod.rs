@@ -9,6 +9,7 @@
 
 pub mod backup;
 mod client;
+pub mod metrics;
 pub mod model;
 mod render;
 mod server;
@@ -19,7 +20,7 @@ pub use client::{command, record_socket};
 pub use model::{LogsStatus, StorageKind};
 pub use render::{ago, bytes};
 pub use server::{
-    serve, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace, StorageProbe,
+    document, serve, Gate, Reach, SecretInfo, Services, Sources, Static, StoragePlace, StorageProbe,
 };
 
 /// The JSON document's schema version; bumped only on incompatible changes.
