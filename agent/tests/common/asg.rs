@@ -2,11 +2,8 @@
 
 use super::{python, repo};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 /// A running `tests/rig/asg_responder.py` on a free loopback port; killed and reaped on drop.
 pub struct AsgResponder {
@@ -52,20 +49,7 @@ impl AsgResponder {
 
     fn read_port(&mut self) -> u16 {
         let stdout = self.child.stdout.take().expect("responder stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => panic!("reading the responder's port line: {e}"),
-            Err(_) => panic!("the Auto Scaling responder printed no port within 20 s"),
-        };
-        line.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("responder exited or printed {line:?} instead of its port"))
+        super::read_port_line(stdout, "the Auto Scaling responder")
     }
 
     /// The endpoint for `AWS_ENDPOINT_URL_AUTO_SCALING`.

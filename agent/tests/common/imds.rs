@@ -58,20 +58,7 @@ impl ImdsEmulator {
 
     pub fn read_port(&mut self) -> u16 {
         let stdout = self.child.stdout.take().expect("emulator stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => panic!("reading the emulator's port line: {e}"),
-            Err(_) => panic!("the emulator printed no port within 20 s"),
-        };
-        line.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("emulator exited or printed {line:?} instead of its port"))
+        read_port_line(stdout, "the IMDS emulator")
     }
 
     /// Base URL to hand to the IMDS client, like `http://169.254.169.254`.
@@ -149,4 +136,23 @@ pub fn write_json_atomically(path: &Path, value: &Value) {
     let text = serde_json::to_vec_pretty(value).expect("config serialises");
     std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+}
+
+/// The port a rig prints on its first line of stdout once it listens (within 20 s, or a panic naming
+/// `what`).
+pub fn read_port_line(stdout: std::process::ChildStdout, what: &str) -> u16 {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+        let _ = tx.send(read);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => panic!("reading {what}'s port line: {e}"),
+        Err(_) => panic!("{what} printed no port within 20 s"),
+    };
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{what} exited or printed {line:?} instead of its port"))
 }

@@ -91,6 +91,19 @@ fn efs_actions(efs: &EfsSettings) -> Value {
     }
 }
 
+/// The host's directories on EFS: the role's, and the backups' on the hosts that export or seed (both of
+/// one file system).
+fn efs_places<'a>(plan: &'a Plan, settings: &'a Settings) -> Vec<&'a EfsSettings> {
+    let backups = settings.backup.as_ref().map(|b| &b.place);
+    std::iter::once(&plan.storage)
+        .chain(backups)
+        .filter_map(|p| match p {
+            StorageSettings::Efs(e) => Some(e),
+            StorageSettings::Local { .. } => None,
+        })
+        .collect()
+}
+
 /// The identity policy document. Pure.
 pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> Value {
     let arns = Arns {
@@ -147,15 +160,7 @@ pub fn policy(plan: &Plan, settings: &Settings, region: &str, account: &str) -> 
         "Action": actions,
         "Resource": [group_arn.clone(), format!("{group_arn}:*")],
     }));
-    // The role's directory and the backups' (on the hosts that export or seed), both of one file system.
-    let backups = settings.backup.as_ref().map(|b| &b.place);
-    let places: Vec<&EfsSettings> = std::iter::once(&plan.storage)
-        .chain(backups)
-        .filter_map(|p| match p {
-            StorageSettings::Efs(e) => Some(e),
-            StorageSettings::Local { .. } => None,
-        })
-        .collect();
+    let places = efs_places(plan, settings);
     if let Some(efs) = places.first() {
         // Needed when the file system policy requires IAM authorization (mount -o iam); harmless otherwise.
         let root = places
@@ -340,15 +345,7 @@ pub fn run(args: &IamPolicyArgs) -> Result<(), IamPolicyError> {
                 });
             }
             let (environment, role) = (args.environment.clone(), args.role.as_str().to_owned());
-            // The role's directory and the backups' (on the hosts that export or seed).
-            let backups = settings.backup.as_ref().map(|b| &b.place);
-            let places: Vec<&EfsSettings> = std::iter::once(&plan.storage)
-                .chain(backups)
-                .filter_map(|p| match p {
-                    StorageSettings::Efs(e) => Some(e),
-                    StorageSettings::Local { .. } => None,
-                })
-                .collect();
+            let places = efs_places(&plan, &settings);
             let Some(efs) = places.first() else {
                 return Err(IamPolicyError::NotEfs { environment, role });
             };
