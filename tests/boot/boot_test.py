@@ -377,7 +377,8 @@ class Imds:
             self.proc.wait()
 
 
-def imds_config(tags: dict | None) -> dict:
+def imds_config(tags: dict | None, user_data: str | None = None) -> dict:
+    """The emulator's config for one machine; user_data: served at /latest/user-data (None: 404)."""
     return {
         "instance_id": "i-" + pysecrets.token_hex(9)[:17],
         "region": REGION,
@@ -387,6 +388,7 @@ def imds_config(tags: dict | None) -> dict:
         "tags": tags,
         "iam_role": "node-agent-boot-test",
         "credentials": {"AccessKeyId": "ASIABOOTTEST", "SecretAccessKey": "boot-test", "Token": "boot-test-token"},
+        "user_data": user_data,
     }
 
 
@@ -582,6 +584,9 @@ listen = "127.0.0.1:{p['health']}"
         (bin_ / "bootnode").symlink_to("/opt/node-agent-standins/bootnode")
         self.install_ethstats(root)
         (root / "etc/node-agent-boot").mkdir()
+        # What `node-agent install` itself put there (the built-in defaults), before the test's config
+        # replaces it: the user-data scenario boots with only this.
+        self.installed_config = (root / "etc/node-agent/config.toml").read_text()
         (root / "etc/node-agent/config.toml").write_text(self.config_toml())
         unmount(root)
         self.installed = layer / "upper"
@@ -613,8 +618,8 @@ listen = "127.0.0.1:{p['health']}"
                 return int(f[2]), int(f[3])
         raise CheckFailed(f"user {user} not in the installed /etc/passwd (systemd-sysusers)")
 
-    def machine(self, name: str, tags: dict | None) -> Machine:
-        m = Machine(self, name, tags)
+    def machine(self, name: str, tags: dict | None, user_data: str | None = None) -> Machine:
+        m = Machine(self, name, tags, user_data)
         self.machines.append(m)
         return m
 
@@ -642,13 +647,13 @@ def clean_stale_runs() -> None:
 class Machine:
     """One container: an overlay layer over the installed layer, booted with systemd-nspawn -b."""
 
-    def __init__(self, rig: Rig, name: str, tags: dict | None):
+    def __init__(self, rig: Rig, name: str, tags: dict | None, user_data: str | None = None):
         self.rig = rig
         self.name = name
         self.dir = rig.work / name
         self.upper = self.dir / "upper"
         self.root = self.dir / "root"
-        self.imds = Imds(rig.work, name, imds_config(tags))
+        self.imds = Imds(rig.work, name, imds_config(tags, user_data))
         self.instance_id = json.loads(self.imds.config_path.read_text())["instance_id"]
         self.cgroups = [m / p / CGROUP_GROUP / f"{rig.work.name}-{name}" for m, p in rig.hierarchies]
         self.nspawn: subprocess.Popen | None = None
@@ -922,7 +927,7 @@ def scan_for_secrets(m: Machine) -> list[str]:
     return leaks
 
 
-def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
+def check_status_healthy(m: Machine, role: str, health_port: int | None = None) -> tuple[str, dict]:
     doc = m.wait_healthy()
     rc, doc = m.status()
     expect(rc == 0 and doc["overall"] == "healthy", f"status exit {rc}, overall {doc.get('overall')}")
@@ -935,7 +940,7 @@ def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
            f"status storage {storage}, want kind local and its check not failed")
     # The load balancer's view agrees: GET /ready on the health endpoint, as a target group asks. It
     # answers from the agent's last 500 ms tick, so it may trail the document by that much.
-    port = m.rig.ports["health"]
+    port = health_port or m.rig.ports["health"]
 
     def get_ready() -> tuple[int, str]:
         try:
@@ -952,7 +957,7 @@ def check_status_healthy(m: Machine, role: str) -> tuple[str, dict]:
     expect(ready == (200, '{"ready":true}'), f"GET /ready answered {ready}")
     expect((doc.get("endpoint") or {}).get("ready") is True, f"status endpoint {doc.get('endpoint')}")
     return (f"status --json exit 0, overall healthy, {child['name']} ready (pid {child['pid']}), "
-            f"storage {storage.get('kind')} check_ok {storage.get('check_ok')}, GET /ready 200"), doc
+            f"storage {storage.get('kind')} check_ok {storage.get('check_ok')}, GET /ready 200 on :{port}"), doc
 
 
 def shipping(doc: dict) -> bool:
@@ -1485,6 +1490,215 @@ def scenario_sealer_faults(rig: Rig, r: Results, m: Machine, doc: dict) -> None:
     r.check("sealer: a second boot of the same rootfs is idempotent", second_boot)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The configuration only in user-data, on a rootfs without cloud-init (issue 24)
+
+USER_DATA_ROLE = "bootnode"  # the cheapest role that still runs a child, secrets and a health endpoint
+USER_DATA_RETENTION = 7  # logs.retention_days: the default is 30
+CLOUD_INIT_UNITS = ("cloud-init-local.service", "cloud-init.service", "cloud-config.service",
+                    "cloud-final.service")
+
+
+def user_data_text(health_port: int, bootnode_port: int) -> str:
+    """The whole configuration of the user-data machine: the marker line, then TOML. Every value the test
+    checks differs from both the built-in default and the rig's config file (which this machine lacks)."""
+    return f"""#node-agent
+# node-agent boot test (tests/boot, scenario userdata): this host's only configuration besides the
+# installed defaults; no cloud-init reads it.
+[storage]
+kind = "local"
+
+[ports]
+bootnode = {bootnode_port}
+
+[restart]
+initial_backoff_ms = {INITIAL_BACKOFF_MS}
+max_backoff_secs = 10
+
+[timeouts]
+imds_secs = 30
+secrets_secs = 10
+stop_secs = {STOP_SECS}
+
+[health]
+interval_secs = 1
+listen = "127.0.0.1:{health_port}"
+
+[logs]
+group_template = "/node-agent/{{environment}}/{{role}}/from-user-data"
+retention_days = {USER_DATA_RETENTION}
+"""
+
+
+# The keys user-data sets that `check --json` must attribute to it (each differs from its default).
+USER_DATA_KEYS = ("storage.kind", "ports.bootnode", "health.listen", "logs.group_template", "logs.retention_days",
+                  "timeouts.stop_secs", "restart.initial_backoff_ms")
+
+
+def find_key(doc, key: str):
+    """The first value of `key` anywhere in a JSON document (depth first), or None."""
+    if isinstance(doc, dict):
+        if key in doc:
+            return doc[key]
+        doc = list(doc.values())
+    if isinstance(doc, list):
+        for v in doc:
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def check_no_cloud_init(m: Machine) -> str:
+    """The machine's rootfs has no cloud-init at all, and the unit's ordering after cloud-final.service is
+    only an ordering: no Wants/Requires/Requisite/BindsTo/PartOf/Upholds on any cloud-init unit."""
+    q = m.exec(["dpkg-query", "-W", "-f", "${Status}", "cloud-init"], check=False)
+    expect(q.returncode != 0 or "not-installed" in q.stdout or "config-files" in q.stdout,
+           f"dpkg knows cloud-init: {q.stdout!r}")
+    which = m.exec(["sh", "-c", "command -v cloud-init cloud-id 2>/dev/null; ls -d /etc/cloud /var/lib/cloud "
+                    "/usr/lib/python3/dist-packages/cloudinit 2>/dev/null"], check=False).stdout.split()
+    expect(not which, f"cloud-init files in the rootfs: {which}")
+    states = {}
+    for unit in CLOUD_INIT_UNITS:
+        states[unit] = m.exec(["systemctl", "show", unit, "-P", "LoadState"]).stdout.strip()
+    expect(set(states.values()) == {"not-found"}, f"cloud-init units known to systemd: {states}")
+    deps = m.exec(["systemctl", "show", UNIT, "-p", "After,Wants,Requires,Requisite,BindsTo,PartOf,Upholds"]).stdout
+    props = dict(line.split("=", 1) for line in deps.splitlines() if "=" in line)
+    expect("cloud-final.service" in props.get("After", "").split(), f"{UNIT} After= lacks cloud-final.service: "
+                                                                   f"{props.get('After')}")
+    pulls = {k: v for k, v in props.items() if k != "After" and "cloud" in v}
+    expect(not pulls, f"{UNIT} pulls in cloud-init: {pulls}")
+    return (f"no cloud-init package, binary, /etc/cloud or /var/lib/cloud; {', '.join(CLOUD_INIT_UNITS)} "
+            f"not-found; {UNIT} After=...cloud-final.service with no Wants/Requires/BindsTo on it")
+
+
+def check_only_installed_config(m: Machine) -> str:
+    etc = m.root / "etc/node-agent"
+    entries = sorted(p.name for p in etc.iterdir())
+    text = (etc / "config.toml").read_text()
+    example = (REPO / "resources/config.example.toml").read_text()
+    expect(entries == ["config.toml"], f"/etc/node-agent holds {entries}, want only the installed config.toml")
+    expect(text == m.rig.installed_config == example,
+           "/etc/node-agent/config.toml is not what `node-agent install` wrote (resources/config.example.toml)")
+    return "/etc/node-agent holds only config.toml, byte for byte what `node-agent install` wrote (the defaults)"
+
+
+def check_user_data_settings(m: Machine, health_port: int, bootnode_port: int) -> str:
+    """Settings only user-data can have given are in effect, and `check --json` names user-data as their
+    source."""
+    env = ["env", "-i", "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           f"AWS_EC2_METADATA_SERVICE_ENDPOINT={m.imds.endpoint}", f"AWS_ENDPOINT_URL={m.rig.moto.endpoint}"]
+    p = m.exec(env + ["/usr/local/bin/node-agent", "check", "--json"], check=False)
+    expect(p.returncode == 0, f"node-agent check --json exited {p.returncode}: {p.stderr.strip()[-1500:]}")
+    doc = json.loads(p.stdout)
+    sources = find_key(doc, "sources")
+    expect(isinstance(sources, dict), f"check --json has no `sources` object: keys {sorted(doc)}")
+    wrong = {k: sources.get(k) for k in USER_DATA_KEYS if sources.get(k) != "user-data"}
+    expect(not wrong, f"check --json sources for user-data's keys: {wrong} (all: {sources})")
+    # In effect: the bootnode's discovery port, the health endpoint (GET /ready answered there already).
+    rc, st = m.status()
+    argv = " ".join(cmdline(m.host_pid(m.child(st, "bootnode")["pid"])))
+    expect(f"-addr :{bootnode_port}" in argv, f"the bootnode runs `{argv}`, want -addr :{bootnode_port}")
+    detail = (f"check --json sources say user-data for {', '.join(USER_DATA_KEYS)}; bootnode -addr "
+              f":{bootnode_port}; GET /ready on :{health_port}")
+    if shipping(st):
+        group = f"/node-agent/{ENVIRONMENT}/{USER_DATA_ROLE}/from-user-data"
+
+        def made():
+            gs = m.rig.moto.logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+            return next((g for g in gs if g["logGroupName"] == group), None)
+
+        g = wait_for(f"log group {group} in CloudWatch Logs", 30, made, 0.5)
+        expect(g.get("retentionInDays") == USER_DATA_RETENTION,
+               f"{group} has retention {g.get('retentionInDays')}, want {USER_DATA_RETENTION} (user-data)")
+        detail += f"; log group {group} with retention {USER_DATA_RETENTION} days"
+    return detail
+
+
+def scenario_user_data(rig: Rig, r: Results) -> None:
+    role = USER_DATA_ROLE
+    health_port, bootnode_port = [p for p in free_ports(8) if p not in rig.ports.values()][:2]
+    m = rig.machine("userdata", {"Role": role, "Environment": ENVIRONMENT, "Name": "boot-test-userdata"},
+                    user_data_text(health_port, bootnode_port))
+    # Only the installed defaults: the rig's config file (the installed layer's) replaced by what
+    # `node-agent install` wrote, i.e. resources/config.example.toml.
+    (m.root / "etc/node-agent/config.toml").write_text(rig.installed_config)
+    r.check("userdata: /etc/node-agent has only the installed default config.toml", check_only_installed_config, m)
+
+    def boot_active():
+        m.boot()
+        u = m.wait_active()
+        return f"active (Type={u['Type']}) with only the installed defaults in /etc and the configuration in user-data"
+
+    try:
+        r.check(f"userdata: a {role} boots to an active {UNIT} with its configuration only in user-data",
+                boot_active)
+    except CheckFailed:
+        # Still say what the rootfs lacks: that part does not depend on the agent.
+        if m.leader:
+            r.check("userdata: no cloud-init in the rootfs; the unit only orders itself after cloud-final",
+                    check_no_cloud_init, m)
+        raise
+    r.check("userdata: no cloud-init in the rootfs; the unit only orders itself after cloud-final",
+            check_no_cloud_init, m)
+    holder = {}
+
+    def status():
+        detail, holder["doc"] = check_status_healthy(m, role, health_port)
+        return detail
+
+    r.check("userdata: node-agent status --json reports healthy, GET /ready on user-data's port", status)
+    r.check("userdata: settings only user-data gives are in effect, and check --json says they come from it",
+            check_user_data_settings, m, health_port, bootnode_port)
+    r.check("userdata: agent and child run as the service user with no capabilities",
+            check_runs_unprivileged, m, role, holder["doc"])
+    r.check("userdata: secrets are 0400 on tmpfs and nowhere else", check_secrets, m, role, holder["doc"])
+
+    def without_file():
+        m.poweroff()
+        (m.root / "etc/node-agent/config.toml").unlink()
+        m.boot()
+        m.wait_active()
+        detail, _ = check_status_healthy(m, role, health_port)
+        expect(not (m.root / "etc/node-agent/config.toml").exists(), "a config.toml appeared")
+        return f"second boot, no /etc/node-agent/config.toml: active; {detail}"
+
+    r.check("userdata: boots again with no /etc/node-agent/config.toml at all (built-in defaults + user-data)",
+            without_file)
+    m.poweroff()
+    m.destroy()
+
+
+def scenario_bad_user_data(rig: Rig, r: Results) -> None:
+    """User-data marked #node-agent with an unknown key: a failed unit whose journal line names user-data
+    and the line."""
+    text = "#node-agent\n[storage]\nkind = \"local\"\n[logs]\nretention_dayz = 7\n"
+
+    def bad():
+        m = rig.machine("bad-user-data", {"Role": USER_DATA_ROLE, "Environment": ENVIRONMENT}, text)
+        (m.root / "etc/node-agent/config.toml").write_text(rig.installed_config)
+        m.boot()
+        want = "user-data line 5: unknown field `retention_dayz`"
+
+        def failed():
+            u = m.unit()
+            t = m.journal_text()
+            return (u, t) if u["Result"] == "exit-code" and want in t else None
+
+        try:
+            u, t = wait_for(f"{UNIT} to fail with '{want}'", 60, failed, 0.2)
+        except CheckFailed as e:
+            raise CheckFailed(f"{e}; journal: {m.journal_text()[-1500:]}") from None
+        expect(int(u["ActiveEnterTimestampMonotonic"]) == 0, f"the unit was active at some point: {u}")
+        line = next(ln for ln in t.splitlines() if want in ln)
+        expect(line.startswith("node-agent: error: "), f"not the agent's one-line error: {line}")
+        m.poweroff()
+        m.destroy()
+        return f"failed (exit-code, never active): {line[:160]}"
+
+    r.check("userdata: a bad key in user-data ends in a failed unit naming user-data and the line", bad)
+
+
 def plant_foreign_sentinel(m: Machine) -> None:
     """The sealer's local datadir already holds data of the staging environment's sealer."""
     uid, gid = m.rig.passwd("node-agent")
@@ -1535,12 +1749,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agent", required=True, type=Path, help="the node-agent binary to install")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory (layers, logs) afterwards")
-    ap.add_argument("--only", default="", help="comma-separated scenarios: sealer,rpc,bootnode,ethstats,bad")
+    ap.add_argument("--only", default="", help="comma-separated scenarios: sealer,rpc,bootnode,ethstats,bad,userdata")
     args = ap.parse_args()
     if os.geteuid() != 0:
         log("boot test: needs root")
         return 1
-    scenarios = {"sealer", "rpc", "bootnode", "ethstats", "bad"}
+    scenarios = {"sealer", "rpc", "bootnode", "ethstats", "bad", "userdata"}
     only = set(filter(None, args.only.split(","))) or scenarios
     if only - scenarios:
         ap.error(f"unknown scenario(s) {sorted(only - scenarios)}; choose from {sorted(scenarios)}")
@@ -1571,6 +1785,12 @@ def main() -> int:
                 m.destroy()
             except CheckFailed:
                 dump(rig.machines[-1])
+        if "userdata" in only:
+            for scenario in (scenario_user_data, scenario_bad_user_data):
+                try:
+                    scenario(rig, r)
+                except CheckFailed:
+                    dump(rig.machines[-1])
         if "bad" in only:
             sealer = {"Role": "sealer", "Environment": ENVIRONMENT}
             for name, tags, line, prepare in [
