@@ -5,6 +5,8 @@
 #
 #   bake/build -var genesis=path/to/your-genesis.json          (checks the pins, builds, then packer build)
 #   packer validate -var genesis=resources/genesis.json bake/   (offline)
+#   bake/build -var genesis=... -var cloud_init=false           (an image without cloud-init: node-agent
+#                                                                reads its configuration from user-data)
 #
 # Stays valid for Debian's packer 1.6.x: no `packer { required_plugins }` block (amazon-ebs is built into
 # packer before 1.8; newer packer needs `packer plugins install github.com/hashicorp/amazon` once).
@@ -50,6 +52,12 @@ variable "base_ami_owner" {
   description = "Owner of the base image (136693071363 is Debian)."
 }
 
+variable "cloud_init" {
+  type        = bool
+  default     = true
+  description = "false: bake an image without cloud-init (purged with what only it needed; the instance's SSH host keys made at its first boot). node-agent reads its configuration from user-data itself."
+}
+
 variable "ssh_username" {
   type    = string
   default = "admin"
@@ -79,6 +87,9 @@ source "amazon-ebs" "node_agent" {
   subnet_id     = var.subnet_id
   ssh_username  = var.ssh_username
   ami_name      = "${var.ami_name_prefix}-${local.stamp}"
+  # Packer's temporary key leaves the image's authorized_keys: with cloud-init, an instance gets its key
+  # pair's key at boot; without it, the image has no key for anyone.
+  ssh_clear_authorized_keys = true
 
   source_ami_filter {
     filters = {
@@ -97,6 +108,7 @@ source "amazon-ebs" "node_agent" {
   tags = {
     Name       = "${var.ami_name_prefix}-${local.stamp}"
     node-agent = "baked by bake/node-agent.pkr.hcl; versions: node-agent version"
+    cloud-init = var.cloud_init ? "yes" : "no"
   }
 }
 
@@ -131,7 +143,7 @@ build {
 
   provisioner "shell" {
     script           = "${path.root}/provision.sh"
-    environment_vars = ["STAGING=${local.staging}"]
+    environment_vars = ["STAGING=${local.staging}", "CLOUD_INIT=${var.cloud_init}"]
     execute_command  = "sudo env {{ .Vars }} sh -eu '{{ .Path }}'"
   }
 }

@@ -8,11 +8,20 @@
 # then runs `node-agent install --root / --enable` (which checks the sha256 and the commit again, the
 # step the tests run) and `npm ci` (package-lock.json pins every module by integrity hash).
 #
+# CLOUD_INIT=false (Packer: -var cloud_init=false) bakes an image without cloud-init: node-agent reads its
+# configuration from user-data itself. It purges cloud-init and the packages that only it needed (apt's
+# autoremove, limited to what the purge orphaned: nothing else is touched), its state and logs; deletes
+# the builder's SSH host keys, which cloud-init would otherwise replace on each instance, and has
+# ssh.service make fresh ones at boot (ssh-keygen -A); and refuses, before changing anything, when nothing
+# would configure the network without cloud-init. The unit's After=cloud-final.service is an ordering
+# only: harmless without the unit. CLOUD_INIT=true (the default) leaves cloud-init as the base image has it.
+#
 # Local copies replace the downloads, for the offline tests (tests/bake/) and for bakes from a mirror;
 # everything else runs the same:
 #   GETH_ARCHIVE=FILE GETH_SIGNATURE=FILE   instead of downloading geth.url and geth.signature_url
 #   ETHSTATS_REPOSITORY=DIR|URL             cloned instead of ethstats.repository
 #   PINS=FILE                               a versions.toml instead of the built-in pins (install --pins)
+# And the option CLOUD_INIT=true|false (above).
 # Every refusal is one line on stderr starting with "bake: ".
 set -eu
 
@@ -22,6 +31,27 @@ fail() {
 }
 
 : "${STAGING:?STAGING is the upload directory}"
+CLOUD_INIT=${CLOUD_INIT:-true}
+case "$CLOUD_INIT" in
+true | false) ;;
+*) fail "CLOUD_INIT=$CLOUD_INIT: true (keep cloud-init) or false (an image without it)" ;;
+esac
+if [ "$CLOUD_INIT" = false ]; then
+  # Something must bring the network up at boot without cloud-init: the base image's ifupdown (Debian's
+  # AMIs: DHCP on any interface through cloud-ifupdown-helper's udev rule, or a dhcp stanza),
+  # systemd-networkd or netplan. Checked before anything is installed.
+  # (Each lookup may find nothing: "|| true", or set -e would end the list at the first.)
+  network=$(
+    {
+      grep -ls 'cloud-ifupdown-helper' /etc/udev/rules.d/* /usr/lib/udev/rules.d/* /lib/udev/rules.d/* || true
+      grep -lsE '^[[:space:]]*iface[[:space:]].*[[:space:]]dhcp' /etc/network/interfaces /etc/network/interfaces.d/* || true
+      ls /etc/systemd/network/*.network /etc/netplan/*.yaml || true
+    } 2>/dev/null | head -n 1
+  )
+  [ -n "$network" ] ||
+    fail "CLOUD_INIT=false: nothing would bring the network up without cloud-init (no ifupdown dhcp stanza or cloud-ifupdown-helper rule, no systemd-networkd .network, no netplan): bake from Debian's AMI, or add one"
+  echo "cloud-init: will be removed; the network comes up without it ($network)"
+fi
 agent="$STAGING/node-agent"
 work="$STAGING/work"
 export DEBIAN_FRONTEND=noninteractive
@@ -164,5 +194,50 @@ want=$("$agent" version --json | sed -n 's/.*"geth":{[^}]*"version":"\([^"]*\)".
 /usr/local/bin/bootnode -h 2>&1 | grep -q -- -nodekey || fail "/usr/local/bin/bootnode does not look like bootnode"
 /usr/local/bin/node-agent version
 systemctl is-enabled node-agent.service
+
+# --- cloud-init: kept, or purged with what only it needed (CLOUD_INIT, header).
+if [ "$CLOUD_INIT" = false ]; then
+  # Whatever provision needs stays, even where the base image had it only as a dependency.
+  apt-mark manual ca-certificates curl git gpg gpgv nodejs npm >/dev/null
+  orphans() { apt-get -s autoremove 2>/dev/null | awk '$1 == "Remv" { print $2 }' | sort; }
+  orphans >"$work/orphans.before"
+  if dpkg-query -W -f '${Status}\n' cloud-init 2>/dev/null | grep -qv ' not-installed$'; then
+    apt-get purge -y -q cloud-init
+  fi
+  # Only what the purge orphaned (cloud-init's Python modules, growpart, ...): packages that were already
+  # removable stay, and what the remaining packages recommend counts as needed (isc-dhcp-client for ifupdown).
+  orphans | comm -13 "$work/orphans.before" - >"$work/orphans.new"
+  if [ -s "$work/orphans.new" ]; then
+    echo "cloud-init: also purging what only it needed: $(tr '\n' ' ' <"$work/orphans.new")"
+    # shellcheck disable=SC2046 # a list of package names
+    apt-get purge -y -q $(cat "$work/orphans.new")
+  fi
+  rm -rf /etc/cloud /var/lib/cloud /var/log/cloud-init.log /var/log/cloud-init-output.log
+  left=$(find /etc/systemd/system /usr/lib/systemd/system /lib/systemd/system -name 'cloud-*' 2>/dev/null | head -n 3)
+  [ -z "$left" ] || fail "cloud-init: units left after the purge: $(echo "$left" | tr '\n' ' ')"
+  ! command -v cloud-init >/dev/null || fail "cloud-init: $(command -v cloud-init) is still there after the purge"
+  # The unit orders itself after cloud-final.service; it must not pull it in.
+  unit=/usr/local/lib/systemd/system/node-agent.service
+  ! grep -Eq '^(Wants|Requires|Requisite|BindsTo|PartOf|Upholds)=.*cloud-' "$unit" ||
+    fail "$unit depends on a cloud-init unit: it would not start without cloud-init"
+  # cloud-init made this builder's SSH host keys and would have replaced them on every instance. Without it,
+  # each instance makes its own at its first boot instead of sharing the image's.
+  if [ -x /usr/sbin/sshd ]; then
+    rm -f /etc/ssh/ssh_host_*
+    install -d -m 0755 /etc/systemd/system/ssh.service.d
+    cat >/etc/systemd/system/ssh.service.d/node-agent-host-keys.conf <<'EOF'
+# node-agent's bake (CLOUD_INIT=false): the image carries no SSH host keys and no cloud-init to make them;
+# each instance makes its own before sshd's config test.
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+EOF
+    echo "ssh: the builder's host keys removed; ssh.service makes the instance's own at boot (ssh-keygen -A)"
+  fi
+  echo "cloud-init: not in this image"
+else
+  echo "cloud-init: kept ($(dpkg-query -W -f '${Version}' cloud-init 2>/dev/null || echo 'not in the base image'))"
+fi
 
 rm -rf "$STAGING"
