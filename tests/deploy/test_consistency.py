@@ -309,6 +309,11 @@ class LogsAndSecrets(unittest.TestCase):
                 group = LOCALS["log_group_template"].replace("{environment}", env).replace("{role}", role)
                 self.assertEqual({c["log"]["group"] for c in plan["children"]} | {plan["agent_log"]["group"]}, {group})
                 self.assertEqual(plan["log_retention_days"], default("log_retention_days"))
+                # The groups are made here: the agent creates none and sets no retention, and may not.
+                self.assertIs(tomllib.loads(AGENT_OUT.config(role, env).read_text())["logs"]["create_group"], False)
+                actions = {a for s in AGENT_OUT.policy(role, env)["Statement"]
+                           for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+                self.assertEqual(actions & {"logs:CreateLogGroup", "logs:PutRetentionPolicy"}, set(), f"{env}/{role}")
         lg = RESOURCES["aws_cloudwatch_log_group"]["node"]
         self.assertEqual(one(lg["for_each"]), "${local.log_groups}")
         self.assertEqual(one(lg["retention_in_days"]), "${var.log_retention_days}")
