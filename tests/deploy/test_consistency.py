@@ -35,6 +35,7 @@ GETH_ROLES = ["sealer", "rpc"]
 ACCOUNT = "210987654321"
 FS = "fs-0fedcba987654321f"
 APS = {"sealer": "fsap-0aaaaaaaaaaaaaaa1", "bootnode": "fsap-0bbbbbbbbbbbbbbb2", "ethstats": "fsap-0ccccccccccccccc3"}
+BACKUPS_AP = "fsap-0ddddddddddddddd4"
 
 
 def load(path):
@@ -77,6 +78,14 @@ def port(ref):
     return int(LOCALS["ports"][m.group(1)]) if m else int(ref)
 
 
+def efs_client_roles():
+    """local.efs_client_roles, evaluated: the roles (local.roles' order) in efs_roles or backup_roles."""
+    expr = "${[for r in local.roles : r if contains(concat(local.efs_roles,local.backup_roles),r)]}"
+    if LOCALS["efs_client_roles"] != expr:
+        raise AssertionError(f"local.efs_client_roles changed: {LOCALS['efs_client_roles']} (evaluate it here too)")
+    return [r for r in LOCALS["roles"] if r in LOCALS["efs_roles"] + LOCALS["backup_roles"]]
+
+
 def environments():
     """{environment: tfvars} of the example roots."""
     out = {}
@@ -96,7 +105,7 @@ class Agent:
     def config(self, role, environment):
         key = (role, environment)
         if key not in self.configs:
-            self.configs[key] = nat.write_config(self.work, role, environment, FS, self.kms(environment))
+            self.configs[key] = nat.write_config(self.work, role, environment, FS, self.kms(environment), BACKUPS_AP)
         return self.configs[key]
 
     def kms(self, environment):
@@ -122,9 +131,10 @@ class Agent:
     def policy(self, role, environment, fs_policy=False):
         region = environments()[environment]["region"]
         if fs_policy:
-            return nat.file_system_policy(AGENT, self.work, environment, region, ACCOUNT, FS, APS, self.kms(environment))
+            return nat.file_system_policy(AGENT, self.work, environment, region, ACCOUNT, FS, APS, BACKUPS_AP,
+                                          self.kms(environment))
         return nat.identity_policy(AGENT, self.work, role, environment, region, ACCOUNT, FS,
-                                   {role: APS[role]} if role in APS else {}, self.kms(environment))
+                                   {role: APS[role]} if role in APS else {}, BACKUPS_AP, self.kms(environment))
 
 
 AGENT_OUT = None
@@ -212,11 +222,24 @@ class SecurityGroups(unittest.TestCase):
         self.assertEqual({r["peer"] for r in rules if r["sg"] == "ethstats" and r["port"] == eport}, {"alb"} | reporters)
 
     def test_efs_from_exactly_the_roles_that_mount_it(self):
-        mounting = {r for r in ROLES if any(s["Sid"] == "MountThisRolesFileSystem"
-                                            for s in AGENT_OUT.policy(r, "production")["Statement"])}
-        self.assertEqual(mounting, set(one(LOCALS["efs_roles"])))
+        mounts = {r: [s for s in AGENT_OUT.policy(r, "production")["Statement"] if s["Sid"] == "MountThisRolesFileSystem"]
+                  for r in ROLES}
+        mounting = {r for r, s in mounts.items() if s}
+        self.assertEqual(mounting, set(efs_client_roles()))
+        self.assertEqual(nat.MOUNTING_ROLES, efs_client_roles(), "node_agent_tf.py's roles are the module's")
         self.assertEqual({(r["peer"], r["protocol"], r["port"]) for r in ingress() if r["sg"] == "efs"},
                          {(r, "tcp", 2049) for r in mounting})
+        # Through which access points: each data role its own, and the backups' exactly on the roles whose
+        # plan exports or seeds (check --json's backup).
+        for role, statements in mounts.items():
+            (s,) = statements or [{"Condition": {"StringEquals": {"elasticfilesystem:AccessPointArn": []}}}]
+            arns = s["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+            aps = {a.rsplit("/", 1)[1] for a in ([arns] if isinstance(arns, str) else arns)}
+            backup = AGENT_OUT.plan(role, "production")["backup"]
+            uses_backups = bool(backup and (backup["export"] or backup["seed"]))
+            want = ({APS[role]} if role in one(LOCALS["efs_roles"]) else set()) | ({BACKUPS_AP} if uses_backups else set())
+            self.assertEqual(aps, want, f"{role}: the access points it may mount through")
+            self.assertEqual(uses_backups, role in LOCALS["backup_roles"], f"{role}: local.backup_roles")
 
     def test_every_node_reaches_the_endpoints_and_nothing_else_leaves(self):
         self.assertEqual({r["peer"] for r in ingress() if r["sg"] == "endpoints"}, set(ROLES))
@@ -334,7 +357,8 @@ class Iam(unittest.TestCase):
         region = environments()[env]["region"]
         variables = {"partition": "aws", "region": region, "account_id": ACCOUNT, "environment": env,
                      "environment_title": nat.title(env), "file_system_id": FS,
-                     "kms_key_arn": AGENT_OUT.kms(env), "autoscaling_group": f"{env}-rpc", **extra}
+                     "kms_key_arn": AGENT_OUT.kms(env), "autoscaling_group": f"{env}-rpc",
+                     "backups_access_point_id": BACKUPS_AP, **extra}
         return json.loads(nat.render((MODULE / "policies" / name).read_text(), variables))
 
     def test_templates_are_iam_policys_output(self):
@@ -351,7 +375,7 @@ class Iam(unittest.TestCase):
     def test_file_system_policy_is_the_roles_parts_merged(self):
         for env in environments():
             have = self.render("file-system.json.tftpl", env, access_point_ids=APS,
-                               role_arns={r: nat.role_arn(ACCOUNT, env, r) for r in APS})
+                               role_arns={r: nat.role_arn(ACCOUNT, env, r) for r in efs_client_roles()})
             self.assertEqual(have, AGENT_OUT.policy(None, env, fs_policy=True), env)
 
     def test_module_wires_the_templates(self):
@@ -375,10 +399,28 @@ class Efs(unittest.TestCase):
             self.assertEqual((one(user["uid"]), one(user["gid"])), (int(uid.group(1)), int(uid.group(2))))
             self.assertEqual((one(info["owner_uid"]), one(info["owner_gid"]), one(info["permissions"])),
                              (int(uid.group(1)), int(uid.group(2)), "0750"))
-        self.assertEqual(one(one(RESOURCES["aws_efs_access_point"]["backups"]["root_directory"])["path"]), "/${var.environment}/backups")
+        self.assertEqual(one(one(RESOURCES["aws_efs_access_point"]["backups"]["root_directory"])["path"]),
+                         DEFAULTS["backup"]["path_template"].replace("{environment}", "${var.environment}"))
         fs = RESOURCES["aws_efs_file_system"]["chain"]
         self.assertTrue(one(fs["encrypted"]))
         self.assertEqual(one(RESOURCES["aws_backup_selection"]["chain"]["resources"]), ["${aws_efs_file_system.chain.arn}"])
+
+    def test_backups_export_on_rpc_and_seed_new_rpc_nodes(self):
+        self.assertEqual(DEFAULTS["backup"]["role"], "rpc")
+        for env in environments():
+            for role in ROLES:
+                cfg = tomllib.loads(AGENT_OUT.config(role, env).read_text())
+                self.assertEqual(cfg["backup"], {"efs_access_point_id": BACKUPS_AP}, f"{env}/{role}: the backups' access point")
+                backup = AGENT_OUT.plan(role, env)["backup"]
+                if role == "rpc":
+                    self.assertIsNotNone(backup["export"], "rpc exports (backup.role)")
+                    self.assertIs(backup["seed"], True, "a scaled-out rpc node seeds from the backups")
+                else:  # the sealer keeps its chain on EFS across replacements, and stays out of the backups
+                    self.assertTrue(backup is None or (backup["export"] is None and backup["seed"] is False), f"{role}: {backup}")
+        # Copies of the backups are kept as long as the AWS Backup plan says; node-agent keeps every segment.
+        rule = one(RESOURCES["aws_backup_plan"]["chain"]["rule"])
+        self.assertEqual(one(one(rule["lifecycle"])["delete_after"]), "${var.backup_retention_days}")
+        self.assertIn("backup_retention_days", VARIABLES)
 
 
 class LaunchTemplates(unittest.TestCase):

@@ -40,6 +40,9 @@ locals {
       drain_secs         = var.drain_secs
       lifecycle_hook     = local.rpc_hook_name
       autoscaling_group  = local.rpc_group_name
+
+      # backup.efs_access_point_id: every role's config names it; rpc mounts it (export, seeding).
+      backups_access_point_id = aws_efs_access_point.backups.id
     })
   }
 }
