@@ -152,31 +152,32 @@ def tearDownModule():
         shutil.rmtree(AGENT_OUT.work, ignore_errors=True)
 
 
-def opened(plan):
-    """{(protocol, port)} a role's programs listen on beyond loopback, read from the plan's command lines."""
-    ports = set()
-    for child in plan["children"]:
-        args, env = child["args"], dict(child["env"])
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+FROM = {"nodes", "load balancer", "nodes and load balancer", "this host"}
 
-        def arg(flag):
-            return args[args.index(flag) + 1] if flag in args else None
 
-        if child["name"] == "geth":
-            p2p = int(arg("--port"))
-            ports |= {("tcp", p2p), ("udp", p2p)}
-            if "--http" in args and arg("--http.addr") != "127.0.0.1":
-                ports.add(("tcp", int(arg("--http.port"))))
-            # geth 1.13 binds its Engine API on 127.0.0.1 whatever the flags say: nothing to open.
-        elif child["name"] == "bootnode":
-            ports.add(("udp", int(arg("-addr").rsplit(":", 1)[1])))
-        elif child["name"] == "ethstats":
-            ports.add(("tcp", int(env["PORT"])))
-        else:
-            raise AssertionError(f"a child this test does not know: {child['name']}")
-    host, _, health = plan["health_listen"].rpartition(":")
-    if plan["health_listen"] != "off" and host not in ("127.0.0.1", "localhost", "[::1]"):
-        ports.add(("tcp", int(health)))
-    return ports
+def listens(plan):
+    """{(protocol, port): listen} of `check --json`'s listens: every port the host listens on, and who reaches it."""
+    out = {}
+    for l in plan["listens"]:
+        key = (l["protocol"], l["port"])
+        assert key not in out, f"{key} listed twice: {plan['listens']}"
+        assert l["from"] in FROM, f"a `from` this test does not know: {l}"
+        # Reachable from elsewhere means bound beyond loopback, and the other way round.
+        assert (l["from"] == "this host") == (l["address"] in LOOPBACK), l
+        out[key] = l
+    return out
+
+
+def reachable(plan):
+    """{(protocol, port)} other hosts reach: the ports the role's security group must open."""
+    return {k for k, l in listens(plan).items() if l["from"] != "this host"}
+
+
+def find(plan, what):
+    """The one listen whose `what` starts with this (e.g. "geth p2p")."""
+    (l,) = [l for l in plan["listens"] if l["what"].startswith(what)]
+    return l
 
 
 def ingress():
@@ -191,35 +192,56 @@ class SecurityGroups(unittest.TestCase):
     def test_each_role_opens_exactly_the_ports_check_lists(self):
         for role in ROLES:
             plan = AGENT_OUT.plan(role, "production")
-            want = opened(plan)
+            want = reachable(plan)
             have = {(r["protocol"], r["port"]) for r in ingress() if r["sg"] == role}
-            self.assertEqual(have, want, f"{role}: security group ports vs node-agent check --json")
+            self.assertEqual(have, want, f"{role}: security group ports vs node-agent check --json's listens")
             outside = {(r["protocol"], r["port"]) for r in ingress_cidr() if r["sg"] == role}
             self.assertLessEqual(outside, want, f"{role}: a port opened to CIDRs that node-agent does not listen on")
 
     def test_who_may_reach_each_port(self):
-        plans = {r: AGENT_OUT.plan(r, "production") for r in ROLES}
-        http = port(one(RESOURCES["aws_lb_target_group"]["rpc"]["port"]))
-        health = int(LOCALS["ports"]["health"])
+        """listens' `from`: `load balancer` only from the ALB's group, `nodes` only between the nodes' groups,
+        `this host` from nowhere (and never to CIDRs but the bootnode's discovery)."""
         rules = ingress()
-        for r in rules:
-            if r["sg"] in ("rpc", "ethstats") and r["port"] in (http, health):
-                self.assertEqual(r["peer"], "alb", f"{r}: JSON-RPC and the health port from the load balancer only")
-        # p2p between every pair of geth nodes, and discovery from the bootnode.
-        p2p = int(plans["sealer"]["children"][0]["args"][plans["sealer"]["children"][0]["args"].index("--port") + 1])
+        plans = {r: AGENT_OUT.plan(r, "production") for r in ROLES}
+        for role, plan in plans.items():
+            for (proto, num), l in listens(plan).items():
+                peers = {r["peer"] for r in rules if r["sg"] == role and (r["protocol"], r["port"]) == (proto, num)}
+                cidrs = [r for r in ingress_cidr() if r["sg"] == role and (r["protocol"], r["port"]) == (proto, num)]
+                where = f"{role} {num}/{proto} ({l['what']}, from {l['from']})"
+                if l["from"] == "this host":
+                    self.assertEqual((peers, cidrs), (set(), []), where)
+                elif l["from"] == "load balancer":
+                    self.assertEqual(peers, {"alb"}, where)
+                    self.assertEqual(cidrs, [], where)
+                elif l["from"] == "nodes":
+                    self.assertTrue(peers and peers <= set(ROLES), where)
+                    if role != "bootnode":  # its discovery, also from bootnode_ingress_cidrs on its Elastic IP
+                        self.assertEqual(cidrs, [], where)
+                else:  # nodes and load balancer
+                    self.assertIn("alb", peers, where)
+                    self.assertTrue(peers - {"alb"} and peers - {"alb"} <= set(ROLES), where)
+                    self.assertEqual(cidrs, [], where)
+        # Which nodes: p2p between every pair of geth nodes (the one sealer not from itself, rpc nodes from
+        # each other), discovery also from the bootnode.
         for role in GETH_ROLES:
-            peers = {(r["peer"], r["protocol"]) for r in rules if r["sg"] == role and r["port"] == p2p}
-            # From every other geth node; rpc nodes also from each other (a group), the one sealer not from itself.
-            want = {(p, proto) for p in GETH_ROLES if p != role or role == "rpc" for proto in ("tcp", "udp")}
-            want |= {("bootnode", "udp")}
-            self.assertEqual(peers, want, f"{role}: who reaches p2p {p2p}")
-        (bport,) = {p for _, p in opened(plans["bootnode"])}
-        self.assertEqual({r["peer"] for r in rules if r["sg"] == "bootnode" and r["port"] == bport}, set(GETH_ROLES))
+            for what in ("geth p2p", "geth discovery"):
+                l = find(plans[role], what)
+                peers = {r["peer"] for r in rules if r["sg"] == role and (r["protocol"], r["port"]) == (l["protocol"], l["port"])}
+                want = {p for p in GETH_ROLES if p != role or role == "rpc"} | ({"bootnode"} if l["protocol"] == "udp" else set())
+                self.assertEqual(peers, want, f"{role}: who reaches {what} {l['port']}/{l['protocol']}")
+        b = find(plans["bootnode"], "bootnode discovery")
+        self.assertEqual({r["peer"] for r in rules if r["sg"] == "bootnode" and r["port"] == b["port"]}, set(GETH_ROLES))
         # ethstats: the dashboard from the load balancer, reports from the nodes that report (chain.ethstats).
-        eport = int(dict(plans["ethstats"]["children"][0]["env"])["PORT"])
+        e = find(plans["ethstats"], "ethstats")
+        self.assertEqual(e["from"], "nodes and load balancer")
         reporters = {r for r in GETH_ROLES if plans[r]["children"][0]["probe"].get("ethstats")}
         self.assertEqual(reporters, set(GETH_ROLES), "the user-data sets chain.ethstats: every geth node reports")
-        self.assertEqual({r["peer"] for r in rules if r["sg"] == "ethstats" and r["port"] == eport}, {"alb"} | reporters)
+        self.assertEqual({r["peer"] for r in rules if r["sg"] == "ethstats" and r["port"] == e["port"]}, {"alb"} | reporters)
+        # local.ports names the same numbers.
+        self.assertEqual({k: int(v) for k, v in LOCALS["ports"].items() if k in ("p2p", "http", "bootnode", "ethstats", "health")},
+                         {"p2p": find(plans["sealer"], "geth p2p")["port"], "http": find(plans["rpc"], "geth JSON-RPC")["port"],
+                          "bootnode": b["port"], "ethstats": e["port"],
+                          "health": find(plans["rpc"], "node-agent health")["port"]})
 
     def test_efs_from_exactly_the_roles_that_mount_it(self):
         mounts = {r: [s for s in AGENT_OUT.policy(r, "production")["Statement"] if s["Sid"] == "MountThisRolesFileSystem"]
@@ -252,10 +274,15 @@ class SecurityGroups(unittest.TestCase):
             self.assertIn(r["sg"], ("alb", "bootnode"))
 
     def test_load_balancer_forwards_to_the_ports_check_lists(self):
-        rpc, eth = AGENT_OUT.plan("rpc", "production"), AGENT_OUT.plan("ethstats", "production")
+        """The ports a role lists as reached by the load balancer are exactly its target group's traffic
+        and health check ports."""
         tgs = RESOURCES["aws_lb_target_group"]
-        self.assertIn(("tcp", port(one(tgs["rpc"]["port"]))), opened(rpc))
-        self.assertIn(("tcp", port(one(tgs["ethstats"]["port"]))), opened(eth))
+        for role in ("rpc", "ethstats"):
+            tg = tgs[role]
+            lb = {k for k, l in listens(AGENT_OUT.plan(role, "production")).items() if "load balancer" in l["from"]}
+            self.assertEqual(lb, {("tcp", port(one(tg["port"]))), ("tcp", port(one(one(tg["health_check"])["port"])))}, role)
+        for role in ("sealer", "bootnode"):
+            self.assertFalse([l for l in AGENT_OUT.plan(role, "production")["listens"] if "load balancer" in l["from"]], role)
         listeners = RESOURCES["aws_lb_listener"]
         self.assertEqual(one(one(listeners["rpc"]["default_action"])["target_group_arn"]), "${aws_lb_target_group.rpc.arn}")
         self.assertEqual(one(one(listeners["ethstats"]["default_action"])["target_group_arn"]), "${aws_lb_target_group.ethstats.arn}")
