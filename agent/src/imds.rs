@@ -235,6 +235,23 @@ fn spot_notice(text: &str) -> Leaving {
     }
 }
 
+/// The instance's user-data (`None`: there is none), read once at boot. User-data that is not UTF-8
+/// (gzip, binary MIME parts: cloud-init's, never node-agent's) comes back as empty bytes, which no
+/// reader takes for configuration.
+pub async fn user_data() -> Result<Option<Vec<u8>>, IdentityError> {
+    let path = "/latest/user-data";
+    match get(&client(), path).await {
+        Ok(v) => Ok(v.map(String::into_bytes)),
+        // The SDK's client refuses a body that is not UTF-8 with this message (aws-config 1.x).
+        Err(Attempt::Retry(cause)) if cause.contains("invalid UTF-8") => Ok(Some(Vec::new())),
+        Err(Attempt::Retry(cause)) => Err(IdentityError::Bad {
+            path: path.into(),
+            cause,
+        }),
+        Err(Attempt::Final(e)) => Err(e),
+    }
+}
+
 /// Identity for local mode, from flags: no IMDS involved.
 pub fn local(role: &str, environment: &str, instance_id: Option<&str>) -> Identity {
     let host = crate::sys::hostname().unwrap_or_else(|| "localhost".into());

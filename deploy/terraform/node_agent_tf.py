@@ -24,7 +24,14 @@ MODULE = HERE / "modules" / "node-agent"
 POLICIES = MODULE / "policies"
 USER_DATA = MODULE / "user-data.sh.tftpl"
 ROLES = ["sealer", "rpc", "bootnode", "ethstats"]
+# Roles that keep their data on EFS, each through an access point of its own (/{environment}/{role}).
 EFS_ROLES = ["sealer", "bootnode", "ethstats"]
+# Roles that mount the backups' directory (/{environment}/backups, through its access point): rpc exports
+# (backup.role, the default) and seeds a new node's empty datadir (storage.seed_from_backup, set for rpc
+# only in user-data.sh.tftpl).
+BACKUP_ROLES = ["rpc"]
+# Every role that mounts the file system, in ROLES' order (the file system policy's order).
+MOUNTING_ROLES = [r for r in ROLES if r in EFS_ROLES or r in BACKUP_ROLES]
 
 # Sentinels: values node-agent accepts and that occur nowhere else in its output.
 S_ENV = "envsentinel"
@@ -32,6 +39,7 @@ S_REGION = "eu-central-1"
 S_ACCOUNT = "123456789012"
 S_FS = "fs-0123456789abcdef0"
 S_AP = {r: f"fsap-0000000000000000{i + 1}" for i, r in enumerate(EFS_ROLES)}
+S_AP_BACKUPS = "fsap-0000000000000000b"
 S_KMS = f"arn:aws:kms:{S_REGION}:{S_ACCOUNT}:key/00000000-0000-4000-8000-000000000000"
 S_ENODE = "9843fd0fa5b2214145b545d3f9c6f12d6e572f2a93ec4c3eb2a42c1c1413418426bfd589f5728e06c07e85de3828607ad1b6acfd5d2f02a727a8f011cf7fdb43"
 
@@ -67,8 +75,8 @@ def render(text, variables):
     return text
 
 
-def user_data_vars(role, environment, file_system_id, kms_key_arn, zone="chain.internal", enode=S_ENODE,
-                   retention=30, stop_secs=120, drain_secs=30):
+def user_data_vars(role, environment, file_system_id, kms_key_arn, backups_access_point_id, zone="chain.internal",
+                   enode=S_ENODE, retention=30, stop_secs=120, drain_secs=30):
     """The variables compute.tf passes to user-data.sh.tftpl (defaults: the module's variable defaults;
     tests/deploy checks that they are)."""
     return {
@@ -79,6 +87,7 @@ def user_data_vars(role, environment, file_system_id, kms_key_arn, zone="chain.i
         "ethstats_host": f"ethstats.{zone}",
         "ethstats_port": 3000,
         "file_system_id": file_system_id,
+        "backups_access_point_id": backups_access_point_id,
         "kms_key_arn": kms_key_arn,
         "log_retention_days": retention,
         "stop_secs": stop_secs,
@@ -100,8 +109,9 @@ def config_of_user_data(user_data):
     return m.group(1).replace("\\n", "\n")
 
 
-def write_config(directory, role, environment, file_system_id, kms_key_arn, **kw):
-    text = config_of_user_data(render(USER_DATA.read_text(), user_data_vars(role, environment, file_system_id, kms_key_arn, **kw)))
+def write_config(directory, role, environment, file_system_id, kms_key_arn, backups_access_point_id, **kw):
+    variables = user_data_vars(role, environment, file_system_id, kms_key_arn, backups_access_point_id, **kw)
+    text = config_of_user_data(render(USER_DATA.read_text(), variables))
     path = Path(directory) / f"{environment}-{role}.toml"
     path.write_text(text)
     return path
@@ -118,17 +128,18 @@ def iam_policy(agent, config, role, environment, region, account, file_system_id
     return json.loads(out.stdout)
 
 
-def identity_policy(agent, workdir, role, environment, region, account, fs, aps, kms):
-    config = write_config(workdir, role, environment, fs, kms)
+def identity_policy(agent, workdir, role, environment, region, account, fs, aps, backups_ap, kms):
+    """aps: {role: its access point} (the roles of EFS_ROLES); backups_ap: the backups' access point."""
+    config = write_config(workdir, role, environment, fs, kms, backups_ap)
     return iam_policy(agent, config, role, environment, region, account, fs, aps.get(role))
 
 
-def file_system_policy(agent, workdir, environment, region, account, fs, aps, kms):
-    """The roles' parts merged, as docs/secrets-and-iam.md says (the Deny once)."""
+def file_system_policy(agent, workdir, environment, region, account, fs, aps, backups_ap, kms):
+    """The parts of every role that mounts, merged, as docs/secrets-and-iam.md says (the Deny once)."""
     statements = []
-    for role in EFS_ROLES:
-        config = write_config(workdir, role, environment, fs, kms)
-        for s in iam_policy(agent, config, role, environment, region, account, fs, aps[role], fs_policy=True)["Statement"]:
+    for role in MOUNTING_ROLES:
+        config = write_config(workdir, role, environment, fs, kms, backups_ap)
+        for s in iam_policy(agent, config, role, environment, region, account, fs, aps.get(role), fs_policy=True)["Statement"]:
             if s not in statements:
                 statements.append(s)
     return {"Version": "2012-10-17", "Statement": statements}
@@ -138,8 +149,9 @@ def templatize(doc):
     """node-agent's output for the sentinels -> the template, sentinels replaced longest first."""
     text = json.dumps(doc, indent=2) + "\n"
     pairs = [(S_KMS, "${kms_key_arn}")]
-    pairs += [(role_arn(S_ACCOUNT, S_ENV, r), '${role_arns["%s"]}' % r) for r in EFS_ROLES]
+    pairs += [(role_arn(S_ACCOUNT, S_ENV, r), '${role_arns["%s"]}' % r) for r in MOUNTING_ROLES]
     pairs += [(ap, '${access_point_ids["%s"]}' % r) for r, ap in S_AP.items()]
+    pairs += [(S_AP_BACKUPS, "${backups_access_point_id}")]
     pairs += [(f"{S_ENV}-rpc", "${autoscaling_group}"), (S_FS, "${file_system_id}"),
               ("arn:aws:", "arn:${partition}:"), (S_REGION, "${region}"), (S_ACCOUNT, "${account_id}"),
               (S_ENV, "${environment}"), (title(S_ENV), "${environment_title}")]
@@ -155,12 +167,12 @@ def generated(agent):
         for role in ROLES:
             # One access point per role: the identity template names it as ${access_point_id}.
             aps = {role: S_AP[role]} if role in EFS_ROLES else {}
-            text = templatize(identity_policy(agent, work, role, S_ENV, S_REGION, S_ACCOUNT, S_FS, aps, S_KMS))
+            text = templatize(identity_policy(agent, work, role, S_ENV, S_REGION, S_ACCOUNT, S_FS, aps, S_AP_BACKUPS, S_KMS))
             if role in EFS_ROLES:
                 text = text.replace('${access_point_ids["%s"]}' % role, "${access_point_id}")
             files[f"{role}.json.tftpl"] = text
         files["file-system.json.tftpl"] = templatize(
-            file_system_policy(agent, work, S_ENV, S_REGION, S_ACCOUNT, S_FS, S_AP, S_KMS))
+            file_system_policy(agent, work, S_ENV, S_REGION, S_ACCOUNT, S_FS, S_AP, S_AP_BACKUPS, S_KMS))
     return files
 
 

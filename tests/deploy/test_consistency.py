@@ -35,6 +35,7 @@ GETH_ROLES = ["sealer", "rpc"]
 ACCOUNT = "210987654321"
 FS = "fs-0fedcba987654321f"
 APS = {"sealer": "fsap-0aaaaaaaaaaaaaaa1", "bootnode": "fsap-0bbbbbbbbbbbbbbb2", "ethstats": "fsap-0ccccccccccccccc3"}
+BACKUPS_AP = "fsap-0ddddddddddddddd4"
 
 
 def load(path):
@@ -77,6 +78,14 @@ def port(ref):
     return int(LOCALS["ports"][m.group(1)]) if m else int(ref)
 
 
+def efs_client_roles():
+    """local.efs_client_roles, evaluated: the roles (local.roles' order) in efs_roles or backup_roles."""
+    expr = "${[for r in local.roles : r if contains(concat(local.efs_roles,local.backup_roles),r)]}"
+    if LOCALS["efs_client_roles"] != expr:
+        raise AssertionError(f"local.efs_client_roles changed: {LOCALS['efs_client_roles']} (evaluate it here too)")
+    return [r for r in LOCALS["roles"] if r in LOCALS["efs_roles"] + LOCALS["backup_roles"]]
+
+
 def environments():
     """{environment: tfvars} of the example roots."""
     out = {}
@@ -96,7 +105,7 @@ class Agent:
     def config(self, role, environment):
         key = (role, environment)
         if key not in self.configs:
-            self.configs[key] = nat.write_config(self.work, role, environment, FS, self.kms(environment))
+            self.configs[key] = nat.write_config(self.work, role, environment, FS, self.kms(environment), BACKUPS_AP)
         return self.configs[key]
 
     def kms(self, environment):
@@ -122,9 +131,10 @@ class Agent:
     def policy(self, role, environment, fs_policy=False):
         region = environments()[environment]["region"]
         if fs_policy:
-            return nat.file_system_policy(AGENT, self.work, environment, region, ACCOUNT, FS, APS, self.kms(environment))
+            return nat.file_system_policy(AGENT, self.work, environment, region, ACCOUNT, FS, APS, BACKUPS_AP,
+                                          self.kms(environment))
         return nat.identity_policy(AGENT, self.work, role, environment, region, ACCOUNT, FS,
-                                   {role: APS[role]} if role in APS else {}, self.kms(environment))
+                                   {role: APS[role]} if role in APS else {}, BACKUPS_AP, self.kms(environment))
 
 
 AGENT_OUT = None
@@ -142,31 +152,32 @@ def tearDownModule():
         shutil.rmtree(AGENT_OUT.work, ignore_errors=True)
 
 
-def opened(plan):
-    """{(protocol, port)} a role's programs listen on beyond loopback, read from the plan's command lines."""
-    ports = set()
-    for child in plan["children"]:
-        args, env = child["args"], dict(child["env"])
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+FROM = {"nodes", "load balancer", "nodes and load balancer", "this host"}
 
-        def arg(flag):
-            return args[args.index(flag) + 1] if flag in args else None
 
-        if child["name"] == "geth":
-            p2p = int(arg("--port"))
-            ports |= {("tcp", p2p), ("udp", p2p)}
-            if "--http" in args and arg("--http.addr") != "127.0.0.1":
-                ports.add(("tcp", int(arg("--http.port"))))
-            # geth 1.13 binds its Engine API on 127.0.0.1 whatever the flags say: nothing to open.
-        elif child["name"] == "bootnode":
-            ports.add(("udp", int(arg("-addr").rsplit(":", 1)[1])))
-        elif child["name"] == "ethstats":
-            ports.add(("tcp", int(env["PORT"])))
-        else:
-            raise AssertionError(f"a child this test does not know: {child['name']}")
-    host, _, health = plan["health_listen"].rpartition(":")
-    if plan["health_listen"] != "off" and host not in ("127.0.0.1", "localhost", "[::1]"):
-        ports.add(("tcp", int(health)))
-    return ports
+def listens(plan):
+    """{(protocol, port): listen} of `check --json`'s listens: every port the host listens on, and who reaches it."""
+    out = {}
+    for l in plan["listens"]:
+        key = (l["protocol"], l["port"])
+        assert key not in out, f"{key} listed twice: {plan['listens']}"
+        assert l["from"] in FROM, f"a `from` this test does not know: {l}"
+        # Reachable from elsewhere means bound beyond loopback, and the other way round.
+        assert (l["from"] == "this host") == (l["address"] in LOOPBACK), l
+        out[key] = l
+    return out
+
+
+def reachable(plan):
+    """{(protocol, port)} other hosts reach: the ports the role's security group must open."""
+    return {k for k, l in listens(plan).items() if l["from"] != "this host"}
+
+
+def find(plan, what):
+    """The one listen whose `what` starts with this (e.g. "geth p2p")."""
+    (l,) = [l for l in plan["listens"] if l["what"].startswith(what)]
+    return l
 
 
 def ingress():
@@ -181,42 +192,76 @@ class SecurityGroups(unittest.TestCase):
     def test_each_role_opens_exactly_the_ports_check_lists(self):
         for role in ROLES:
             plan = AGENT_OUT.plan(role, "production")
-            want = opened(plan)
+            want = reachable(plan)
             have = {(r["protocol"], r["port"]) for r in ingress() if r["sg"] == role}
-            self.assertEqual(have, want, f"{role}: security group ports vs node-agent check --json")
+            self.assertEqual(have, want, f"{role}: security group ports vs node-agent check --json's listens")
             outside = {(r["protocol"], r["port"]) for r in ingress_cidr() if r["sg"] == role}
             self.assertLessEqual(outside, want, f"{role}: a port opened to CIDRs that node-agent does not listen on")
 
     def test_who_may_reach_each_port(self):
-        plans = {r: AGENT_OUT.plan(r, "production") for r in ROLES}
-        http = port(one(RESOURCES["aws_lb_target_group"]["rpc"]["port"]))
-        health = int(LOCALS["ports"]["health"])
+        """listens' `from`: `load balancer` only from the ALB's group, `nodes` only between the nodes' groups,
+        `this host` from nowhere (and never to CIDRs but the bootnode's discovery)."""
         rules = ingress()
-        for r in rules:
-            if r["sg"] in ("rpc", "ethstats") and r["port"] in (http, health):
-                self.assertEqual(r["peer"], "alb", f"{r}: JSON-RPC and the health port from the load balancer only")
-        # p2p between every pair of geth nodes, and discovery from the bootnode.
-        p2p = int(plans["sealer"]["children"][0]["args"][plans["sealer"]["children"][0]["args"].index("--port") + 1])
+        plans = {r: AGENT_OUT.plan(r, "production") for r in ROLES}
+        for role, plan in plans.items():
+            for (proto, num), l in listens(plan).items():
+                peers = {r["peer"] for r in rules if r["sg"] == role and (r["protocol"], r["port"]) == (proto, num)}
+                cidrs = [r for r in ingress_cidr() if r["sg"] == role and (r["protocol"], r["port"]) == (proto, num)]
+                where = f"{role} {num}/{proto} ({l['what']}, from {l['from']})"
+                if l["from"] == "this host":
+                    self.assertEqual((peers, cidrs), (set(), []), where)
+                elif l["from"] == "load balancer":
+                    self.assertEqual(peers, {"alb"}, where)
+                    self.assertEqual(cidrs, [], where)
+                elif l["from"] == "nodes":
+                    self.assertTrue(peers and peers <= set(ROLES), where)
+                    if role != "bootnode":  # its discovery, also from bootnode_ingress_cidrs on its Elastic IP
+                        self.assertEqual(cidrs, [], where)
+                else:  # nodes and load balancer
+                    self.assertIn("alb", peers, where)
+                    self.assertTrue(peers - {"alb"} and peers - {"alb"} <= set(ROLES), where)
+                    self.assertEqual(cidrs, [], where)
+        # Which nodes: p2p between every pair of geth nodes (the one sealer not from itself, rpc nodes from
+        # each other), discovery also from the bootnode.
         for role in GETH_ROLES:
-            peers = {(r["peer"], r["protocol"]) for r in rules if r["sg"] == role and r["port"] == p2p}
-            # From every other geth node; rpc nodes also from each other (a group), the one sealer not from itself.
-            want = {(p, proto) for p in GETH_ROLES if p != role or role == "rpc" for proto in ("tcp", "udp")}
-            want |= {("bootnode", "udp")}
-            self.assertEqual(peers, want, f"{role}: who reaches p2p {p2p}")
-        (bport,) = {p for _, p in opened(plans["bootnode"])}
-        self.assertEqual({r["peer"] for r in rules if r["sg"] == "bootnode" and r["port"] == bport}, set(GETH_ROLES))
+            for what in ("geth p2p", "geth discovery"):
+                l = find(plans[role], what)
+                peers = {r["peer"] for r in rules if r["sg"] == role and (r["protocol"], r["port"]) == (l["protocol"], l["port"])}
+                want = {p for p in GETH_ROLES if p != role or role == "rpc"} | ({"bootnode"} if l["protocol"] == "udp" else set())
+                self.assertEqual(peers, want, f"{role}: who reaches {what} {l['port']}/{l['protocol']}")
+        b = find(plans["bootnode"], "bootnode discovery")
+        self.assertEqual({r["peer"] for r in rules if r["sg"] == "bootnode" and r["port"] == b["port"]}, set(GETH_ROLES))
         # ethstats: the dashboard from the load balancer, reports from the nodes that report (chain.ethstats).
-        eport = int(dict(plans["ethstats"]["children"][0]["env"])["PORT"])
+        e = find(plans["ethstats"], "ethstats")
+        self.assertEqual(e["from"], "nodes and load balancer")
         reporters = {r for r in GETH_ROLES if plans[r]["children"][0]["probe"].get("ethstats")}
         self.assertEqual(reporters, set(GETH_ROLES), "the user-data sets chain.ethstats: every geth node reports")
-        self.assertEqual({r["peer"] for r in rules if r["sg"] == "ethstats" and r["port"] == eport}, {"alb"} | reporters)
+        self.assertEqual({r["peer"] for r in rules if r["sg"] == "ethstats" and r["port"] == e["port"]}, {"alb"} | reporters)
+        # local.ports names the same numbers.
+        self.assertEqual({k: int(v) for k, v in LOCALS["ports"].items() if k in ("p2p", "http", "bootnode", "ethstats", "health")},
+                         {"p2p": find(plans["sealer"], "geth p2p")["port"], "http": find(plans["rpc"], "geth JSON-RPC")["port"],
+                          "bootnode": b["port"], "ethstats": e["port"],
+                          "health": find(plans["rpc"], "node-agent health")["port"]})
 
     def test_efs_from_exactly_the_roles_that_mount_it(self):
-        mounting = {r for r in ROLES if any(s["Sid"] == "MountThisRolesFileSystem"
-                                            for s in AGENT_OUT.policy(r, "production")["Statement"])}
-        self.assertEqual(mounting, set(one(LOCALS["efs_roles"])))
+        mounts = {r: [s for s in AGENT_OUT.policy(r, "production")["Statement"] if s["Sid"] == "MountThisRolesFileSystem"]
+                  for r in ROLES}
+        mounting = {r for r, s in mounts.items() if s}
+        self.assertEqual(mounting, set(efs_client_roles()))
+        self.assertEqual(nat.MOUNTING_ROLES, efs_client_roles(), "node_agent_tf.py's roles are the module's")
         self.assertEqual({(r["peer"], r["protocol"], r["port"]) for r in ingress() if r["sg"] == "efs"},
                          {(r, "tcp", 2049) for r in mounting})
+        # Through which access points: each data role its own, and the backups' exactly on the roles whose
+        # plan exports or seeds (check --json's backup).
+        for role, statements in mounts.items():
+            (s,) = statements or [{"Condition": {"StringEquals": {"elasticfilesystem:AccessPointArn": []}}}]
+            arns = s["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+            aps = {a.rsplit("/", 1)[1] for a in ([arns] if isinstance(arns, str) else arns)}
+            backup = AGENT_OUT.plan(role, "production")["backup"]
+            uses_backups = bool(backup and (backup["export"] or backup["seed"]))
+            want = ({APS[role]} if role in one(LOCALS["efs_roles"]) else set()) | ({BACKUPS_AP} if uses_backups else set())
+            self.assertEqual(aps, want, f"{role}: the access points it may mount through")
+            self.assertEqual(uses_backups, role in LOCALS["backup_roles"], f"{role}: local.backup_roles")
 
     def test_every_node_reaches_the_endpoints_and_nothing_else_leaves(self):
         self.assertEqual({r["peer"] for r in ingress() if r["sg"] == "endpoints"}, set(ROLES))
@@ -229,10 +274,15 @@ class SecurityGroups(unittest.TestCase):
             self.assertIn(r["sg"], ("alb", "bootnode"))
 
     def test_load_balancer_forwards_to_the_ports_check_lists(self):
-        rpc, eth = AGENT_OUT.plan("rpc", "production"), AGENT_OUT.plan("ethstats", "production")
+        """The ports a role lists as reached by the load balancer are exactly its target group's traffic
+        and health check ports."""
         tgs = RESOURCES["aws_lb_target_group"]
-        self.assertIn(("tcp", port(one(tgs["rpc"]["port"]))), opened(rpc))
-        self.assertIn(("tcp", port(one(tgs["ethstats"]["port"]))), opened(eth))
+        for role in ("rpc", "ethstats"):
+            tg = tgs[role]
+            lb = {k for k, l in listens(AGENT_OUT.plan(role, "production")).items() if "load balancer" in l["from"]}
+            self.assertEqual(lb, {("tcp", port(one(tg["port"]))), ("tcp", port(one(one(tg["health_check"])["port"])))}, role)
+        for role in ("sealer", "bootnode"):
+            self.assertFalse([l for l in AGENT_OUT.plan(role, "production")["listens"] if "load balancer" in l["from"]], role)
         listeners = RESOURCES["aws_lb_listener"]
         self.assertEqual(one(one(listeners["rpc"]["default_action"])["target_group_arn"]), "${aws_lb_target_group.rpc.arn}")
         self.assertEqual(one(one(listeners["ethstats"]["default_action"])["target_group_arn"]), "${aws_lb_target_group.ethstats.arn}")
@@ -309,6 +359,11 @@ class LogsAndSecrets(unittest.TestCase):
                 group = LOCALS["log_group_template"].replace("{environment}", env).replace("{role}", role)
                 self.assertEqual({c["log"]["group"] for c in plan["children"]} | {plan["agent_log"]["group"]}, {group})
                 self.assertEqual(plan["log_retention_days"], default("log_retention_days"))
+                # The groups are made here: the agent creates none and sets no retention, and may not.
+                self.assertIs(tomllib.loads(AGENT_OUT.config(role, env).read_text())["logs"]["create_group"], False)
+                actions = {a for s in AGENT_OUT.policy(role, env)["Statement"]
+                           for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+                self.assertEqual(actions & {"logs:CreateLogGroup", "logs:PutRetentionPolicy"}, set(), f"{env}/{role}")
         lg = RESOURCES["aws_cloudwatch_log_group"]["node"]
         self.assertEqual(one(lg["for_each"]), "${local.log_groups}")
         self.assertEqual(one(lg["retention_in_days"]), "${var.log_retention_days}")
@@ -329,7 +384,8 @@ class Iam(unittest.TestCase):
         region = environments()[env]["region"]
         variables = {"partition": "aws", "region": region, "account_id": ACCOUNT, "environment": env,
                      "environment_title": nat.title(env), "file_system_id": FS,
-                     "kms_key_arn": AGENT_OUT.kms(env), "autoscaling_group": f"{env}-rpc", **extra}
+                     "kms_key_arn": AGENT_OUT.kms(env), "autoscaling_group": f"{env}-rpc",
+                     "backups_access_point_id": BACKUPS_AP, **extra}
         return json.loads(nat.render((MODULE / "policies" / name).read_text(), variables))
 
     def test_templates_are_iam_policys_output(self):
@@ -346,7 +402,7 @@ class Iam(unittest.TestCase):
     def test_file_system_policy_is_the_roles_parts_merged(self):
         for env in environments():
             have = self.render("file-system.json.tftpl", env, access_point_ids=APS,
-                               role_arns={r: nat.role_arn(ACCOUNT, env, r) for r in APS})
+                               role_arns={r: nat.role_arn(ACCOUNT, env, r) for r in efs_client_roles()})
             self.assertEqual(have, AGENT_OUT.policy(None, env, fs_policy=True), env)
 
     def test_module_wires_the_templates(self):
@@ -370,10 +426,28 @@ class Efs(unittest.TestCase):
             self.assertEqual((one(user["uid"]), one(user["gid"])), (int(uid.group(1)), int(uid.group(2))))
             self.assertEqual((one(info["owner_uid"]), one(info["owner_gid"]), one(info["permissions"])),
                              (int(uid.group(1)), int(uid.group(2)), "0750"))
-        self.assertEqual(one(one(RESOURCES["aws_efs_access_point"]["backups"]["root_directory"])["path"]), "/${var.environment}/backups")
+        self.assertEqual(one(one(RESOURCES["aws_efs_access_point"]["backups"]["root_directory"])["path"]),
+                         DEFAULTS["backup"]["path_template"].replace("{environment}", "${var.environment}"))
         fs = RESOURCES["aws_efs_file_system"]["chain"]
         self.assertTrue(one(fs["encrypted"]))
         self.assertEqual(one(RESOURCES["aws_backup_selection"]["chain"]["resources"]), ["${aws_efs_file_system.chain.arn}"])
+
+    def test_backups_export_on_rpc_and_seed_new_rpc_nodes(self):
+        self.assertEqual(DEFAULTS["backup"]["role"], "rpc")
+        for env in environments():
+            for role in ROLES:
+                cfg = tomllib.loads(AGENT_OUT.config(role, env).read_text())
+                self.assertEqual(cfg["backup"], {"efs_access_point_id": BACKUPS_AP}, f"{env}/{role}: the backups' access point")
+                backup = AGENT_OUT.plan(role, env)["backup"]
+                if role == "rpc":
+                    self.assertIsNotNone(backup["export"], "rpc exports (backup.role)")
+                    self.assertIs(backup["seed"], True, "a scaled-out rpc node seeds from the backups")
+                else:  # the sealer keeps its chain on EFS across replacements, and stays out of the backups
+                    self.assertTrue(backup is None or (backup["export"] is None and backup["seed"] is False), f"{role}: {backup}")
+        # Copies of the backups are kept as long as the AWS Backup plan says; node-agent keeps every segment.
+        rule = one(RESOURCES["aws_backup_plan"]["chain"]["rule"])
+        self.assertEqual(one(one(rule["lifecycle"])["delete_after"]), "${var.backup_retention_days}")
+        self.assertIn("backup_retention_days", VARIABLES)
 
 
 class LaunchTemplates(unittest.TestCase):

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch};
 /// What a round needs to know.
 #[derive(Debug, Clone)]
 pub struct Exporter {
+    /// The backups' directory as prepared (mounted and guarded by its sentinel).
+    pub place: crate::config::StorageSettings,
     pub dir: PathBuf,
     pub ipc: PathBuf,
     pub settings: ExportSettings,
@@ -80,6 +82,13 @@ impl Exporter {
     /// One round: every finished range not yet backed up, in order. Stops at the first failure (what
     /// was written before it stays).
     pub async fn round(&self) -> Result<Vec<Segment>, String> {
+        // Never onto the local disk under an EFS mount point that is not mounted.
+        let place = self.place.clone();
+        blocking(move || {
+            crate::storage::still_in_place(&place)
+                .map_err(|e| format!("the backups' directory is not in place: {e}"))
+        })
+        .await?;
         let head = call(&self.ipc, "eth_blockNumber", json!([])).await?;
         let head = head
             .as_str()

@@ -60,8 +60,11 @@ pub enum AgentError {
         "local mode needs --role and --environment (e.g. --local --role rpc --environment dev)"
     )]
     LocalNeedsRole,
-    #[error("no configuration at {}: pass --config PATH (node-agent install lays one out), or try it without AWS: --local --role ROLE --environment ENV", config::DEFAULT_PATH)]
-    NoConfig,
+    #[error("no configuration at {} and none in user-data{why}: pass --config PATH (node-agent install lays one out), launch the instance with #node-agent user-data, or try it without AWS: --local --role ROLE --environment ENV", config::DEFAULT_PATH)]
+    NoConfig {
+        /// Why user-data could not be read, when it could not.
+        why: String,
+    },
     #[error(transparent)]
     Genesis(#[from] crate::chain::genesis::GenesisError),
     #[error("{what} {path}: {source}")]
@@ -79,22 +82,37 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
     let default = Path::new(config::DEFAULT_PATH);
     let path = match (&args.config, args.local) {
         (Some(p), _) => Some(p.as_path()),
-        (None, true) if !default.exists() => None,
-        (None, false) if !default.exists() => return Err(AgentError::NoConfig),
+        // Off EC2 the built-in defaults; on EC2 user-data may carry the whole configuration.
+        (None, _) if !default.exists() => None,
         (None, _) => Some(default),
     };
-    let (file, path) = ConfigFile::load(path)?;
+    let (mut file, path) = ConfigFile::load(path)?;
+    // With no file, the configuration can only be in user-data: off EC2 that is known soon.
+    let no_file = args.config.is_none() && !default.exists();
     let identity: Identity = if args.local {
         let (Some(role), Some(env)) = (args.role, args.environment.as_deref()) else {
             return Err(AgentError::LocalNeedsRole);
         };
         imds::local(role.as_str(), env, args.instance_id.as_deref())
+    } else if no_file {
+        imds::at_boot(std::time::Duration::from_secs(20))
+            .await
+            .map_err(|e| AgentError::NoConfig {
+                why: format!(" (the instance metadata service does not answer: {e})"),
+            })?
     } else {
         imds::at_boot(std::time::Duration::from_secs(
             file.timeouts.imds_secs.max(1),
         ))
         .await?
     };
+    let user_data = match args.local {
+        true => None,
+        false => layer_user_data(&mut file, &path).await?,
+    };
+    if !args.local && user_data.is_none() && no_file {
+        return Err(AgentError::NoConfig { why: String::new() });
+    }
     // Local mode off a baked host: no genesis where the image puts it. The built-in dev genesis lets one
     // try the agent anywhere.
     let builtin = args.local
@@ -109,8 +127,58 @@ pub async fn make_plan(args: &HostArgs) -> Result<(Settings, Plan), AgentError> 
     } else {
         Settings::new(&file, &path, &identity, args.local)?
     };
+    let mut settings = settings;
+    settings.sources = config::userdata::sources(
+        &file,
+        &path,
+        &file_keys(&path),
+        user_data.as_ref(),
+        &tag_sources(&identity),
+    );
     let plan = plan::plan(&identity, &settings);
     Ok((settings, plan))
+}
+
+/// User-data read once at boot: when it is node-agent configuration, merged over `file`.
+async fn layer_user_data(
+    file: &mut ConfigFile,
+    path: &Path,
+) -> Result<Option<toml::Table>, AgentError> {
+    let raw = imds::user_data().await?;
+    match config::userdata::read(raw.as_deref())? {
+        config::userdata::UserData::Absent => Ok(None),
+        config::userdata::UserData::Other => {
+            tracing::info!("user-data is not node-agent configuration (its first line is not #node-agent): left to whatever reads it");
+            Ok(None)
+        }
+        config::userdata::UserData::Config(table) => {
+            *file = config::userdata::layered(file, &table)?;
+            let keys = config::userdata::keys(&table);
+            tracing::info!(over = %path.display(), keys = %keys.join(","), "configuration from user-data");
+            Ok(Some(table))
+        }
+    }
+}
+
+/// The keys the configuration file's own text sets (none for the built-in defaults).
+fn file_keys(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .map(|t| config::userdata::keys(&t))
+        .unwrap_or_default()
+}
+
+/// The settings the instance's tags override.
+fn tag_sources(identity: &Identity) -> Vec<(&'static str, &'static str)> {
+    use crate::host::tag;
+    [
+        ("storage.efs_file_system_id", tag::EFS_FILE_SYSTEM_ID),
+        ("storage.efs_access_point_id", tag::EFS_ACCESS_POINT_ID),
+    ]
+    .into_iter()
+    .filter(|(_, t)| identity.tags.contains_key(*t))
+    .collect()
 }
 
 /// `node-agent check`. With local secrets (local mode), also reads and checks them as `run` would: a

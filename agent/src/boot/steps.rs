@@ -39,10 +39,17 @@ pub(super) async fn prepare_storage(settings: &Settings, plan: &Plan) -> Result<
     };
     storage::prepare(&plan.storage, &host).await?;
     // The backups' directory, on the hosts that export or seed: mounted (or created) the same way, its
-    // sentinel naming it `backups` for every role.
+    // sentinel naming it `backups` for every role. Not the role's data: without it the node still
+    // serves (the exporter's rounds fail and status says so), and the boot waits a minute at most.
     if let Some(backup) = &settings.backup {
         host.role = crate::backup::SENTINEL_ROLE;
-        storage::prepare(&backup.place, &host).await?;
+        let mut place = backup.place.clone();
+        if let StorageSettings::Efs(efs) = &mut place {
+            efs.mount_timeout = efs.mount_timeout.min(std::time::Duration::from_secs(60));
+        }
+        if let Err(e) = storage::prepare(&place, &host).await {
+            tracing::error!(error = %e, "the backups' directory is not available: this node neither exports nor seeds until a restart finds it");
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod secrets;
 pub mod settings;
 pub mod storage;
 pub mod tags;
+pub mod userdata;
 
 pub use backup::ExportSettings;
 pub use checks::{check_access_point_id, check_environment, check_fs_id, fill};
@@ -38,6 +39,8 @@ pub enum ConfigError {
     },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("user-data line {line}: {message} (user-data that starts with #node-agent is node-agent's configuration: fix it in the launch template, whose user-data the instance reads at boot)")]
+    UserData { line: usize, message: String },
     #[error("config {path}: {key}: {problem}")]
     Invalid {
         path: PathBuf,

@@ -54,6 +54,8 @@ pub struct Settings {
     /// Where the chain's backups are and what this host does with them; `None`: nothing.
     pub backup: Option<BackupSettings>,
     pub metrics: super::metrics::MetricsSettings,
+    /// Where each setting that is not its default comes from (`check`); filled by the boot.
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// Where the logs go and how they are rotated and shipped.
@@ -190,6 +192,7 @@ impl Settings {
             health,
             backup,
             metrics,
+            sources: Default::default(),
         })
     }
 }

@@ -123,6 +123,8 @@ pub struct Plan {
     pub health_listen: Option<std::net::SocketAddr>,
     /// Every port this host listens on, and who should reach it.
     pub listens: Vec<ports::Listen>,
+    /// Where each setting that is not its default comes from: the file, `user-data`, or `tag NAME`.
+    pub sources: std::collections::BTreeMap<String, String>,
     /// What happens when the instance is leaving; `None` in local mode (no instance metadata).
     pub leaving: Option<LeavingPlan>,
     /// Chain backups: where, and whether this host exports or seeds.
@@ -371,6 +373,7 @@ pub fn plan(identity: &Identity, settings: &Settings) -> Plan {
             .map(|ns| (log(METRICS), ns)),
         health_listen: settings.health.listen,
         listens: ports::listens(settings),
+        sources: settings.sources.clone(),
         backup: settings.backup.clone(),
         leaving: (!settings.local).then(|| LeavingPlan {
             drain_secs: settings.health.drain.wait.as_secs(),

@@ -57,6 +57,14 @@ impl fmt::Display for Plan {
             id.private_ipv4,
             id.public_ipv4.as_deref().unwrap_or("none")
         )?;
+        // Where the settings that are not defaults come from, one line per source.
+        let mut by_source: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (key, source) in &self.sources {
+            by_source.entry(source).or_default().push(key);
+        }
+        for (source, keys) in by_source {
+            writeln!(out, "  settings  from {source}: {}", keys.join(", "))?;
+        }
         match &self.storage {
             StorageSettings::Efs(e) => {
                 let how = match (&e.access_point_id, e.efs_utils) {

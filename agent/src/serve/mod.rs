@@ -192,6 +192,7 @@ pub async fn supervise(
     let (mut backup_rx, mut backup_now) = (None, None);
     if let Some((b, export)) = settings.backup.as_ref().and_then(|b| Some((b, b.export?))) {
         let exporter = crate::backup::export::Exporter {
+            place: b.place.clone(),
             dir: b.place.datadir().to_owned(),
             ipc: settings.runtime_dir.join("geth.ipc"),
             settings: export,

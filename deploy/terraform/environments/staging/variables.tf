@@ -55,7 +55,7 @@ variable "bootnode_enode_id" {
 }
 
 variable "backup_retention_days" {
-  description = "Days AWS Backup keeps each EFS recovery point."
+  description = "Days AWS Backup keeps each EFS recovery point: the retention of the chain backups' copies (node-agent keeps every segment)."
   type        = number
 }
 

@@ -40,6 +40,9 @@ locals {
       drain_secs         = var.drain_secs
       lifecycle_hook     = local.rpc_hook_name
       autoscaling_group  = local.rpc_group_name
+
+      # backup.efs_access_point_id: every role's config names it; rpc mounts it (export, seeding).
+      backups_access_point_id = aws_efs_access_point.backups.id
     })
   }
 }
@@ -112,6 +115,10 @@ resource "aws_autoscaling_group" "rpc" {
     version = aws_launch_template.node["rpc"].latest_version
   }
 
+  # What the agent needs at its first boot: the log groups (logs.create_group = false: it never creates
+  # one), and EFS reachable and mountable through the access points (rpc mounts the backups).
+  depends_on = [aws_cloudwatch_log_group.node, aws_efs_mount_target.chain, aws_efs_file_system_policy.chain]
+
   # Exists before the first instance, so every rpc node's scale-in waits for node-agent's drain.
   initial_lifecycle_hook {
     name                 = local.rpc_hook_name
@@ -147,8 +154,12 @@ resource "aws_autoscaling_group" "single" {
     version = aws_launch_template.node[each.key].latest_version
   }
 
-  # The first instances' launch events must find the function that names them (dns.tf).
-  depends_on = [aws_cloudwatch_event_target.instance_launched, aws_lambda_permission.instance_launched]
+  # The first instances' launch events must find the function that names them (dns.tf); their agents, the
+  # log groups (logs.create_group = false) and EFS reachable and mountable through the access points.
+  depends_on = [
+    aws_cloudwatch_event_target.instance_launched, aws_lambda_permission.instance_launched,
+    aws_cloudwatch_log_group.node, aws_efs_mount_target.chain, aws_efs_file_system_policy.chain,
+  ]
 
   dynamic "tag" {
     for_each = { Name = "${var.environment}-${each.key}", Role = each.key, Environment = var.environment }

@@ -1,6 +1,7 @@
 # The environment's EFS file system: encrypted, one access point per role that keeps data on it
-# (/{environment}/{role}, POSIX user and owner 64100 = node-agent), a file system policy that lets each
-# role mount only through its access point and only over TLS, and an AWS Backup plan.
+# (/{environment}/{role}, POSIX user and owner 64100 = node-agent), one for the chain backups
+# (/{environment}/backups, mounted by rpc), a file system policy that lets each role mount only through
+# its access points and only over TLS, and an AWS Backup plan.
 
 resource "aws_efs_file_system" "chain" {
   encrypted        = true
@@ -41,8 +42,10 @@ resource "aws_efs_access_point" "role" {
   }
 }
 
-# /{environment}/backups: where chain exports go once node-agent writes them (issue 21). Created here so the
-# directory exists with node-agent's owner; no role is granted it until `iam-policy` prints that grant.
+# /{environment}/backups (backup.path_template): node-agent's chain backups (docs/backups.md). The rpc
+# nodes (backup.role) export segments into it and seed an empty datadir from it
+# (storage.seed_from_backup); their config names this access point (backup.efs_access_point_id), and
+# their instance profile and the file system policy let them mount it and nothing else.
 resource "aws_efs_access_point" "backups" {
   file_system_id = aws_efs_file_system.chain.id
   tags           = merge(local.tags, { Name = "${local.name}-backups" })
@@ -62,7 +65,8 @@ resource "aws_efs_access_point" "backups" {
   }
 }
 
-# The roles' parts of `node-agent iam-policy --file-system-policy`, merged (policies/README.md).
+# The parts of `node-agent iam-policy --file-system-policy` of every role that mounts, merged: sealer,
+# bootnode and ethstats through their own access point, rpc through the backups' (node_agent_tf.py).
 resource "aws_efs_file_system_policy" "chain" {
   file_system_id = aws_efs_file_system.chain.id
   policy = templatefile("${path.module}/policies/file-system.json.tftpl", {
@@ -73,13 +77,17 @@ resource "aws_efs_file_system_policy" "chain" {
     environment_title = local.environment_title
     file_system_id    = aws_efs_file_system.chain.id
     access_point_ids  = { for r, ap in aws_efs_access_point.role : r => ap.id }
-    role_arns         = { for r in local.efs_roles : r => aws_iam_role.node[r].arn }
+    role_arns         = { for r in local.efs_client_roles : r => aws_iam_role.node[r].arn }
+
+    backups_access_point_id = aws_efs_access_point.backups.id
   })
 }
 
 # AWS Backup copies the whole file system (it cannot select a directory): the roles' directories, which
-# are only crash-consistent while geth runs, and /{environment}/backups, whose finished exports never
+# are only crash-consistent while geth runs, and /{environment}/backups, whose finished segments never
 # change and so are copied consistently. Restore a single directory with an item-level restore.
+# Retention of the copies is set here (var.backup_retention_days), and only here: node-agent keeps every
+# segment in /{environment}/backups, since a restore replays the chain from block 1 and needs all of them.
 resource "aws_backup_vault" "chain" {
   name        = "node-agent-${var.environment}"
   kms_key_arn = aws_kms_key.chain.arn

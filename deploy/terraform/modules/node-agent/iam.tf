@@ -25,6 +25,9 @@ resource "aws_iam_role_policy" "node" {
     access_point_id   = contains(local.efs_roles, each.key) ? aws_efs_access_point.role[each.key].id : ""
     kms_key_arn       = aws_kms_key.chain.arn
     autoscaling_group = local.rpc_group_name
+
+    # rpc's mount grant (the export and the seeding) names it; the other roles' templates do not use it.
+    backups_access_point_id = aws_efs_access_point.backups.id
   })
 }
 

@@ -1,9 +1,9 @@
-# The log groups node-agent ships to (logs.group_template), made here with its retention, so no role needs
-# to create one: node-agent's CreateLogGroup then answers "already exists" and its PutRetentionPolicy
-# sets the value the group already has.
+# The log groups node-agent ships to (logs.group_template), made here with their retention. The user-data
+# sets logs.create_group = false, so the agent never calls CreateLogGroup or PutRetentionPolicy and
+# `iam-policy` (the instance profiles) grants neither: the groups must exist before the instances.
 
 resource "aws_cloudwatch_log_group" "node" {
-  # checkov:skip=CKV_AWS_338:retention is node-agent's logs.retention_days (default 30), which the agent sets itself at every start; raise both together with var.log_retention_days
+  # checkov:skip=CKV_AWS_338:30 days by default as node-agent's logs.retention_days (the user-data passes var.log_retention_days to it too); a year of agent and geth logs is not needed, raise the variable for more
   for_each          = local.log_groups
   name              = each.value
   retention_in_days = var.log_retention_days

@@ -44,6 +44,11 @@ locals {
   # Roles that keep their data on EFS, each through its own access point. rpc nodes keep their chain on
   # their own disk ([storage.rpc] kind = "local", the default).
   efs_roles = ["sealer", "bootnode", "ethstats"]
+  # Roles that mount the chain backups (/{environment}/backups, through its access point): rpc exports
+  # them (backup.role, node-agent's default) and seeds a new node from them (storage.seed_from_backup).
+  backup_roles = ["rpc"]
+  # Every role that mounts the file system: the security group and the file system policy's principals.
+  efs_client_roles = [for r in local.roles : r if contains(concat(local.efs_roles, local.backup_roles), r)]
 
   # node-agent's templates (resources/config.example.toml), filled in for this environment.
   path_template      = "/{environment}/{role}"

@@ -15,7 +15,7 @@ locals {
     rpc       = "rpc nodes: geth p2p, JSON-RPC and the health endpoint from the load balancer"
     bootnode  = "the bootnode: discovery (udp)"
     ethstats  = "the ethstats dashboard: node reports, the dashboard and the health endpoint"
-    efs       = "EFS mount targets: NFS from the roles that keep data on EFS"
+    efs       = "EFS mount targets: NFS from the roles that keep data or the chain backups on EFS"
     endpoints = "interface endpoints: HTTPS from every node"
   }
 
@@ -40,6 +40,7 @@ locals {
     { sg = "efs", peer = "sealer", protocol = "tcp", port = local.ports.nfs, why = "NFS (efs-utils TLS)" },
     { sg = "efs", peer = "bootnode", protocol = "tcp", port = local.ports.nfs, why = "NFS (efs-utils TLS)" },
     { sg = "efs", peer = "ethstats", protocol = "tcp", port = local.ports.nfs, why = "NFS (efs-utils TLS)" },
+    { sg = "efs", peer = "rpc", protocol = "tcp", port = local.ports.nfs, why = "NFS (efs-utils TLS): the chain backups" },
     { sg = "endpoints", peer = "sealer", protocol = "tcp", port = local.ports.https, why = "AWS APIs" },
     { sg = "endpoints", peer = "rpc", protocol = "tcp", port = local.ports.https, why = "AWS APIs" },
     { sg = "endpoints", peer = "bootnode", protocol = "tcp", port = local.ports.https, why = "AWS APIs" },

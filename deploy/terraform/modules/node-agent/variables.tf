@@ -123,7 +123,7 @@ variable "backup_schedule" {
 }
 
 variable "backup_retention_days" {
-  description = "How long AWS Backup keeps each recovery point of the EFS file system."
+  description = "Days AWS Backup keeps each recovery point of the EFS file system, and so each copy of the chain backups in /{environment}/backups: their only retention (node-agent keeps every segment, a restore needs all of them)."
   type        = number
   default     = 35
 }
