@@ -633,7 +633,8 @@ def clean_stale_runs() -> None:
             pid = int((d / "pid").read_text())
         except (OSError, ValueError):
             pid = 0
-        if pid and pid != os.getpid() and "boot_test.py" in " ".join(cmdline(pid)):
+        argv = " ".join(cmdline(pid)) if pid else ""
+        if pid and pid != os.getpid() and ("boot_test.py" in argv or "bench_boot.py" in argv):
             continue  # another run is alive
         log(f"cleaning up a stale run: {d}")
         for mount, path in cgroup_hierarchies():
@@ -1051,9 +1052,19 @@ class Results:
         log(f"skip {name}: {why}")
 
 
+# The bootnode's user-data: the cloud-init launch script of before issue 24 (README "Launch"), which an
+# image without cloud-init never runs and node-agent must leave alone.
+SHELL_USER_DATA = """#!/bin/sh
+printf '[storage]\\nkind = "efs"\\n' > /etc/node-agent/config.toml
+"""
+NOT_NODE_AGENT_LINE = "user-data is not node-agent configuration"
+
+
 def boot_role(rig: Rig, r: Results, role: str, name: str | None = None) -> tuple[Machine, dict]:
     """Boots one role and runs the checks every role must pass. Returns the machine, still running."""
-    m = rig.machine(name or role, {"Role": role, "Environment": ENVIRONMENT, "Name": f"boot-test-{role}"})
+    user_data = SHELL_USER_DATA if role == "bootnode" else None
+    m = rig.machine(name or role, {"Role": role, "Environment": ENVIRONMENT, "Name": f"boot-test-{role}"},
+                    user_data)
     if role == "sealer":
         r.check(f"{role}: unit reaches active only after READY, not when the agent starts",
                 scenario_ready_gate, m)
@@ -1072,6 +1083,18 @@ def boot_role(rig: Rig, r: Results, role: str, name: str | None = None) -> tuple
 
     r.check(f"{role}: node-agent status --json reports healthy, exit 0", status)
     doc = holder["doc"]
+    if user_data is not None:
+        def shell_user_data_left_alone():
+            lines = [ln for ln in m.journal_text().splitlines() if NOT_NODE_AGENT_LINE in ln]
+            expect(lines, f"no '{NOT_NODE_AGENT_LINE}' line in the journal")
+            expect(all(" INFO " in f" {ln} " or ln.lstrip().startswith("INFO") for ln in lines),
+                   f"not info lines: {lines}")
+            text = (m.root / "etc/node-agent/config.toml").read_text()
+            expect(text == rig.config_toml(), "/etc/node-agent/config.toml changed: something ran the script")
+            return f"{len(lines)} info line(s) ({lines[0].strip()[:110]}); config.toml untouched"
+
+        r.check(f"{role}: a shell script as user-data (a cloud-init launch) is left alone with an info line",
+                shell_user_data_left_alone)
     r.check(f"{role}: agent and child run as the service user with no capabilities",
             check_runs_unprivileged, m, role, doc)
     r.check(f"{role}: secrets are 0400 on tmpfs and nowhere else", check_secrets, m, role, doc)
