@@ -14,6 +14,11 @@ says what it proves. Outline:
 - Per machine, one more overlay layer, booted with systemd-nspawn -b on the host's network (no private
   network: the emulators listen on the host's loopback). Each machine gets its own cgroup, so that
   everything it started can be found and killed.
+- The userdata scenario (issue 24): a bootnode whose only configuration is user-data (`#node-agent` and
+  TOML, served by the IMDS emulator at /latest/user-data) over the config.toml `node-agent install` wrote
+  (the defaults), then with no config.toml at all; the base rootfs has no cloud-init, which the scenario
+  checks. Other machines get no user-data (404), except the bootnode: a cloud-init shell script, which the
+  agent must leave alone.
 - Checks run from the host: systemctl/journalctl/node-agent status through nsenter into the container,
   process facts from the host's /proc, files from the overlay's upper directory (everything the machine
   wrote to disk is there, and nothing else).
