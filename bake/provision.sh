@@ -201,6 +201,11 @@ if [ "$CLOUD_INIT" = false ]; then
   apt-mark manual ca-certificates curl git gpg gpgv nodejs npm >/dev/null
   orphans() { apt-get -s autoremove 2>/dev/null | awk '$1 == "Remv" { print $2 }' | sort; }
   orphans >"$work/orphans.before"
+  # On the builder cloud-init ran at this boot (/run/cloud-init), and its last stage may still be running
+  # while Packer provisions: let it finish before its files go.
+  if [ -d /run/cloud-init ] && command -v cloud-init >/dev/null; then
+    timeout 900 cloud-init status --wait >/dev/null || true
+  fi
   if dpkg-query -W -f '${Status}\n' cloud-init 2>/dev/null | grep -qv ' not-installed$'; then
     apt-get purge -y -q cloud-init
   fi
