@@ -38,6 +38,8 @@ A booted instance runs four stages (init-local, init, modules:config, modules:fi
 `--version`'s cost; `four_stages_floor_*` in the JSON is four times the median `--version` (an estimate,
 labelled as such, not a measurement).
 
+The last boot's journal lines from run's start to READY are printed with their offsets (where the time goes).
+
 Output: a table, then one final line of JSON (machine-readable, for bench/report.py):
   {"bench": "boot", "agent": {"boots": N, "config": "user-data", "role": "bootnode",
    "run_to_ready_ms": {"median", "min", "max", "each"}, "unit_to_ready_ms": {...}, "cpu_ms": {...},
@@ -114,10 +116,26 @@ def bench_agent(rig: bt.Rig, boots: int, config: str) -> dict:
         rss.append(float(hwm))
         bt.log(f"  boot {i + 1}: run start -> READY {run_ms[-1]:.1f} ms, unit start (prepare) -> READY "
                f"{unit_ms[-1]:.1f} ms, run's CPU {cpu[-1]:.0f} ms, run's peak RSS {int(hwm) / 1024:.1f} MiB")
+        if i == boots - 1:
+            log_phases(m, main, ready)
         m.poweroff()
     m.destroy()
     return {"boots": boots, "config": config, "role": ROLE, "run_to_ready_ms": stats(run_ms),
             "unit_to_ready_ms": stats(unit_ms), "cpu_ms": stats(cpu), "peak_rss_kib": stats(rss)}
+
+
+def log_phases(m: bt.Machine, main: int, ready: int) -> None:
+    """Where the last boot's time went: the unit's journal lines from `run`'s start to READY, each with its
+    offset from that start (journal and systemd use the same monotonic clock)."""
+    out = m.exec(["journalctl", "-u", bt.UNIT, "-b", "-o", "json", "--no-pager", "--output-fields",
+                  "MESSAGE,__MONOTONIC_TIMESTAMP"]).stdout
+    bt.log("  last boot, from `node-agent run`'s start (journal):")
+    for line in out.splitlines():
+        e = json.loads(line)
+        t = int(e["__MONOTONIC_TIMESTAMP"])
+        if main <= t <= ready + 50_000 and isinstance(e.get("MESSAGE"), str):
+            bt.log(f"    +{(t - main) / 1000:7.1f} ms  {e['MESSAGE'].strip()[:110]}")
+    bt.log(f"    +{(ready - main) / 1000:7.1f} ms  READY (systemd: active)")
 
 
 # ---------------------------------------------------------------------------------------------------------
