@@ -2,7 +2,8 @@
 group rules against `node-agent check --json` per role, the IAM documents against `node-agent iam-policy`,
 the tags and the user-data line against the docs, the health check against the endpoint's defaults, the
 log groups, retention and secret names against the built-in configuration (resources/config.example.toml,
-which a test of the agent keeps equal to its defaults).
+which a test of the agent keeps equal to its defaults), the alarms against docs/metrics.md's table, the
+metric names against agent/src/status/metrics.rs.
 
 Run by tests/deploy/run (which builds node-agent and provides python-hcl2); NODE_AGENT_BIN names the binary.
 """
@@ -495,6 +496,189 @@ class LaunchTemplates(unittest.TestCase):
         self.assertEqual(one(lt["user_data"]), "${base64encode(local.user_data[each.key])}")
         self.assertEqual(default("private_zone_name"), "chain.internal")
         self.assertEqual(RESOURCES["aws_route53_zone"]["private"]["name"], ["${var.private_zone_name}"])
+
+
+def metrics_source():
+    """{EMF name: (unit, kind)} of agent/src/status/metrics.rs's METRICS, read from the source text (node-agent
+    has no command that prints them)."""
+    text = (ROOT / "agent" / "src" / "status" / "metrics.rs").read_text()
+    m = re.search(r"pub const METRICS: \[Metric; (\d+)\] = \[(.*?)\n\];", text, re.S)
+    assert m, "agent/src/status/metrics.rs: no `pub const METRICS: [Metric; N] = [...]` (changed shape?)"
+    entries = re.findall(r'm\(\s*"(\w+)",\s*"(\w+)",\s*"\w+",\s*Kind::(\w+),', m.group(2))
+    assert len(entries) == int(m.group(1)), f"read {len(entries)} of METRICS' {m.group(1)} entries"
+    return {name: (unit, kind) for name, unit, kind in entries}
+
+
+def alarms_table():
+    """docs/metrics.md's alarm table: [{alarm, metric, threshold, for, missing}] as written."""
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    section = text.split("\n## Alarms\n", 1)[1]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 6 and cells[0] not in ("alarm", "---"):
+            rows.append(dict(zip(("alarm", "metric", "threshold", "for", "missing", "why"), cells)))
+    assert len(rows) >= 6, f"docs/metrics.md's alarm table changed shape: {rows}"
+    return rows
+
+
+def resource_source(typ, name):
+    """The text of `resource "typ" "name" { ... }` in the module: python-hcl2 drops parentheses from
+    expressions ((a + 1) * b comes back as a + 1 * b), so arithmetic is read from the source."""
+    head = f'resource "{typ}" "{name}" {{'
+    for f in sorted(MODULE.glob("*.tf")):
+        lines = f.read_text().splitlines()
+        if head in lines:
+            start = lines.index(head)
+            return "\n".join(lines[start:lines.index("}", start) + 1])
+    raise AssertionError(f"no {head} in the module")
+
+
+def evaluate(expr):
+    """An arithmetic expression over var.NAME, with the variables' defaults."""
+    expr = re.sub(r"var\.(\w+)", lambda m: str(default(m.group(1))), expr)
+    assert re.fullmatch(r"[\d\s+*/()-]+", expr), f"not plain arithmetic over variables: {expr}"
+    return eval(expr)  # digits, operators and parentheses only (checked above)
+
+
+def attribute(source, name):
+    m = re.search(rf"^\s*{name}\s*=\s*(.+?)\s*(?:#.*)?$", source, re.M)
+    return m and m.group(1)
+
+
+COMPARISONS = {"above": "GreaterThanThreshold", "below": "LessThanThreshold", "at least": "GreaterThanOrEqualToThreshold"}
+MISSING = {"breaching": "breaching", "not breaching": "notBreaching"}
+UNITS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600}
+
+
+class Alarms(unittest.TestCase):
+    """docs/metrics.md's alarm table, alarm by alarm, against the module: metric, statistic, threshold at the
+    variables' defaults (node-agent's defaults), period × evaluation periods, missing data, the roles."""
+
+    def setUp(self):
+        self.alarms = RESOURCES.get("aws_cloudwatch_metric_alarm", {})
+        self.metrics = metrics_source()
+
+    def expected_threshold(self, row, source):
+        """The documented threshold's value, from node-agent's defaults; checks the variables it names."""
+        text = row["threshold"]
+        expr = attribute(source, "threshold")
+        if "Clique periods" in text:
+            n, secs = re.fullmatch(r"above (\d+) Clique periods \((\d+) s\)", text).groups()
+            genesis = json.loads((ROOT / "resources" / "genesis.json").read_text())["config"]["clique"]["period"]
+            self.assertEqual(default("clique_period_secs"), genesis, "clique_period_secs: the genesis' period")
+            self.assertEqual(int(n) * genesis, int(secs), f"docs: {text}")
+            self.assertEqual(DEFAULTS["health"]["max_head_age_secs"], 0, "node-agent's stall limit: six Clique periods")
+            self.assertEqual(expr, f"{n} * var.clique_period_secs")
+            return int(secs)
+        if "secret_rotation_days" in text:
+            self.assertIn("plus a day", text)
+            self.assertEqual(expr, "(var.secret_rotation_days + 1) * 86400")
+            return (default("secret_rotation_days") + 1) * 86400
+        if "backup.interval_secs" in text:
+            self.assertRegex(text, r"^above twice `backup\.interval_secs`$")
+            self.assertEqual(default("backup_interval_secs"), DEFAULTS["backup"]["interval_secs"])
+            self.assertEqual(expr, "2 * var.backup_interval_secs")
+            return 2 * DEFAULTS["backup"]["interval_secs"]
+        return int(re.fullmatch(r"(?:above|below|at least) (\d+)", text).group(1))
+
+    def test_every_documented_alarm_is_in_the_module(self):
+        rows = alarms_table()
+        self.assertEqual(set(self.alarms), {r["alarm"].replace(" ", "_") for r in rows},
+                         "the module's alarms vs docs/metrics.md's table (named after its `alarm` column)")
+        for row in rows:
+            name = row["alarm"].replace(" ", "_")
+            alarm, source = self.alarms[name], resource_source("aws_cloudwatch_metric_alarm", name)
+            with self.subTest(alarm=row["alarm"]):
+                m = re.fullmatch(r"(?:(\w+) )?`(\w+)`, (\w+)(?:, (every role|roles with secrets))?", row["metric"])
+                self.assertIsNotNone(m, f"docs' metric cell: {row['metric']}")
+                role, metric, statistic, scope = m.groups()
+                # The metric and statistic: node-agent writes it, and a Sum only of a counter (in EMF the
+                # increase since the previous event), Maximum/Minimum only of a gauge.
+                self.assertEqual(one(alarm["metric_name"]), metric)
+                self.assertIn(metric, self.metrics, "not in agent/src/status/metrics.rs's METRICS")
+                self.assertEqual(one(alarm["statistic"]), statistic)
+                self.assertEqual(self.metrics[metric][1], "Counter" if statistic == "Sum" else "Gauge", metric)
+                # Comparison and threshold, at the defaults.
+                comparison = re.match(r"above|below|at least", row["threshold"]).group(0)
+                self.assertEqual(one(alarm["comparison_operator"]), COMPARISONS[comparison])
+                self.assertEqual(evaluate(attribute(source, "threshold")), self.expected_threshold(row, source))
+                # Periods of 60 s, over the documented time; "(N × 60 s)" names the evaluation periods too.
+                self.assertEqual(one(alarm["period"]), 60, "docs: the periods are 60 s")
+                n, unit = re.match(r"(\d+) (minutes?|hours?)", row["for"]).groups()
+                periods = evaluate(attribute(source, "evaluation_periods"))
+                self.assertEqual(60 * periods, int(n) * UNITS[unit], f"for {row['for']}")
+                explicit = re.search(r"\((\d+) × 60 s\)", row["for"])
+                if explicit:
+                    self.assertEqual(periods, int(explicit.group(1)))
+                # Every period breaching, but for a count (Sum above 0): any in the window.
+                if statistic == "Sum":
+                    self.assertEqual(one(alarm["datapoints_to_alarm"]), 1)
+                else:
+                    self.assertNotIn("datapoints_to_alarm", alarm)
+                self.assertEqual(one(alarm["treat_missing_data"]), MISSING[row["missing"]])
+                # The [Environment, Role] series of the namespace, for the documented roles.
+                self.assertEqual(one(alarm["namespace"]), "${var.metrics_namespace}")
+                dims = one(alarm["dimensions"])
+                self.assertEqual(set(dims), {"Environment", "Role"})
+                self.assertEqual(dims["Environment"], "${var.environment}")
+                self.assertEqual(set(self.roles(alarm, dims)), self.documented_roles(role, metric, scope))
+                # Every alarm to the one topic, both ways.
+                self.assertIs(one(alarm["actions_enabled"]), True)
+                self.assertEqual(one(alarm["alarm_actions"]), ["${local.alarm_topic_arn}"])
+                self.assertEqual(one(alarm["ok_actions"]), ["${local.alarm_topic_arn}"])
+
+    def roles(self, alarm, dims):
+        """The roles an alarm (or its for_each) watches."""
+        if "for_each" in alarm:
+            self.assertEqual(dims["Role"], "${each.key}")
+            m = re.fullmatch(r"\$\{toset\(local\.(\w+)\)\}", one(alarm["for_each"]))
+            return LOCALS[m.group(1)]
+        m = re.fullmatch(r"\$\{local\.(\w+)\}", dims["Role"])
+        return [LOCALS[m.group(1)] if m else dims["Role"]]
+
+    def documented_roles(self, role, metric, scope):
+        if scope == "every role":
+            return set(ROLES)
+        if scope == "roles with secrets":  # whose agent holds any secret, as check --json says
+            return {r for r in ROLES for env in environments() if AGENT_OUT.plan(r, env)["secrets"]}
+        if metric == "BackupAgeSeconds":  # the exporting role: backup.role, and check --json agrees
+            self.assertEqual(role, DEFAULTS["backup"]["role"])
+            for env in environments():
+                exporting = {r for r in ROLES if (AGENT_OUT.plan(r, env)["backup"] or {}).get("export")}
+                self.assertEqual(exporting, {role}, env)
+        return {role}
+
+    def test_namespace_is_node_agents(self):
+        self.assertEqual(default("metrics_namespace"), DEFAULTS["metrics"]["namespace"])
+        self.assertIs(DEFAULTS["metrics"]["emf"], True)
+        for env in environments():
+            for role in ROLES:
+                # The user-data's config leaves EMF on, in that namespace.
+                target, namespace = AGENT_OUT.plan(role, env)["metrics_log"]
+                self.assertEqual(namespace, default("metrics_namespace"), f"{env}/{role}")
+                self.assertEqual(target["group"], LOCALS["log_group_template"].replace("{environment}", env).replace("{role}", role))
+
+    def test_documented_metrics_are_node_agents(self):
+        docs = (ROOT / "docs" / "metrics.md").read_text()
+        table = dict(re.findall(r"^\| `(\w+)` \| (\w+) \| `node_agent_", docs, re.M))
+        self.assertEqual(table, {name: unit for name, (unit, _) in self.metrics.items()})
+
+    def test_one_topic_made_here_unless_given(self):
+        self.assertEqual(default("alarm_topic_arn"), "")
+        self.assertEqual(LOCALS["alarm_topic_arn"], '${var.alarm_topic_arn != "" ? var.alarm_topic_arn : aws_sns_topic.alarms[0].arn}')
+        topic = RESOURCES["aws_sns_topic"]["alarms"]
+        self.assertEqual(one(topic["count"]), '${var.alarm_topic_arn == "" ? 1 : 0}')
+        self.assertEqual(one(topic["kms_master_key_id"]), "${aws_kms_key.chain.arn}")
+        policy = RESOURCES["aws_sns_topic_policy"]["alarms"]
+        self.assertEqual(one(policy["count"]), one(topic["count"]))
+        outputs = {k: v for f in MODULE.glob("*.tf") for block in load(f).get("output", []) for k, v in block.items()}
+        self.assertEqual(one(outputs["alarm_topic_arn"]["value"]), "${local.alarm_topic_arn}")
+        # CloudWatch may use the key the topic is encrypted with, or no notification is sent.
+        kms = (MODULE / "kms.tf").read_text()
+        self.assertRegex(kms, r'identifiers = \["cloudwatch\.amazonaws\.com"\]')
+        # The only SNS topic: every alarm notifies it (test above), no other.
+        self.assertEqual(list(RESOURCES["aws_sns_topic"]), ["alarms"])
 
 
 class Environments(unittest.TestCase):

@@ -41,6 +41,7 @@ module "fleet" {
   bootnode_enode_id       = var.bootnode_enode_id
   backup_retention_days   = var.backup_retention_days
   deletion_protection     = var.deletion_protection
+  alarm_topic_arn         = var.alarm_topic_arn
 }
 
 output "rpc_endpoint" {
@@ -57,4 +58,8 @@ output "secret_arns" {
 
 output "efs_file_system_id" {
   value = module.fleet.efs_file_system_id
+}
+
+output "alarm_topic_arn" {
+  value = module.fleet.alarm_topic_arn
 }

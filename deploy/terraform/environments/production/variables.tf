@@ -63,3 +63,9 @@ variable "deletion_protection" {
   description = "Protect the load balancer from deletion."
   type        = bool
 }
+
+variable "alarm_topic_arn" {
+  description = "The SNS topic the alarms notify. Empty: the module makes one (output alarm_topic_arn: subscribe to it)."
+  type        = string
+  default     = ""
+}

@@ -1,6 +1,6 @@
-# One customer-managed key for the environment's data at rest: EFS, the secrets, the log groups and the
-# backup vault. node-agent's config names it (secrets.kms_key_arn), so `iam-policy` grants kms:Decrypt on
-# it, only through Secrets Manager.
+# One customer-managed key for the environment's data at rest: EFS, the secrets, the log groups, the
+# backup vault and the alarm topic. node-agent's config names it (secrets.kms_key_arn), so `iam-policy`
+# grants kms:Decrypt on it, only through Secrets Manager.
 
 data "aws_iam_policy_document" "kms" {
   # checkov:skip=CKV_AWS_109:a key policy's Resource "*" is the key itself; the account administers its key through IAM (AWS's default key policy)
@@ -34,10 +34,23 @@ data "aws_iam_policy_document" "kms" {
       ]
     }
   }
+
+  # CloudWatch alarms publish to the alarm topic (alarms.tf), which this key encrypts: without these, an
+  # alarm's notification fails ("CloudWatch Alarms does not have authorization to access the SNS topic
+  # encryption key"). A topic given in alarm_topic_arn needs the same on its own key.
+  statement {
+    sid       = "CloudWatchAlarmsPublishToTheAlarmTopic"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+  }
 }
 
 resource "aws_kms_key" "chain" {
-  description             = "node-agent ${var.environment}: EFS, secrets, logs, backups"
+  description             = "node-agent ${var.environment}: EFS, secrets, logs, backups, the alarm topic"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.kms.json

@@ -33,3 +33,8 @@ output "kms_key_arn" {
 output "log_groups" {
   value = { for r, g in aws_cloudwatch_log_group.node : r => g.name }
 }
+
+output "alarm_topic_arn" {
+  description = "The SNS topic the alarms notify: subscribe to it (deploy/terraform/README.md, Alarms)."
+  value       = local.alarm_topic_arn
+}

@@ -133,3 +133,39 @@ variable "deletion_protection" {
   type        = bool
   default     = true
 }
+
+variable "alarm_topic_arn" {
+  description = "The SNS topic every alarm notifies (it must let cloudwatch.amazonaws.com publish, and its key let CloudWatch use it). Empty: the module makes one, encrypted with the environment's key (output alarm_topic_arn)."
+  type        = string
+  default     = ""
+}
+
+variable "metrics_namespace" {
+  description = "node-agent's metrics.namespace: the CloudWatch namespace of its EMF metrics, which the alarms watch."
+  type        = string
+  default     = "NodeAgent"
+}
+
+variable "clique_period_secs" {
+  description = "The chain's Clique period (the genesis' config.clique.period). The sealer-stalled alarm fires on a head older than 6 periods, node-agent's own stall limit (health.max_head_age_secs = 0)."
+  type        = number
+  default     = 5
+}
+
+variable "rpc_unhealthy_minutes" {
+  description = "Minutes an rpc node may be unhealthy (node-agent's Healthy = 0) before the rpc-unhealthy alarm fires."
+  type        = number
+  default     = 5
+}
+
+variable "secret_rotation_days" {
+  description = "The secrets' rotation policy: the secret-too-old alarm fires on a secret held longer than this plus a day. Nothing here rotates them (README: Secrets)."
+  type        = number
+  default     = 90
+}
+
+variable "backup_interval_secs" {
+  description = "node-agent's backup.interval_secs (its default; the module does not write it into the config): the backup-too-old alarm fires on a newest segment older than twice this."
+  type        = number
+  default     = 3600
+}
