@@ -116,9 +116,9 @@ fn main() -> ExitCode {
             cli::Command::Restore(args) => cmd::backup::restore(&args)
                 .await
                 .map_err(|e| error::error_chain(&e)),
-            cli::Command::Cleanup { config } => {
-                boot::cleanup(config.as_deref()).map_err(|e| error::error_chain(&e))
-            }
+            cli::Command::Cleanup { config } => boot::cleanup(config.as_deref())
+                .await
+                .map_err(|e| error::error_chain(&e)),
         }
     });
     match result {

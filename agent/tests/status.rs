@@ -85,7 +85,10 @@ fn a_healthy_rpc_node_reports_exit_0_with_chain_and_process_details() {
     assert_eq!(host.get_health("/live"), (200, r#"{"live":true}"#.into()));
     assert_eq!(
         host.get_health("/"),
-        (404, r#"{"error":"not found: GET /ready, /live or /metrics"}"#.into())
+        (
+            404,
+            r#"{"error":"not found: GET /ready, /live or /metrics"}"#.into()
+        )
     );
     let (_, doc) = status_json(&host);
     assert_eq!(doc["endpoint"]["ready"], true, "{doc:#}");

@@ -151,3 +151,24 @@ fn the_whole_configuration_can_come_from_user_data() {
     assert_eq!(plan["sources"]["storage.kind"], "user-data");
     assert_eq!(plan["role"], "bootnode");
 }
+
+#[test]
+fn cleanup_empties_the_secrets_directory_user_data_names() {
+    let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+    let secrets = elsewhere.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("sealer-password"), "hunter2").unwrap();
+    let mut cfg = imds_config(BOOTNODE());
+    cfg["user_data"] = json!(format!(
+        "#node-agent\n[secrets]\ndir = \"{}\"\n",
+        secrets.display()
+    ));
+    let imds = ImdsEmulator::start(&cfg);
+    let host = Host::new(Some(&imds.endpoint()), None, "");
+    let out = host.output(&["cleanup"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !secrets.join("sealer-password").exists(),
+        "the secret in user-data's secrets.dir is still there"
+    );
+}

@@ -312,9 +312,19 @@ pub async fn run(args: &HostArgs) -> Result<(), AgentError> {
 /// `node-agent cleanup` (the unit's `ExecStopPost=+`): empties the secrets directory and unmounts its
 /// tmpfs, so that no secret outlives the agent, even one that crashed or was killed. Reads only the config
 /// file's `secrets.dir` (no instance metadata, no network): it must work whatever else is down.
-pub fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
+pub async fn cleanup(config: Option<&Path>) -> Result<(), AgentError> {
     let path = config.unwrap_or(Path::new(config::DEFAULT_PATH));
-    let (file, _) = ConfigFile::load(Some(path).filter(|p| p.exists()))?;
+    let (mut file, path) = ConfigFile::load(Some(path).filter(|p| p.exists()))?;
+    // The secrets directory may be user-data's (read as `run` read it): briefly, since off EC2, or with
+    // IMDS gone, the file's is all there is.
+    let layered = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        layer_user_data(&mut file, &path),
+    )
+    .await;
+    if let Ok(Err(e)) = layered {
+        tracing::warn!(error = %e, "user-data not applied: cleaning up what the file names");
+    }
     // Not while an agent runs on these secrets (a hand-run cleanup). No runtime directory: no agent ran.
     let _lock = match safefs::Dir::open(&file.storage.runtime_dir) {
         Ok(runtime) => {
