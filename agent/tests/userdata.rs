@@ -166,7 +166,11 @@ fn cleanup_empties_the_secrets_directory_user_data_names() {
     let imds = ImdsEmulator::start(&cfg);
     let host = Host::new(Some(&imds.endpoint()), None, "");
     let out = host.output(&["cleanup"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !secrets.join("sealer-password").exists(),
         "the secret in user-data's secrets.dir is still there"

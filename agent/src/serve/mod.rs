@@ -322,6 +322,8 @@ pub async fn supervise(
             why = &mut leaving, if left.is_none() => {
                 tracing::warn!(leaving = %why, drain_secs = drain.wait.as_secs(), "this instance is leaving: /ready fails from now; the children stop when the drain is over");
                 draining_tx.send_replace(Some(why.to_string()));
+                // At once, not at the next tick.
+                verdict_tx.send_modify(|v| v.ready = Err(format!("draining: {why}")));
                 left = Some((why, Instant::now() + drain.wait));
             }
             _ = tokio::time::sleep_until(left.as_ref().map_or_else(Instant::now, |l| l.1)), if left.is_some() => {
