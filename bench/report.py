@@ -11,12 +11,15 @@ ratios against their baselines and targets.
 - steady-state RSS of the agent supervising the geth stand-in and shipping its lines to moto;
 - the static binary's size;
 - the health endpoint (health.listen on a free loopback port, the agent supervising the geth stand-in as an
-  rpc node in local mode, logs not shipped): GET /ready latency and the agent's CPU, see health().
+  rpc node in local mode, logs not shipped): GET /ready latency and the agent's CPU, see health();
+- the metrics path (the same kind of agent with health.interval_secs = 1): GET /metrics latency at a
+  scrape's rate and in a burst, the CPU of EMF events + scrapes beside an agent with emf = false, and the
+  RSS, see metrics(). (The steady-state RSS row above runs the default config: EMF on, every 10 s.)
 Not a test: numbers depend on the machine, which the report prints. Needs moto[server], boto3, GNU time.
 
-    python3 bench/report.py --only health
+    python3 bench/report.py --only health [--only metrics]
 
-runs only the health endpoint rows (no moto, boto3 or GNU time needed).
+runs only the health endpoint rows, the metrics rows, or both (no moto, boto3 or GNU time needed).
 
     python3 bench/report.py --against REV
 
@@ -264,36 +267,66 @@ def cpu_percent(pid, seconds, load=None):
     return 100 * (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0), 100 * (n1 - n0) / 1e9 / (t1 - t0)
 
 
-def health(binary, rate=200, seconds=10, cpu_rate=10, cpu_seconds=20):
-    """The health endpoint under load: one agent (`run --local --role rpc`, the geth stand-in, logs in
-    files, health.listen on a free loopback port), once GET /ready says 200 (the stand-in's first block,
-    ~10 s; at most 30 s, then it goes on with 503s) and after a short settle: its CPU idle for `cpu_seconds` (no checks), then its CPU while GET /ready comes at `cpu_rate`/s for as
-    long, then GET /ready latency at `rate`/s for `seconds` (see paced_get: open loop, a new connection per
-    request). Returns (latency p50 ms, p99 ms, CPU % of one core at cpu_rate, CPU % idle, detail text),
-    or None when this binary rejects the config (one without health.listen) or never answers on it."""
+def start_agent(binary, extra):
+    """One agent, `run --local --role rpc --environment bench`, supervising the geth stand-in with logs in
+    files (no AWS_* variables, so local mode ships nothing), `[health] listen` on a free loopback port plus
+    the config lines `extra` (which go on under `[health]`). Returns (process, port, work dir, its stderr)."""
     work = tempfile.mkdtemp()
     port = free_port()
-    cfg = config(work, os.path.join(REPO, "tests/standins/geth"), f'[health]\nlisten = "127.0.0.1:{port}"\n')
+    cfg = config(work, os.path.join(REPO, "tests/standins/geth"),
+                 f'[health]\nlisten = "127.0.0.1:{port}"\n{extra}')
     # No AWS_REGION: local mode then keeps the logs in files (no shipping in the figures).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["NODE_AGENT_LOG"] = "warn"
     err = open(os.path.join(work, "agent.err"), "w+")
     agent = subprocess.Popen([binary, "run", "--local", "--role", "rpc", "--environment", "bench",
                               "--config", cfg], stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        deadline, answered = time.monotonic() + 30, False
-        while True:
-            if agent.poll() is not None or (time.monotonic() > deadline and not answered):
+    return agent, port, work, err
+
+
+def wait_ready(agents):
+    """Waits until GET /ready says 200 on every (process, port, work, stderr) of `agents` (the stand-in's
+    first block, ~10 s; at most 30 s, then it goes on with 503s). Returns None, or why one of them has no
+    health endpoint (it exited, e.g. on a config it rejects; or it never answered): its last stderr line."""
+    deadline, answered, ready = time.monotonic() + 30, set(), set()
+    while True:
+        for agent, port, _, err in agents:
+            if agent.poll() is not None or (time.monotonic() > deadline and port not in answered):
                 err.seek(0)
                 why = err.read().strip().splitlines()
                 status = agent.poll()
                 why = why[-1] if why else f"exited {status}" if status is not None else "no answer in 30 s"
-                return None, f"no health endpoint: {why}"
-            _, codes, _, _ = paced_get(port, "/ready", 1, 1, timeout=1)
-            answered = answered or bool(codes)
-            if 200 in codes or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+                return why
+            if port not in ready:
+                _, codes, _, _ = paced_get(port, "/ready", 1, 1, timeout=1)
+                answered |= {port} if codes else set()
+                ready |= {port} if 200 in codes else set()
+        if len(ready) == len(agents) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+
+
+def stop_agent(agent, _port, work, err):
+    if agent.poll() is None:
+        agent.terminate()
+        agent.wait()
+    err.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def health(binary, rate=200, seconds=10, cpu_rate=10, cpu_seconds=20):
+    """The health endpoint under load: one agent (start_agent), once GET /ready says 200 (wait_ready) and
+    after a short settle: its CPU idle for `cpu_seconds` (no checks), then its CPU while GET /ready comes at
+    `cpu_rate`/s for as long, then GET /ready latency at `rate`/s for `seconds` (see paced_get: open loop, a
+    new connection per request). Returns (latency p50 ms, p99 ms, CPU % of one core at cpu_rate, CPU % idle,
+    detail text), or None when this binary rejects the config (one without health.listen) or never answers
+    on it."""
+    started = start_agent(binary, "")
+    agent, port, _, err = started
+    try:
+        why = wait_ready([started])
+        if why:
+            return None, f"no health endpoint: {why}"
         time.sleep(2)
         idle, idle_ns = cpu_percent(agent.pid, cpu_seconds)
         checked = []
@@ -304,7 +337,6 @@ def health(binary, rate=200, seconds=10, cpu_rate=10, cpu_seconds=20):
             err.seek(0)
             sys.exit("node-agent exited during the health endpoint benchmark:\n" + err.read())
         p50, p99 = (percentile(lat, p) * 1e3 for p in (50, 99))
-        show = lambda c: ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=str)) or "none"
         detail = (f"{len(lat)} GET /ready at {rate}/s, new connection each: p50 {p50:.2f} ms, "
                   f"p90 {percentile(lat, 90) * 1e3:.2f} ms, p99 {p99:.2f} ms, max {lat[-1] * 1e3:.2f} ms; "
                   f"answers {show(codes)}; errors {show(errors)}; this client's send lag p99 "
@@ -314,11 +346,89 @@ def health(binary, rate=200, seconds=10, cpu_rate=10, cpu_seconds=20):
                   f"answers {show(checked[0][1])}; errors {show(checked[0][2])}")
         return (p50, p99, busy, idle), detail
     finally:
-        if agent.poll() is None:
-            agent.terminate()
-            agent.wait()
-        err.close()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_agent(*started)
+
+
+def vm_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def snapshot(pids):
+    """(wall time, [utime + stime ticks], [threads' schedstat ns]) of every pid, for cpu_between."""
+    return time.perf_counter(), [cpu_ticks(p) for p in pids], [threads_ns(p) for p in pids]
+
+
+def cpu_between(a, b, i):
+    """The CPU of the i-th pid between two snapshots, % of one core: by utime + stime, and by schedstat."""
+    wall = b[0] - a[0]
+    return (100 * (b[1][i] - a[1][i]) / os.sysconf("SC_CLK_TCK") / wall,
+            100 * (b[2][i] - a[2][i]) / 1e9 / wall)
+
+
+def metrics(binary, scrape_rate=1, scrape_seconds=20, burst_rate=50, burst_seconds=10):
+    """The metrics path: two agents side by side (start_agent), both with `[health] interval_secs = 1` so
+    that an EMF event per child goes to metrics.log every second: ON with the default `[metrics]` (emf =
+    true), OFF with `[metrics] emf = false`. Once both say ready and after a short settle, over the same
+    `scrape_seconds` window: GET /metrics on ON at `scrape_rate`/s (a Prometheus-like scrape; latency as
+    paced_get, a new connection each) and nothing on OFF; the CPU of both (ON - OFF is the metrics path's
+    own cost: EMF events + scrapes; the health checks every second are in both). Then GET /metrics on ON
+    at `burst_rate`/s for `burst_seconds`, then both agents' VmRSS. Returns ((scrape p50 ms, p99, burst
+    p50, p99, CPU ON, CPU OFF, ON - OFF, RSS ON), detail), or (None, why) when this binary rejects
+    `[metrics]` (one before it existed) or does not serve GET /metrics."""
+    on = start_agent(binary, "interval_secs = 1\n")
+    off = start_agent(binary, "interval_secs = 1\n[metrics]\nemf = false\n")
+    try:
+        # The one with `[metrics]` first: a binary from before it exits on it at once.
+        why = wait_ready([off, on])
+        if why:
+            return None, f"no metrics: {why}"
+        time.sleep(2)
+        port = on[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None, f"no GET /metrics: {head.splitlines()[0].decode(errors='replace')}"
+        samples = sum(1 for l in body.decode().splitlines() if l and not l.startswith("#"))
+        emf_log = lambda agent: os.path.join(agent[2], "logs", "metrics.log")
+        events = lambda agent: sum(1 for _ in open(emf_log(agent))) if os.path.exists(emf_log(agent)) else 0
+        pids = [on[0].pid, off[0].pid]
+        e0, a = events(on), snapshot(pids)
+        lat, codes, errors, lags = paced_get(port, "/metrics", scrape_rate, scrape_seconds)
+        b, e1 = snapshot(pids), events(on)
+        (cpu_on, ns_on), (cpu_off, ns_off) = cpu_between(a, b, 0), cpu_between(a, b, 1)
+        blat, bcodes, berrors, blags = paced_get(port, "/metrics", burst_rate, burst_seconds)
+        for agent in (on, off):
+            if agent[0].poll() is not None:
+                agent[3].seek(0)
+                sys.exit("node-agent exited during the metrics benchmark:\n" + agent[3].read())
+        rss_on, rss_off = vm_rss_mib(on[0].pid), vm_rss_mib(off[0].pid)
+        p = lambda l, q: percentile(l, q) * 1e3
+        line = lambda l, c, e, g, r, n: (
+            f"{len(l)} GET /metrics at {r}/s over {n} s, new connection each: p50 {p(l, 50):.2f} ms, "
+            f"p90 {p(l, 90):.2f} ms, p99 {p(l, 99):.2f} ms, max {l[-1] * 1e3:.2f} ms; answers {show(c)}; "
+            f"errors {show(e)}; this client's send lag p50 {p(g, 50):.2f} ms, p99 {p(g, 99):.2f} ms, max {g[-1] * 1e3:.2f} ms\n")
+        detail = (f"GET /metrics: {len(body)} bytes, {samples} samples\n"
+                  + line(lat, codes, errors, lags, scrape_rate, scrape_seconds)
+                  + line(blat, bcodes, berrors, blags, burst_rate, burst_seconds)
+                  + f"agent CPU over the {scrape_seconds} s of scrapes, % of one core, utime+stime (threads' "
+                  f"schedstat): EMF on + scraped {cpu_on:.3f}% ({ns_on:.3f}%), emf = false and not scraped "
+                  f"{cpu_off:.3f}% ({ns_off:.3f}%), difference {cpu_on - cpu_off:.3f}% "
+                  f"({ns_on - ns_off:.3f}%); EMF events written meanwhile: {e1 - e0} "
+                  f"(metrics.log of emf = false: {events(off)} lines)\n"
+                  f"VmRSS after the burst: EMF on + scraped {rss_on:.1f} MiB, emf = false and not scraped "
+                  f"{rss_off:.1f} MiB")
+        return (p(lat, 50), p(lat, 99), p(blat, 50), p(blat, 99), cpu_on, cpu_off, cpu_on - cpu_off,
+                rss_on), detail
+    finally:
+        stop_agent(*on)
+        stop_agent(*off)
+
+
+def show(counter):
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items(), key=str)) or "none"
 
 
 def ratio_row(text, label):
@@ -343,7 +453,8 @@ def measure(binary, args):
     the detail texts."""
     rows, details = [], []
     number = lambda v: float(str(v).rstrip("x"))
-    if args.only != "health":
+    sections = args.only or ["all"]
+    if "all" in sections:
         gs = sh([sys.executable, "tests/bench/get_secret.py", "--runs", str(args.runs), "--binary", binary])
         gs_ratio = ratio_row(gs, "ratio node-agent/python")
         logs = sh(["bench/logs.sh", str(args.lines)], env=dict(os.environ, NODE_AGENT=binary))
@@ -367,6 +478,32 @@ def measure(binary, args):
             ("static binary size", size, " MiB", "<= 10 MB", True),
         ]
         details += [("get-secret", gs), ("log shipping", logs)]
+    if "all" in sections or "health" in sections:
+        rows, details = health_rows(binary, rows, details)
+    if "all" in sections or "metrics" in sections:
+        figures, detail = metrics(binary)
+        scrape50, scrape99, burst50, burst99, cpu_on, cpu_off, cost, rss = figures or (None,) * 8
+        rows += [
+            ("metrics GET /metrics p50 at 1/s (a scrape), new connection each", scrape50, " ms",
+             "(reference)", True),
+            ("metrics GET /metrics p99 at 1/s (a scrape), new connection each", scrape99, " ms",
+             "(reference)", True),
+            ("metrics GET /metrics p50 at 50/s (a burst), new connection each", burst50, " ms",
+             "(p99 is the target)", True),
+            ("metrics GET /metrics p99 at 50/s (a burst), new connection each", burst99, " ms",
+             "<= 10 ms", True),
+            ("metrics: agent CPU, EMF every 1 s + scraped 1/s, % of one core", cpu_on, "%",
+             "(the difference is the target)", True),
+            ("metrics: same agent, emf = false, not scraped, % of one core", cpu_off, "%", "(reference)",
+             True),
+            ("metrics path's own cost (the difference), % of one core", cost, "%", "<= 1%", True),
+            ("RSS, EMF every 1 s + scraped, after the burst", rss, " MiB", "<= 15 MiB", True),
+        ]
+        details.append(("metrics", detail + "\n"))
+    return rows, details
+
+
+def health_rows(binary, rows, details):
     figures, detail = health(binary)
     p50, p99, busy, idle = figures or (None,) * 4
     rows += [
@@ -390,7 +527,8 @@ def main():
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--against", metavar="REV", help="also measure commit REV, side by side")
-    ap.add_argument("--only", choices=["health"], help="run only these rows (the health endpoint's)")
+    ap.add_argument("--only", choices=["health", "metrics"], action="append",
+                    help="run only these rows (the health endpoint's, the metrics path's; repeatable)")
     args = ap.parse_args()
 
     # The binary the bake ships, for every measurement.
@@ -424,8 +562,9 @@ def main():
     print()
     for name, text in details:
         print(f"{name} detail:\n{text}")
-    if base_rows:
-        print(f"health endpoint detail, baseline {args.against}:\n{base_details[-1][1]}")
+    for name, text in base_details or []:
+        if name in ("health endpoint", "metrics"):
+            print(f"{name} detail, baseline {args.against}:\n{text}")
     shutil.rmtree(work, ignore_errors=True)
 
 
