@@ -17,7 +17,7 @@ ratios against their baselines and targets.
   RSS, see metrics(). (The steady-state RSS row above runs the default config: EMF on, every 10 s.)
 Not a test: numbers depend on the machine, which the report prints. Needs moto[server], boto3, GNU time.
 
-    python3 bench/report.py --only health [--only metrics]
+    python3 bench/report.py --only health [--only metrics] [--only boot]
 
 runs only the health endpoint rows, the metrics rows, or both (no moto, boto3 or GNU time needed).
 
@@ -30,6 +30,7 @@ every benchmark on both binaries in the same run, printing each figure side by s
 import argparse
 import collections
 import errno
+import json
 import os
 import platform
 import re
@@ -500,6 +501,39 @@ def measure(binary, args):
             ("RSS, EMF every 1 s + scraped, after the burst", rss, " MiB", "<= 15 MiB", True),
         ]
         details.append(("metrics", detail + "\n"))
+    if "boot" in sections:
+        rows, details = boot_rows(binary, rows, details, args.runs)
+    return rows, details
+
+
+def boot_rows(binary, rows, details, runs):
+    """The agent's boot in the nspawn boot test beside cloud-init's stages, from tests/boot/bench_boot.py
+    in the same run (root; systemd-nspawn): its final JSON line."""
+    n = str(max(3, min(runs, 5)))
+    out = subprocess.run([sys.executable, "tests/boot/bench_boot.py", "--agent", binary, "--boots", n,
+                          "--runs", n], cwd=REPO, text=True, capture_output=True)
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    try:
+        b = json.loads(last)
+        agent, ci = b["agent"], b["cloud_init"]
+        figures = (agent["run_to_ready_ms"]["median"], agent["unit_to_ready_ms"]["median"],
+                   agent["peak_rss_kib"]["median"] / 1024, ci["version_cmd"]["wall_ms"]["median"],
+                   ci["single"]["wall_ms"]["median"], ci["four_stages_floor_wall_ms"],
+                   ci["version_cmd"]["peak_rss_kib"]["median"] / 1024)
+        detail = out.stdout
+    except (ValueError, KeyError, TypeError):
+        figures, detail = (None,) * 7, f"bench_boot.py failed (exit {out.returncode}):\n{out.stderr[-2000:]}"
+    run, unit, rss, ci_version, ci_single, ci_floor, ci_rss = figures
+    rows += [
+        ("boot: node-agent run start to READY (nspawn, user-data config)", run, " ms", "(beside cloud-init)", True),
+        ("boot: unit start (prepare + run) to READY", unit, " ms", "(beside cloud-init)", True),
+        ("boot: node-agent peak RSS at READY", rss, " MiB", "<= 15 MiB", True),
+        ("boot: cloud-init --version (floor of each of its 4 stages)", ci_version, " ms", "(reference)", True),
+        ("boot: cloud-init single --name final_message", ci_single, " ms", "(reference)", True),
+        ("boot: cloud-init's 4 stages, estimated as 4 x --version", ci_floor, " ms", "(reference)", True),
+        ("boot: cloud-init --version peak RSS", ci_rss, " MiB", "(reference)", True),
+    ]
+    details.append(("boot", detail + "\n"))
     return rows, details
 
 
@@ -527,8 +561,9 @@ def main():
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--against", metavar="REV", help="also measure commit REV, side by side")
-    ap.add_argument("--only", choices=["health", "metrics"], action="append",
-                    help="run only these rows (the health endpoint's, the metrics path's; repeatable)")
+    ap.add_argument("--only", choices=["health", "metrics", "boot"], action="append",
+                    help="run only these rows (the health endpoint's, the metrics path's; repeatable); "
+                         "boot (root, systemd-nspawn) runs only when asked")
     args = ap.parse_args()
 
     # The binary the bake ships, for every measurement.
@@ -563,7 +598,7 @@ def main():
     for name, text in details:
         print(f"{name} detail:\n{text}")
     for name, text in base_details or []:
-        if name in ("health endpoint", "metrics"):
+        if name in ("health endpoint", "metrics", "boot"):
             print(f"{name} detail, baseline {args.against}:\n{text}")
     shutil.rmtree(work, ignore_errors=True)
 
