@@ -290,7 +290,10 @@ pub async fn run(ex: Exporter, mut asks: mpsc::Receiver<Ask>, report: watch::Sen
             }
         }
         status.exporting = lock.is_some();
-        status.holder = super::lock_holder(&ex.dir);
+        let dir = ex.dir.clone();
+        status.holder = blocking(move || Ok(super::lock_holder(&dir)))
+            .await
+            .unwrap_or_default();
         let outcome = match (&lock, first) {
             (Some(_), false) => Some(ex.round().await),
             _ => None,
