@@ -39,7 +39,7 @@ fn run(host: &Host, role: &str) -> Agent {
 
 /// The first child's ethstats sample in `status --json`, once `pred` holds for it.
 /// Polls the ethstats host's status until its sample satisfies `pred`. Two minutes: after a rotation the
-/// server and both gethes restart, and a geth that found the server not yet up retries every 10 s (as
+/// server and both geth nodes restart, and a geth that found the server not yet up retries every 10 s (as
 /// geth does); on a loaded 2-core machine that has taken over a minute.
 fn ethstats_until(host: &Host, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     wait_for(what, Duration::from_secs(120), || {
