@@ -61,10 +61,7 @@ pub async fn from_imds(deadline: Duration) -> Result<Identity, IdentityError> {
 }
 
 async fn read_retrying(deadline: Duration, hint: &'static str) -> Result<Identity, IdentityError> {
-    let client = aws_config::imds::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .read_timeout(Duration::from_secs(2))
-        .build();
+    let client = client();
     let endpoint = imds_endpoint();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     let mut first = true;
@@ -186,7 +183,7 @@ impl std::fmt::Display for Leaving {
     }
 }
 
-/// A client for the runtime's questions to IMDS (short timeouts: a poll that fails is asked again).
+/// A client with short timeouts: a question that fails is asked again (by the caller's retries or poll).
 pub fn client() -> aws_config::imds::Client {
     aws_config::imds::Client::builder()
         .connect_timeout(Duration::from_secs(1))

@@ -59,19 +59,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("file I/O task failed: {e}"))?
 }
 
-/// Writes `bytes` as `path` durably: a hidden temporary file, fsync, rename, fsync of the directory.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    sync_dir(dir)
-}
-
 fn sync_dir(dir: &Path) -> Result<(), String> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -132,7 +119,12 @@ impl Exporter {
             manifest.segments.push(segment.clone());
             let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             let path = self.dir.join(super::MANIFEST);
-            blocking(move || write_durably(&path, &bytes)).await?;
+            // Durably: the one atomic write (temp file, fsync, rename, fsync of the directory).
+            blocking(move || {
+                crate::sys::replace::replace(&path, 0o644, |f| std::io::Write::write_all(f, &bytes))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
             tracing::info!(first, last, file = %segment.file, bytes = segment.bytes, "backup segment written");
             written.push(segment);
         }

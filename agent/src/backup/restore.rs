@@ -40,7 +40,7 @@ impl Restore<'_> {
         let manifest = read_manifest(self.dir)?.ok_or_else(|| BackupError::NoManifest {
             dir: self.dir.to_owned(),
         })?;
-        let ours = super::segment::hex(&<sha2::Sha256 as sha2::Digest>::digest(self.genesis));
+        let ours = crate::chain::geth::genesis_sha256(self.genesis);
         if manifest.genesis_sha256 != ours {
             return Err(refused(format!(
                 "the backups in {} were made from another genesis (sha256 {}, this host's is {ours}): restore them only with the genesis their chain began with",

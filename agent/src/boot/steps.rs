@@ -310,10 +310,8 @@ async fn seed(settings: &Settings, init: &geth::InitPlan, dir: &Path, datadir: &
     tracing::info!(from = %dir.display(), datadir = %datadir.display(), "empty datadir: restoring the newest backup before geth starts");
     match restore.run(|line| tracing::info!("{line}")).await {
         Ok(done) => {
-            let marker = datadir.join(geth::GENESIS_MARKER);
-            let sha = geth::genesis_sha256(settings.genesis.bytes());
-            if let Err(e) = std::fs::write(&marker, format!("{sha}\n")) {
-                tracing::warn!(marker = %marker.display(), error = %e, "cannot write the genesis marker; geth init checks the chain instead");
+            if let Err(e) = geth::mark(datadir, settings.genesis.bytes()) {
+                tracing::warn!(error = %e, "cannot write the genesis marker; geth init checks the chain instead");
             }
             tracing::info!(head = done.head, hash = %done.head_hash, blocks_per_sec = format!("{:.0}", done.blocks_per_sec), "seeded from the backup; geth syncs the rest from its peers");
         }

@@ -171,14 +171,20 @@ pub async fn first_boot(
             reason,
         });
     }
+    mark(datadir, genesis)?;
+    Ok(true)
+}
+
+/// Records in `datadir` that its chain began with `genesis` (after `geth init`, or a restore).
+pub fn mark(datadir: &Path, genesis: &[u8]) -> Result<(), GethError> {
+    let marker = datadir.join(GENESIS_MARKER);
     crate::sys::replace::replace(&marker, 0o644, |f| {
-        std::io::Write::write_all(f, format!("{want}\n").as_bytes())
+        std::io::Write::write_all(f, format!("{}\n", sha256_hex(genesis)).as_bytes())
     })
     .map_err(|e| GethError::Marker {
         path: marker.display().to_string(),
         source: e.source,
-    })?;
-    Ok(true)
+    })
 }
 
 #[cfg(test)]

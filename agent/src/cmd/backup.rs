@@ -131,14 +131,7 @@ pub async fn restore(args: &RestoreArgs) -> Result<(), BackupCmdError> {
     };
     let done = r.run(|line| eprintln!("node-agent: {line}")).await?;
     // The datadir is this genesis's from now on, as `geth init` at boot would have marked it.
-    std::fs::write(
-        args.into.join(crate::chain::geth::GENESIS_MARKER),
-        format!(
-            "{}\n",
-            crate::chain::geth::genesis_sha256(settings.genesis.bytes())
-        ),
-    )
-    .map_err(|e| BackupError::Refused(format!("cannot write the genesis marker: {e}")))?;
+    crate::chain::geth::mark(&args.into, settings.genesis.bytes()).map_err(AgentError::from)?;
     crate::out::print(format!(
         "restored {} up to #{} ({}), {:.0} blocks/s\n",
         args.into.display(),
