@@ -6,12 +6,7 @@
 pub const PREFIX_LEN: usize = 25;
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
+pub use crate::clock::now_unix_ms as now_ms;
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
