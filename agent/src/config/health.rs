@@ -149,14 +149,8 @@ fn hook(h: &HealthFile, tags: &BTreeMap<String, String>) -> Result<Option<Lifecy
 
 #[cfg(test)]
 mod tests {
+    use super::super::tags::tests::tags;
     use super::*;
-
-    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn build(
         edit: impl Fn(&mut HealthFile),
